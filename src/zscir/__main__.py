@@ -1,0 +1,3 @@
+from zscir.cli import main
+
+raise SystemExit(main())

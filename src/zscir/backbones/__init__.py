@@ -1,0 +1,109 @@
+"""Backbones by name. One string names a backbone, with a scheme prefix:
+
+    default                 the embedded default, pre-trained by `zscir pretrain` ($ZSCIR_HOME/models/default)
+    default:<dir>           an embedded-default checkpoint folder
+    hf:<hub id or folder>   a Hugging Face CLIP or SigLIP checkpoint
+    <folder>                a zscir checkpoint folder (config.json with "kind") or a Hugging Face folder
+
+Loaders register next to their class with `@register_backbone(scheme)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from zscir.backbones.base import PLACEHOLDER, Backbone, TokenizedTexts
+from zscir.backbones.preprocess import PreprocessConfig
+from zscir.errors import CheckpointError, InputError
+from zscir.paths import models_dir
+
+Loader = Callable[[str], Backbone]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_backbone(scheme: str) -> Callable[[Loader], Loader]:
+    def deco(fn: Loader) -> Loader:
+        _LOADERS[scheme] = fn
+        return fn
+
+    return deco
+
+
+def list_backbone_schemes() -> list[str]:
+    _import_all()
+    return sorted(_LOADERS)
+
+
+def _import_all() -> None:
+    # Importing registers the loaders; hf is optional at import time (transformers is always installed).
+    from zscir.backbones import default as _default  # noqa: F401
+
+    try:
+        from zscir.backbones import hf as _hf  # noqa: F401
+    except ImportError:  # pragma: no cover - hf backbone module not present in a stripped install
+        pass
+
+
+def default_model_path() -> Path:
+    """The embedded default's checkpoint: $ZSCIR_HOME/models/default."""
+    return models_dir() / "default"
+
+
+@register_backbone("default")
+def _load_default(arg: str) -> Backbone:
+    from zscir.backbones.default import DefaultBackbone
+
+    path = Path(arg) if arg else default_model_path()
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no pre-trained default backbone there; run `zscir pretrain` or `zscir demo` first"
+        )
+    return DefaultBackbone.load(path)
+
+
+def load_backbone(spec: str = "default", device: str | None = None) -> Backbone:
+    """Load a backbone from its spec string (see module docstring), in eval mode, on `device`."""
+    _import_all()
+    scheme, _, arg = spec.partition(":")
+    if scheme in _LOADERS and (arg or scheme == "default"):
+        model = _LOADERS[scheme](arg)
+    elif scheme == "default":
+        model = _LOADERS["default"]("")
+    else:
+        model = _load_folder(Path(spec))
+    if device:
+        model = model.to(device)
+    return model.eval()
+
+
+def _load_folder(path: Path) -> Backbone:
+    cfg = path / "config.json"
+    if not path.is_dir() or not cfg.is_file():
+        raise InputError(
+            f"backbone {str(path)!r}: not a known scheme ({', '.join(s + ':' for s in sorted(_LOADERS))}) "
+            "nor a checkpoint folder with a config.json"
+        )
+    try:
+        doc = json.loads(cfg.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg}: corrupt config ({e.msg})") from e
+    kind = doc.get("kind")
+    if kind == "zscir.default-backbone":
+        return _LOADERS["default"](str(path))
+    if "model_type" in doc and "hf" in _LOADERS:
+        return _LOADERS["hf"](str(path))
+    raise CheckpointError(f"{path}: checkpoint of kind {kind or doc.get('model_type')!r} is not a backbone")
+
+
+__all__ = [
+    "Backbone",
+    "PLACEHOLDER",
+    "PreprocessConfig",
+    "TokenizedTexts",
+    "default_model_path",
+    "list_backbone_schemes",
+    "load_backbone",
+    "register_backbone",
+]

@@ -1,0 +1,176 @@
+"""The backbone interface every composition method and trainer talks to.
+
+A backbone is a CLIP-style pair of towers mapping into one embedding space, split so that frozen parts can
+be cached and trained parts swapped:
+
+    pixels --image_tokens--> local features (B, L, C) --image_head--> embedding (B, D)
+    texts  --text_trunk----> pooled features (B, Ct)   --text_head---> embedding (B, D)
+
+`text_trunk` can also take pseudo-word tokens: every text must then contain the placeholder (`$` by
+default), and the placeholder's word embedding is replaced by the given token embeddings (in the tower's
+word-embedding space, `word_dim` wide). That is the hook every pseudo-token method (Pic2Word, two-stage,
+RTD, ISA) uses.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from zscir.backbones.preprocess import PreprocessConfig, preprocess_batch
+from zscir.errors import InputError
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "$"
+
+
+@dataclass
+class TokenizedTexts:
+    """Token ids plus where the pseudo tokens go. `pseudo_positions[b]` lists the sequence positions of
+    text b that receive pseudo tokens, in order."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pseudo_positions: list[list[int]]
+
+
+class Backbone(nn.Module, abc.ABC):
+    """A vision-language backbone. Subclasses implement the five abstract pieces below."""
+
+    #: the string that names this backbone (e.g. "default", "hf:openai/clip-vit-base-patch32")
+    spec: str
+    embed_dim: int
+    word_dim: int
+    placeholder: str = PLACEHOLDER
+    #: tokens longer than this are truncated (with a warning that says so)
+    max_text_tokens: int
+
+    # --- abstract pieces -------------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def preprocess_config(self) -> PreprocessConfig: ...
+
+    @abc.abstractmethod
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The image tower's local features (B, L, C): feature-map cells or ViT patch tokens."""
+
+    @abc.abstractmethod
+    def image_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pool + project local features to the joint space (B, D), not normalised."""
+
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str], n_pseudo: int = 0) -> TokenizedTexts:
+        """Tokenise texts; when n_pseudo > 0 each text's placeholder becomes n_pseudo token slots."""
+
+    @abc.abstractmethod
+    def text_trunk_from_embeddings(self, inputs_embeds: torch.Tensor, tok: TokenizedTexts) -> torch.Tensor:
+        """Run the text transformer on word embeddings (B, T, W) and pool to (B, Ct)."""
+
+    @abc.abstractmethod
+    def text_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Project pooled text features to the joint space (B, D), not normalised."""
+
+    @abc.abstractmethod
+    def word_embeddings(self) -> nn.Embedding:
+        """The text tower's token-embedding table (vocab, word_dim)."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A short hash of architecture + weights (+ preprocessing): caches and checkpoints key on it."""
+
+    # --- parts, for adapters and freezing ------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def image_tower(self) -> nn.Module:
+        """Every module on the image path (trunk + head)."""
+
+    @property
+    @abc.abstractmethod
+    def text_tower(self) -> nn.Module:
+        """Every module on the text path (embeddings, transformer, head)."""
+
+    # --- convenience, shared by every backbone --------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def preprocess(self, images: Sequence[Image.Image] | Image.Image) -> torch.Tensor:
+        """PIL image(s) -> a (B, 3, H, W) tensor on the backbone's device."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        return preprocess_batch(images, self.preprocess_config).to(self.device)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings (B, D)."""
+        return F.normalize(self.image_head(self.image_tokens(pixels)), dim=-1)
+
+    def text_trunk(self, texts: Sequence[str], pseudo_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled text features (B, Ct); with pseudo_tokens (B, M, W) injected at each text's placeholder."""
+        texts = [_check_text(t) for t in texts]
+        m = 0 if pseudo_tokens is None else int(pseudo_tokens.shape[1])
+        if pseudo_tokens is not None:
+            if pseudo_tokens.ndim != 3 or pseudo_tokens.shape[0] != len(texts):
+                raise InputError(
+                    f"pseudo tokens must be (batch={len(texts)}, M, {self.word_dim}), got {tuple(pseudo_tokens.shape)}"
+                )
+            if pseudo_tokens.shape[2] != self.word_dim:
+                raise InputError(f"pseudo tokens are {pseudo_tokens.shape[2]}-d, the text tower's words are {self.word_dim}-d")
+        tok = self.tokenize(texts, n_pseudo=m)
+        embeds = self.word_embeddings()(tok.input_ids)
+        if pseudo_tokens is not None:
+            embeds = inject_tokens(embeds, pseudo_tokens.to(embeds.dtype), tok.pseudo_positions)
+        return self.text_trunk_from_embeddings(embeds, tok)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (B, D)."""
+        return F.normalize(self.text_head(self.text_trunk(texts)), dim=-1)
+
+    def encode_text_with_tokens(self, texts: Sequence[str], pseudo_tokens: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of texts whose placeholder is replaced by pseudo_tokens (B, M, W)."""
+        return F.normalize(self.text_head(self.text_trunk(texts, pseudo_tokens)), dim=-1)
+
+    def expand_placeholders(self, text: str, n_pseudo: int) -> str:
+        """The text with its placeholder(s) ready for n_pseudo token slots.
+
+        One placeholder expands to n_pseudo slots; k placeholders need exactly k tokens (one each)."""
+        count = text.count(self.placeholder)
+        if count == 0:
+            raise InputError(f"text {text!r} has no placeholder {self.placeholder!r} for the pseudo token(s)")
+        if count == 1:
+            return text.replace(self.placeholder, " ".join([self.placeholder] * n_pseudo))
+        if count != n_pseudo:
+            raise InputError(
+                f"text {text!r} has {count} placeholders but {n_pseudo} pseudo token(s) were supplied"
+            )
+        return text
+
+
+def inject_tokens(embeds: torch.Tensor, tokens: torch.Tensor, positions: list[list[int]]) -> torch.Tensor:
+    """Return embeds with embeds[b, positions[b][j]] = tokens[b, j] (differentiable in tokens)."""
+    b_idx = [b for b, pos in enumerate(positions) for _ in pos]
+    p_idx = [p for pos in positions for p in pos]
+    t_idx = [j for pos in positions for j in range(len(pos))]
+    if not b_idx:
+        return embeds
+    out = embeds.clone()
+    out[b_idx, p_idx] = tokens[b_idx, t_idx]
+    return out
+
+
+def _check_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InputError(f"empty or whitespace-only text {text!r}")
+    return text
+
+
+def warn_truncated(n_truncated: int, limit: int) -> None:
+    if n_truncated:
+        log.warning("%d text(s) longer than the tower's %d-token context were truncated", n_truncated, limit)

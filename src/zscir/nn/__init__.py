@@ -1,0 +1,1 @@
+"""Shared layers: LoRA adapters."""
