@@ -1,0 +1,88 @@
+"""Evaluation protocols on precomputed embeddings (benchmarks.md §2.2), shared by the synthetic world and
+the real benchmarks.
+
+  cirr_protocol    single target; the reference is removed from the ranking; R@1/5/10/50 and
+                   Recall_subset@1/2/3 over the group members (global order kept, reference removed)
+  circo_protocol   several ground truths; the reference is NOT removed (as the official evaluation);
+                   mAP@5/10/25/50 on the top-50 list, plus R@K of the caption's own target
+  single_target    FashionIQ-style: reference kept; R@K of one target
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from zscir.eval.engine import score, topk_stable
+from zscir.eval.metrics import MAP_KS, RECALL_KS, SUBSET_KS, map_at_k, recall_at_k, subset_ranks, target_ranks
+
+
+@dataclass
+class ProtocolResult:
+    """Metrics (percentages) plus the per-query rankings that produced them (for reports and files)."""
+
+    metrics: dict[str, float]
+    top: list[list[int]] = field(default_factory=list)  # per query, top gallery indices
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def cirr_protocol(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    reference_idx: Sequence[int],
+    target_idx: Sequence[int] | None,
+    members_idx: Sequence[Sequence[int]],
+    ks: Sequence[int] = RECALL_KS,
+    subset_ks: Sequence[int] = SUBSET_KS,
+    top_n: int = 50,
+) -> ProtocolResult:
+    """CIRR: remove each query's reference, rank the rest. With target_idx None (test split) only the
+    rankings are returned (top-50 and the subset top-3, for the server files)."""
+    s = score(queries, gallery, exclude=list(reference_idx))
+    top = topk_stable(s, top_n)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    subsets: list[list[int]] = []
+    for i, members in enumerate(members_idx):
+        keep = set(int(m) for m in members) - {int(reference_idx[i])}
+        subsets.append([int(j) for j in order[i] if int(j) in keep])
+    metrics: dict[str, float] = {}
+    if target_idx is not None:
+        t = torch.as_tensor(list(target_idx))
+        metrics.update(recall_at_k(target_ranks(s, t), ks, "R"))
+        sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
+        metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
+    return ProtocolResult(metrics, top, {"subset_top": [row[:3] for row in subsets]})
+
+
+def circo_protocol(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_ids: Sequence,
+    ground_truths: Sequence[Sequence] | None,
+    target_ids: Sequence | None = None,
+    ks: Sequence[int] = MAP_KS,
+    top_n: int = 50,
+) -> ProtocolResult:
+    """CIRCO: rank the whole gallery (reference kept), mAP@K on the top-50 ids. With ground_truths None
+    (test split) only the rankings are returned."""
+    s = score(queries, gallery)
+    top = topk_stable(s, top_n)
+    metrics: dict[str, float] = {}
+    if ground_truths is not None:
+        preds = [[gallery_ids[j] for j in row] for row in top]
+        metrics.update(map_at_k(preds, ground_truths, ks))
+        if target_ids is not None:
+            ranks = [p.index(t) if t in p else top_n for p, t in zip(preds, target_ids)]
+            metrics.update(recall_at_k(ranks, (5, 10, 25, 50), "R"))
+    return ProtocolResult(metrics, top)
+
+
+def single_target_protocol(
+    queries: torch.Tensor, gallery: torch.Tensor, target_idx: Sequence[int], ks: Sequence[int] = (10, 50), top_n: int = 50
+) -> ProtocolResult:
+    """FashionIQ / GeneCIS style: the reference stays in the gallery; R@K of the one target."""
+    s = score(queries, gallery)
+    ranks = target_ranks(s, torch.as_tensor(list(target_idx)))
+    return ProtocolResult(recall_at_k(ranks, ks, "R"), topk_stable(s, top_n))
