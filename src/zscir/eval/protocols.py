@@ -25,6 +25,7 @@ class ProtocolResult:
 
     metrics: dict[str, float]
     top: list[list[int]] = field(default_factory=list)  # per query, top gallery indices
+    top_scores: list[list[float]] = field(default_factory=list)  # their cosine scores
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -53,7 +54,7 @@ def cirr_protocol(
         metrics.update(recall_at_k(target_ranks(s, t), ks, "R"))
         sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
         metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
-    return ProtocolResult(metrics, top, {"subset_top": [row[:3] for row in subsets]})
+    return ProtocolResult(metrics, top, _top_scores(s, top), {"subset_top": [row[:3] for row in subsets]})
 
 
 def circo_protocol(
@@ -76,7 +77,7 @@ def circo_protocol(
         if target_ids is not None:
             ranks = [p.index(t) if t in p else top_n for p, t in zip(preds, target_ids)]
             metrics.update(recall_at_k(ranks, (5, 10, 25, 50), "R"))
-    return ProtocolResult(metrics, top)
+    return ProtocolResult(metrics, top, _top_scores(s, top))
 
 
 def single_target_protocol(
@@ -85,4 +86,9 @@ def single_target_protocol(
     """FashionIQ / GeneCIS style: the reference stays in the gallery; R@K of the one target."""
     s = score(queries, gallery)
     ranks = target_ranks(s, torch.as_tensor(list(target_idx)))
-    return ProtocolResult(recall_at_k(ranks, ks, "R"), topk_stable(s, top_n))
+    top = topk_stable(s, top_n)
+    return ProtocolResult(recall_at_k(ranks, ks, "R"), top, _top_scores(s, top))
+
+
+def _top_scores(scores: torch.Tensor, top: list[list[int]]) -> list[list[float]]:
+    return [[float(scores[i, j]) for j in row] for i, row in enumerate(top)]

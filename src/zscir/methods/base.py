@@ -48,6 +48,12 @@ class CompositionMethod(nn.Module, abc.ABC):
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         """Query embeddings (B, D), L2-normalised, for reference pixels (B,3,H,W) and texts (B)."""
 
+    def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor | None:
+        """Fast path: compose from the references' *gallery* embeddings (B, D) when the method only needs
+        those (a reference that is a gallery item, or a gallery id sent to the service). Returns None
+        when the method needs more than the embedding (pseudo-token methods need local features)."""
+        return None
+
     def settings(self) -> dict[str, object]:
         """The method's settings, recorded in results files."""
         return {}

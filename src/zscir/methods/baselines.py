@@ -19,6 +19,9 @@ class ImageOnly(CompositionMethod):
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.encode_image(require_pixels(pixels, self.name))
 
+    def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        return F.normalize(ref_embeddings, dim=-1)
+
 
 @register_method("text")
 class TextOnly(CompositionMethod):
@@ -37,5 +40,8 @@ class NormalisedSum(CompositionMethod):
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         check_batch(pixels, texts)
         v = self.backbone.encode_image(require_pixels(pixels, self.name))
-        w = self.backbone.encode_text(list(texts))
-        return F.normalize(v + w, dim=-1)
+        return self.compose_embedded(v, texts)
+
+    def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        w = self.backbone.encode_text(list(texts)).to(ref_embeddings.dtype)
+        return F.normalize(F.normalize(ref_embeddings, dim=-1) + w, dim=-1)

@@ -40,9 +40,11 @@ class Slerp(CompositionMethod):
 
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         check_batch(pixels, texts)
-        v = self.backbone.encode_image(require_pixels(pixels, self.name))
-        w = self.backbone.encode_text(list(texts))
-        return slerp(v, w, self.alpha)
+        return self.compose_embedded(self.backbone.encode_image(require_pixels(pixels, self.name)), texts)
+
+    def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        w = self.backbone.encode_text(list(texts)).to(ref_embeddings.dtype)
+        return slerp(ref_embeddings, w, self.alpha)
 
     def settings(self) -> dict[str, object]:
         return {"alpha": self.alpha}

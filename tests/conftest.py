@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests never touch the user's ./data: ZSCIR_HOME points into a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.getbasetemp() / "zscir_home"
+    monkeypatch.setenv("ZSCIR_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def default_backbone():
+    """The embedded default with freshly initialised (seeded) heads: real towers, no pre-training."""
+    from zscir.backbones.default import DefaultBackbone
+
+    torch.manual_seed(0)
+    return DefaultBackbone().eval()
