@@ -195,6 +195,15 @@ def test_several_tokens_for_one_placeholder(backbone, tiny):
     assert [len(p) for p in tok.pseudo_positions] == [3, 3]
 
 
+@torch.no_grad()
+def test_placeholder_next_to_punctuation_clip(backbone, tiny):
+    if tiny[0] == "siglip":
+        pytest.skip("the tiny SigLIP tokenizer splits on whitespace only")
+    cat = _word_embedding(backbone, tiny[3], "cat")[None, None]
+    got = backbone.encode_text_with_tokens(["a photo of $, on a mat!"], cat)
+    torch.testing.assert_close(got, backbone.encode_text(["a photo of cat, on a mat!"]), atol=1e-5, rtol=0)
+
+
 def test_pseudo_tokens_get_gradients(backbone, tiny):
     tokens = torch.randn(1, 2, backbone.word_dim, requires_grad=True)
     backbone.encode_text_with_tokens(["a photo of $"], tokens).sum().backward()
@@ -229,6 +238,11 @@ def test_template_without_placeholder_raises(backbone):
 def test_wrong_pixel_shape_raises(backbone, shape):
     with pytest.raises(InputError, match=r"\(B, 3, 32, 32\)"):
         backbone.encode_image(torch.zeros(shape))
+
+
+def test_missing_folder_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        load_backbone("hf:" + str(tmp_path / "missing"))
 
 
 def test_bert_folder_is_not_a_backbone(tmp_path):

@@ -70,7 +70,7 @@ def resolve_checkpoint(arg: str) -> Path:
     if path.is_dir():
         return path
     if path.exists() or arg.startswith((".", "/", "~")) or arg.count("/") > 1 or "\\" in arg:
-        raise CheckpointError(f"{arg}: not a checkpoint folder")
+        raise CheckpointError(f"hf:{arg}: no such checkpoint folder")
     from huggingface_hub import snapshot_download
 
     try:
@@ -296,7 +296,7 @@ class HFBackbone(Backbone):
             raise InputError("no texts to tokenise")
         if n_pseudo:
             texts = [self._spaced(self.expand_placeholders(t, n_pseudo)) for t in texts]
-        raw = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        raw = self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
         limit = self.max_text_tokens
         special = set(self.tokenizer.all_special_ids) - {self.placeholder_id}
         rows: list[list[int]] = []
