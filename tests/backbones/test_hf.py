@@ -24,9 +24,11 @@ SIGLIP_CONTEXT = 16
 
 
 # --- tiny checkpoints -------------------------------------------------------------------------------------------
-def _write_clip_tokenizer(folder: Path) -> dict[str, int]:
+def _write_clip_tokenizer(folder: Path, specials_last: bool) -> dict[str, int]:
     """A byte-level BPE vocabulary in CLIP's format: every letter (+ `$` and punctuation) alone and
-    word-final, the WORDS merged into single tokens, start/end-of-text last (end-of-text is the highest id)."""
+    word-final, the WORDS merged into single tokens, start/end-of-text last (end-of-text is then the highest
+    id, as in openai's vocabulary, which the legacy argmax pooling relies on) or first (so that only pooling
+    at the first eos_token_id is right)."""
     chars = list(string.ascii_lowercase) + list("$.,!?'")
     tokens = [t for c in chars for t in (c, c + "</w>")]
     merges = []
@@ -37,7 +39,8 @@ def _write_clip_tokenizer(folder: Path) -> dict[str, int]:
             merges.append(f"{cur} {nxt}")
             cur += nxt
             tokens.append(cur)
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = tokens + specials if specials_last else specials + tokens
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8")
@@ -48,7 +51,7 @@ def _tiny_clip(folder: Path, legacy_eos: bool = False):
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = _write_clip_tokenizer(folder)
+    vocab = _write_clip_tokenizer(folder, specials_last=legacy_eos)
     tokenizer = CLIPTokenizer.from_pretrained(str(folder))
     eos = 2 if legacy_eos else vocab["<|endoftext|>"]
     torch.manual_seed(0)
@@ -111,8 +114,14 @@ def tiny(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def backbone(tiny):
-    return load_backbone("hf:" + str(tiny[1]))
+def loaded(tiny):
+    """The checkpoint loaded once through each spec form: "hf:<folder>" and the bare folder."""
+    return {prefix: load_backbone(prefix + str(tiny[1])) for prefix in ("hf:", "")}
+
+
+@pytest.fixture(scope="module")
+def backbone(loaded):
+    return loaded["hf:"]
 
 
 def _reference_ids(kind: str, tokenizer, texts: list[str]) -> torch.Tensor:
@@ -124,9 +133,9 @@ def _reference_ids(kind: str, tokenizer, texts: list[str]) -> torch.Tensor:
 
 # --- equality with transformers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("spec_prefix", ["hf:", ""])
-def test_loads_through_both_specs(tiny, spec_prefix):
+def test_loads_through_both_specs(tiny, loaded, spec_prefix):
     kind, folder, _, _ = tiny
-    b = load_backbone(spec_prefix + str(folder))
+    b = loaded[spec_prefix]
     assert b.model_type == ("siglip" if kind == "siglip" else "clip")
     assert not b.training
     assert b.word_dim == 32 and b.embed_dim == 24
@@ -134,9 +143,9 @@ def test_loads_through_both_specs(tiny, spec_prefix):
 
 @torch.no_grad()
 @pytest.mark.parametrize("spec_prefix", ["hf:", ""])
-def test_encode_image_matches_transformers(tiny, spec_prefix):
+def test_encode_image_matches_transformers(tiny, loaded, spec_prefix):
     _, folder, model, _ = tiny
-    b = load_backbone(spec_prefix + str(folder))
+    b = loaded[spec_prefix]
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     ref = F.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
     torch.testing.assert_close(b.encode_image(pixels), ref, atol=1e-5, rtol=0)
@@ -146,9 +155,9 @@ def test_encode_image_matches_transformers(tiny, spec_prefix):
 
 @torch.no_grad()
 @pytest.mark.parametrize("spec_prefix", ["hf:", ""])
-def test_encode_text_matches_transformers(tiny, spec_prefix):
+def test_encode_text_matches_transformers(tiny, loaded, spec_prefix):
     kind, folder, model, tokenizer = tiny
-    b = load_backbone(spec_prefix + str(folder))
+    b = loaded[spec_prefix]
     texts = ["a photo of cat on a mat", "the big red dog", "a cat"]
     ids, mask = _reference_ids(kind, tokenizer, texts)
     if kind == "siglip":  # SigLIP runs without a padding mask, as it was trained
@@ -262,10 +271,11 @@ def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
         load_backbone("hf:zscir-tests/no-such-model")
 
 
-def test_fingerprint_stable_across_loads_and_changes_with_weights(tiny):
+def test_fingerprint_stable_across_loads_and_changes_with_weights(tiny, loaded):
     folder = tiny[1]
-    a = load_backbone("hf:" + str(folder))
+    a = loaded["hf:"]
     b = load_backbone(str(folder))
+    assert loaded[""].fingerprint() == a.fingerprint()
     assert a.fingerprint() == b.fingerprint() == a.fingerprint()
     with torch.no_grad():
         b.model.text_model.final_layer_norm.bias.add_(1e-3)
@@ -273,11 +283,11 @@ def test_fingerprint_stable_across_loads_and_changes_with_weights(tiny):
     assert b.refresh_fingerprint() != a.fingerprint()
 
 
-def test_preprocess_config_from_preprocessor_json(tiny, tmp_path):
+def test_preprocess_config_from_preprocessor_json(tiny, loaded, tmp_path):
     import shutil
 
     kind, folder, _, _ = tiny
-    b = load_backbone(str(folder))
+    b = loaded[""]
     assert b.preprocess_config.size == 32
     assert b.preprocess_config.mode == ("resize" if kind == "siglip" else "center_crop")
     copy = tmp_path / "with_pre"
