@@ -310,3 +310,14 @@ def test_towers_hold_the_paths(backbone):
     txt = {id(p) for p in backbone.text_tower.parameters()}
     assert img and txt and not img & txt
     assert id(backbone.word_embeddings().weight) in txt
+
+
+def test_folder_without_a_usable_tokenizer_is_a_checkpoint_error(tiny, tmp_path):
+    import shutil
+
+    copy = tmp_path / "no_tok"
+    shutil.copytree(tiny[1], copy)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (copy / name).unlink(missing_ok=True)
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        load_backbone(str(copy))

@@ -119,6 +119,10 @@ def _quiet_transformers():
 def _load_tokenizer(path: Path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    files = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
+    if not any((path / f).is_file() for f in files):
+        # transformers would quietly build an empty default tokenizer for some model types
+        raise CheckpointError(f"{path}: no tokenizer files there (expected one of {', '.join(files)})")
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # noqa: BLE001 - e.g. SiglipTokenizer needs sentencepiece
@@ -127,7 +131,10 @@ def _load_tokenizer(path: Path):
                 return PreTrainedTokenizerFast.from_pretrained(str(path))
             except Exception:  # noqa: BLE001
                 pass
-        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from e
+        hint = ""
+        if (path / "spiece.model").is_file() or "sentencepiece" in str(e).lower():
+            hint = "; SigLIP's SentencePiece tokenizer needs the `sentencepiece` package (or a tokenizer.json)"
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {str(e)[:200]}){hint}") from e
 
 
 def _preprocess_from(path: Path, model_type: str, image_size: int) -> PreprocessConfig:
