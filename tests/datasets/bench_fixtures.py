@@ -64,10 +64,11 @@ def make_fashioniq(root: Path, n_images: int = 8) -> Path:
 # --- CIRR ----------------------------------------------------------------------------------------------
 
 
-def make_cirr(root: Path) -> Path:
+def make_cirr(root: Path, n_images: int = 10) -> Path:
+    """n_images >= 51 lets test1 rankings fill the server's 50 slots."""
     ann = root / "cirr"
     for split, folder in (("val", "dev"), ("test1", "test1")):
-        names = [f"{folder}-{i}-{i % 3}-img{i % 2}" for i in range(10)]
+        names = [f"{folder}-{i}-{i % 3}-img{i % 2}" for i in range(n_images)]
         for i, n in enumerate(names):
             _img(root / folder / f"{n}.png", (split == "val") * 1000 + i)
         _json(ann / "image_splits" / f"split.rc2.{split}.json", {n: f"./{folder}/{n}.png" for n in names})
@@ -91,11 +92,13 @@ def make_cirr(root: Path) -> Path:
 CIRCO_IDS = [9, 25, 30, 34, 36, 42, 49, 61, 64, 71, 72]
 
 
-def make_circo(root: Path) -> Path:
-    info = {"images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 20, "height": 14} for i in CIRCO_IDS],
+def make_circo(root: Path, n_extra: int = 0) -> Path:
+    """n_extra more gallery images (>= 40 lets rankings fill the server's 50 slots)."""
+    ids = CIRCO_IDS + [100 + 7 * k for k in range(n_extra)]
+    info = {"images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 20, "height": 14} for i in ids],
             "info": {}, "licenses": []}
     _json(root / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json", info)
-    for k, i in enumerate(CIRCO_IDS):
+    for k, i in enumerate(ids):
         _img(root / "COCO2017_unlabeled" / "unlabeled2017" / f"{i:012d}.jpg", 2000 + k)
     val = [
         {"reference_img_id": 9, "target_img_id": 30, "relative_caption": "shows two people",
