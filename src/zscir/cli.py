@@ -38,6 +38,7 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, commands: Sequence[str] = COMMANDS) -> int:
+    """`commands` narrows the parser to some subcommands (tests of one subcommand use it)."""
     parser = build_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -15,6 +15,7 @@ from zscir.eval.cli import build_method
 from zscir.eval.engine import compose_queries, embed_gallery
 from zscir.eval.protocols import cirr_protocol
 
+# Only the eval subcommand: the test must not depend on other subcommands being importable.
 CMDS = ("zscir.eval.cli",)
 
 
