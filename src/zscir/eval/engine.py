@@ -152,10 +152,21 @@ def score(queries: torch.Tensor, gallery: torch.Tensor, exclude: Sequence[int | 
 
 
 def topk_stable(scores: torch.Tensor, k: int, drop_excluded: bool = True) -> list[list[int]]:
-    """Top-k gallery indices per row, ties in gallery order; -inf entries (exclusions) never listed."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : k + 1]
+    """Top-k gallery indices per row, ties in gallery order; -inf entries (exclusions) never listed.
+
+    torch.topk finds each row's k-th score; only the entries at or above it are sorted (stably, so ties keep
+    gallery order), which is what a full stable sort would give, without sorting 123k scores per query."""
+    n_rows, n = scores.shape
+    kk = min(k, n)
+    if kk <= 0:
+        return [[] for _ in range(n_rows)]
+    kth = torch.topk(scores, kk, dim=1).values[:, -1]
     rows: list[list[int]] = []
-    for i in range(order.shape[0]):
-        row = [int(j) for j in order[i] if not (drop_excluded and scores[i, j] == float("-inf"))]
-        rows.append(row[:k])
+    for i in range(n_rows):
+        row = scores[i]
+        cand = torch.nonzero(row >= kth[i]).squeeze(1)  # ascending gallery index
+        sel = cand[torch.sort(row[cand], descending=True, stable=True).indices]
+        if drop_excluded:
+            sel = sel[row[sel] != float("-inf")]
+        rows.append(sel[:k].tolist())
     return rows
