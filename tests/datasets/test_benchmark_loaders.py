@@ -99,6 +99,29 @@ def test_real_circo_annotations():
     assert aspects["statement_with_conjunction"] == 164 and aspects["negation"] == 21
 
 
+def test_real_circo_val_through_the_loader(tmp_path):
+    d = real_circo_dir()
+    if d is None:
+        pytest.skip("real CIRCO annotations not found (expected ../shared/data/circo beside the repo)")
+    root = tmp_path / "CIRCO"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(d / "val.json", root / "annotations" / "val.json")
+    val = json.loads((d / "val.json").read_text())
+    ids = sorted({e["reference_img_id"] for e in val} | {g for e in val for g in e["gt_img_ids"]})
+    info = root / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json"
+    info.parent.mkdir(parents=True)
+    info.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i:012d}.jpg"} for i in ids]}))
+    (root / "COCO2017_unlabeled" / "unlabeled2017").mkdir()
+    s = load_circo(root, "val", check_images=False)
+    assert len(s.queries) == 220 and len(s.gallery) == len(ids)
+    assert not s.complete and "123,403" in s.notes[0]  # the gallery is not the full 123,403 images
+    assert s.queries[0].targets == ["355099", "528417", "534704"] and s.queries[0].reference == "271520"
+    with pytest.raises(InputError, match="123,403"):
+        load_circo(root, "val", strict_counts=True, check_images=False)
+    with pytest.raises(InputError, match=r"CIRCO: \d+ image\(s\) missing.*unlabeled2017"):
+        load_circo(root, "val")
+
+
 def test_genecis_loader(tmp_path):
     root = make_genecis(tmp_path / "genecis_root")
     s = load_genecis(root, "change_object")

@@ -140,11 +140,20 @@ def test_eval_bad_input(tmp_path, capsys):
     root = make_fashioniq(tmp_path / "F")
     rc, _, err = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(root), "--split", "test", "--method", "sum")
     assert rc == 2 and "no test server" in err
+    rc, _, err = run_eval(capsys, "--benchmark", "genecis", "--root", str(root), "--split", "test", "--method", "sum")
+    assert rc == 2 and "single evaluation split" in err
     rc, _, err = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(root), "--method", "sum",
                           "--template", "{shared_concept} {caption}")
     assert rc == 2 and "not available for fashioniq" in err
     rc, _, err = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(root), "--method", "sum", "--alpha", "0.3")
     assert rc == 2 and "no alpha" in err
+    croot = make_cirr(tmp_path / "C")
+    cap = croot / "cirr" / "captions" / "cap.rc2.val.json"
+    entries = json.loads(cap.read_text())
+    entries[1]["caption"] = "  "
+    cap.write_text(json.dumps(entries))
+    rc, _, err = run_eval(capsys, "--benchmark", "cirr", "--root", str(croot), "--method", "sum", "--no-cache")
+    assert rc == 2 and "query 12063 has an empty modification text" in err
     (root / "images" / "B00DR0003.png").write_bytes(b"not a png")
     rc, _, err = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(root), "--method", "sum", "--no-cache",
                           "--out", str(tmp_path / "x.json"))

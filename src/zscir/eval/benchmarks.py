@@ -86,6 +86,9 @@ def query_texts(split: BenchmarkSplit, template: str, caption_order: str) -> lis
         per_query = [join_captions(q.texts, caption_order) for q in split.queries]
         variants = [[t[v] for t in per_query] for v in range(len(per_query[0]))]
     else:
+        for q in split.queries:
+            if not q.texts or not q.texts[0].strip():
+                raise InputError(f"{split.benchmark} {split.split}: query {q.qid} has an empty modification text")
         variants = [[q.texts[0] for q in split.queries]]
     return [[template.format(caption=c, **{k: v for k, v in q.fields.items() if isinstance(v, str)})
              for c, q in zip(var, split.queries)] for var in variants]
@@ -183,8 +186,11 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
     b = settings.benchmark
     if b not in SUBSETS:
         raise InputError(f"unknown benchmark {b!r}; expected one of {', '.join(SUBSETS)}")
-    if settings.split == "test" and b in ("fashioniq", "genecis"):
-        raise InputError(f"{b} has no test server (nobody reports {b} test); use --split val")
+    if settings.split == "test" and b == "fashioniq":
+        raise InputError("fashioniq has no test server and no public test targets (nobody reports FashionIQ "
+                         "test); use --split val")
+    if settings.split == "test" and b == "genecis":
+        raise InputError("genecis has a single evaluation split with public answers and no server; use --split val")
     check_template(settings.template, b)
     subsets = list(settings.subsets) if settings.subsets else list(SUBSETS[b])
     bad = [s for s in subsets if s not in SUBSETS[b]]
