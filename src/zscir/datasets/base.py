@@ -210,7 +210,8 @@ def check_counts(split: BenchmarkSplit, expected: dict[str, int], strict: bool) 
     if not diffs:
         return
     msg = (
-        f"{split.benchmark} {split.subset} {split.split}: {'; '.join(diffs)}: not the full official split, "
+        f"{split.benchmark} {' '.join(dict.fromkeys([split.subset, split.split]))}: {'; '.join(diffs)}: "
+        "not the full official split, "
         "so the numbers are not comparable with published tables"
     )
     if strict:
