@@ -209,7 +209,9 @@ def test_circo_writer_and_validator(tmp_path):
     assert json.loads(p.read_text()) == s
     assert "expected exactly 0..2" in " ".join(sub.validate_circo(s, 3, ids))
     assert "duplicate" in " ".join(sub.validate_circo({"0": ids[:49] + ids[:1], "1": ids[5:55]}, 2, ids))
-    assert "expected a list of int" in " ".join(sub.validate_circo({"0": [str(i) for i in ids[:50]], "1": ids[5:55]}, 2))
+    assert sub.validate_circo({"0": [str(i) for i in ids[:50]], "1": ids[5:55]}, 2, ids) == []  # SEARLE's strings
+    assert "expected a list of image ids" in " ".join(sub.validate_circo({"0": [1.5] * 50, "1": ids[5:55]}, 2))
+    assert "duplicate" in " ".join(sub.validate_circo({"0": [str(ids[0])] + ids[:49], "1": ids[5:55]}, 2))
     assert "not allowed" in " ".join(sub.validate_circo({"0": ids[:49] + [7], "1": ids[5:55]}, 2, ids))
     with pytest.raises(InputError, match="nothing written"):
         sub.write_circo(tmp_path / "d.json", {"0": ids[:50]}, 2, ids)

@@ -97,10 +97,13 @@ def validate_circo(sub: Mapping, n_queries: int, gallery_ids: Sequence[str | int
     g = {int(x) for x in gallery_ids} if gallery_ids is not None else None
     for k in sorted(keys & want, key=int):
         v = sub[k]
-        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            errors.append(f"[{k}]: expected a list of int image ids")
+        # ints as in the official example; digit strings (SEARLE writes them) are cast by the server too
+        if not isinstance(v, list) or not all(
+            (isinstance(x, int) and not isinstance(x, bool)) or (isinstance(x, str) and x.isdigit()) for x in v
+        ):
+            errors.append(f"[{k}]: expected a list of image ids (ints or digit strings)")
             continue
-        errors += _check_list(f"[{k}]", v, CIRCO_TOP, g, None)
+        errors += _check_list(f"[{k}]", [int(x) for x in v], CIRCO_TOP, g, None)
         if len(errors) > 20:
             break
     return errors
