@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from bench_fixtures import make_circo, make_cirr, make_fashioniq, make_genecis
 from zscir.cli import main
