@@ -159,3 +159,16 @@ def test_load_benchmark_and_root_errors(tmp_path):
     (root / "cirr" / "captions" / "cap.rc2.val.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         load_benchmark("cirr", root)
+
+
+def test_official_counts_checked(tmp_path, monkeypatch, caplog):
+    import zscir.datasets.fashioniq as fiq
+
+    root = make_fashioniq(tmp_path / "F")
+    with pytest.raises(InputError, match=r"queries 4 \(official 2,017\).*not comparable"):
+        load_fashioniq(root, "dress", strict_counts=True)
+    # a copy whose counts match the official ones loads as complete, without a warning
+    monkeypatch.setitem(fiq.EXPECTED, ("dress", "val"), {"queries": 4, "gallery": 8})
+    caplog.clear()
+    s = load_fashioniq(root, "dress", strict_counts=True)
+    assert s.complete and not s.notes and "official" not in caplog.text
