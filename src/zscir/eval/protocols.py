@@ -43,11 +43,13 @@ def cirr_protocol(
     rankings are returned (top-50 and the subset top-3, for the server files)."""
     s = score(queries, gallery, exclude=list(reference_idx))
     top = topk_stable(s, top_n)
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
     subsets: list[list[int]] = []
     for i, members in enumerate(members_idx):
-        keep = set(int(m) for m in members) - {int(reference_idx[i])}
-        subsets.append([int(j) for j in order[i] if int(j) in keep])
+        # the members in the global order (score descending, ties by gallery index), reference removed:
+        # sorting just the members this way equals filtering the full ranking, without sorting N per query
+        keep = sorted(set(int(m) for m in members) - {int(reference_idx[i])})
+        ms = s[i, keep]
+        subsets.append([keep[j] for j in torch.sort(ms, descending=True, stable=True).indices.tolist()])
     metrics: dict[str, float] = {}
     if target_idx is not None:
         t = torch.as_tensor(list(target_idx))
