@@ -54,8 +54,9 @@ def cirr_protocol(
     if target_idx is not None:
         t = torch.as_tensor(list(target_idx))
         metrics.update(recall_at_k(target_ranks(s, t), ks, "R"))
-        sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
-        metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
+        if subset_ks:
+            sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
+            metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
     return ProtocolResult(metrics, top, _top_scores(s, top), {"subset_top": [row[:3] for row in subsets]})
 
 
