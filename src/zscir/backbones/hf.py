@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from zscir.backbones import register_backbone
-from zscir.backbones.base import Backbone, TokenizedTexts, warn_truncated
+from zscir.backbones.base import Backbone, TokenizedTexts, pack_token_rows, warn_truncated
 from zscir.backbones.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from zscir.checkpoint import tensors_fingerprint
 from zscir.errors import CheckpointError, InputError
@@ -324,23 +324,8 @@ class HFBackbone(Backbone):
                 r = kept
             rows.append(r)
         warn_truncated(n_cut, limit)
-        width = limit if self.pad_to_context else max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        positions: list[list[int]] = [[] for _ in rows]
-        if n_pseudo:
-            for i, r in enumerate(rows):
-                positions[i] = [j for j, t in enumerate(r) if t == self.placeholder_id]
-                if len(positions[i]) != n_pseudo:
-                    raise InputError(
-                        f"text {texts[i]!r}: {len(positions[i])} placeholder slot(s) after tokenisation, "
-                        f"{n_pseudo} needed (is {self.placeholder!r} also used as ordinary text?)"
-                    )
-        dev = self.device
-        return TokenizedTexts(ids.to(dev), mask.to(dev), positions)
+        width = limit if self.pad_to_context else None
+        return pack_token_rows(rows, texts, self.pad_id, self.placeholder_id, n_pseudo, self.device, width)
 
     def _eos_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.to(torch.int)
