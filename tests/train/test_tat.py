@@ -204,5 +204,36 @@ def test_ddp_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_p
     assert a.keys() == b.keys()
     moved = max(float(v.abs().max()) for k, v in a.items() if ".lora_B" in k)
     assert moved > 1e-4  # training happened
+    # Adam normalises each gradient element, so summation-order noise on near-zero gradients shows up at
+    # ~1e-4 of a 2e-3 step: compare elementwise against a fraction of the step, and on average much tighter.
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3), (k, float((a[k] - b[k]).abs().max()))
+        diff = (a[k] - b[k]).abs()
+        assert float(diff.max()) < 5e-4, (k, float(diff.max()))
+        assert float(diff.mean()) <= 0.02 * float(a[k].abs().mean()) + 1e-7, (k, float(diff.mean()))
+
+
+def test_default_adapters_train_under_half_a_percent(default_backbone):
+    from zscir.methods.tat import TATAdapterConfig, add_tat_adapters, copy_image_side, trainable_parameters
+
+    tuned = copy_image_side(default_backbone)
+    wrapped = add_tat_adapters(tuned, TATAdapterConfig())
+    assert "trunk._conv_head" in wrapped and "head.proj" in wrapped
+    assert any(w.startswith("trunk._blocks.15.") for w in wrapped) and not any(w.startswith("trunk._blocks.13.") for w in wrapped)
+    flags = [p.requires_grad for p in default_backbone.text_tower.parameters()]
+    trainable, total = trainable_parameters(tuned)
+    assert 0 < trainable < 0.005 * total  # the published "under 0.5% trainable"
+    assert [p.requires_grad for p in default_backbone.text_tower.parameters()] == flags  # base flags untouched
+    assert tuned.text_tower is default_backbone.text_tower
+    assert not any(p.requires_grad for p in default_backbone.image_tower.trunk.parameters())
+
+
+def test_train_command_group_lists_tat(capsys):
+    from zscir.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "tat" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "tat", "--help"])
+    out = capsys.readouterr().out
+    assert "--merge" in out and "--temperature" in out and "--max-missing" in out

@@ -77,12 +77,26 @@ def tat_targets(backbone: Backbone, cfg: TATAdapterConfig) -> Callable[[str, nn.
 
 def add_tat_adapters(backbone: Backbone, cfg: TATAdapterConfig) -> list[str]:
     """Wrap the target layers of backbone.image_tower with LoRA in place; only adapters stay trainable."""
-    for p in backbone.parameters():
-        p.requires_grad_(False)
+    _freeze_own(backbone)
     wrapped = apply_lora(backbone.image_tower, tat_targets(backbone, cfg), cfg.lora, freeze=True)
     if not wrapped:
         raise CheckpointError(f"no layer of backbone {backbone.spec!r} matches the TAT adapter targets")
     return wrapped
+
+
+def _freeze_own(backbone: Backbone) -> None:
+    """requires_grad=False on every parameter except the text tower's: that tower is shared with the base
+    backbone, so its flags belong to the base (TAT never hands it to an optimiser either way)."""
+    shared = {id(p) for p in backbone.text_tower.parameters()}
+    for p in backbone.parameters():
+        if id(p) not in shared:
+            p.requires_grad_(False)
+
+
+def trainable_parameters(backbone: Backbone) -> tuple[int, int]:
+    """(adapter parameters that train, all parameters of the backbone)."""
+    total = sum(p.numel() for p in backbone.parameters())
+    return sum(p.numel() for p in backbone.image_tower.parameters() if p.requires_grad), total
 
 
 def copy_image_side(backbone: Backbone) -> Backbone:
@@ -179,8 +193,7 @@ def load_tat_backbone(backbone: Backbone, path: str | Path) -> TunedBackbone:
             tower.load_state_dict(ckpt.tensors, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: merged image tower does not fit this backbone ({e})") from e
-    for p in tuned.parameters():
-        p.requires_grad_(False)
+    _freeze_own(tuned)
     out = TunedBackbone(tuned, ckpt.fingerprint, base_fp).to(backbone.device)
     return out.eval()
 

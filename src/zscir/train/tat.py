@@ -41,8 +41,9 @@ from zscir.methods.tat import (
     TATAdapterConfig,
     add_tat_adapters,
     copy_image_side,
+    trainable_parameters,
 )
-from zscir.nn.lora import count_parameters, lora_state_dict, merge_lora
+from zscir.nn.lora import lora_state_dict, merge_lora
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo, gather, gather_with_grad, global_batches, init_distributed
 from zscir.train.features import text_trunk_features
@@ -343,7 +344,7 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
     tuned = copy_image_side(backbone)
     acfg = cfg.adapters
     wrapped = add_tat_adapters(tuned, acfg)
-    trainable, total = count_parameters(tuned)
+    trainable, total = trainable_parameters(tuned)
     image_total = sum(p.numel() for p in tuned.image_tower.parameters())
     if dist.is_main:
         log.info("TAT: %d adapted layers, %d trainable of %d parameters (%.3f%%; %.2f%% of the image tower)",
