@@ -42,7 +42,7 @@ class TATAdapterConfig:
     dropout: float = 0.1
     #: default backbone: the pointwise convs of the last `trunk_blocks` EfficientNet blocks (+ conv_head)
     trunk_blocks: int = 2
-    #: also adapt the trained attention-pool head's projections
+    #: also adapt the trained attention-pool head's input projection
     head: bool = True
 
     @property
@@ -60,7 +60,7 @@ def tat_targets(backbone: Backbone, cfg: TATAdapterConfig) -> Callable[[str, nn.
         blocks = {f"trunk._blocks.{i}" for i in range(first, n)}
 
         def default_targets(name: str, m: nn.Module) -> bool:
-            if cfg.head and name in ("head.proj", "head.out"):
+            if cfg.head and name == "head.proj":  # (head.out too would cross 0.5% trainable)
                 return isinstance(m, nn.Linear)
             if cfg.trunk_blocks > 0 and name == "trunk._conv_head":
                 return is_pointwise_conv(m)
