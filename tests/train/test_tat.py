@@ -152,18 +152,18 @@ def test_missing_images_listed_skipped_or_refused(tmp_path, tiny_pairs, caplog):
 def test_resume_continues_the_same_run(tmp_path, tiny_pairs, base, monkeypatch):
     import zscir.train.tat as tat
 
-    full = train_tat(_cfg(tmp_path / "a", tiny_pairs), backbone=base)
+    full = train_tat(_cfg(tmp_path / "a", tiny_pairs, epochs=1.0), backbone=base)
     calls = {"n": 0}
     real = tat.info_nce
 
     def flaky(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == 3:
             raise KeyboardInterrupt
         return real(*a, **k)
 
     monkeypatch.setattr(tat, "info_nce", flaky)
-    cfg = _cfg(tmp_path / "b", tiny_pairs, save_every=2)
+    cfg = _cfg(tmp_path / "b", tiny_pairs, epochs=1.0, save_every=1)
     with pytest.raises(KeyboardInterrupt):
         train_tat(cfg, backbone=base)
     assert (tmp_path / "b" / "tat.partial" / "state.pt").is_file()
