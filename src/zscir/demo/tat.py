@@ -66,8 +66,13 @@ def _slerp_tat(ctx: DemoContext) -> CompositionMethod:
           f"{gap_after['matched_cosine']:.3f}, centroid distance {gap_before['centroid_distance']:.3f} -> "
           f"{gap_after['centroid_distance']:.3f}")
 
-    base_method = get_method_class("slerp")(ctx.backbone, alpha=DEFAULT_ALPHA)
-    method = get_method_class("slerp+tat")(ctx.backbone, tat=tuned, alpha=DEFAULT_ALPHA)
+    from zscir.demo.recipes import select_alpha
+
+    # Same rule as the `slerp` recipe: alpha chosen on the world's CIR *training* triplets, never on evaluation.
+    cls = get_method_class("slerp+tat")
+    alpha = select_alpha(ctx, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), "slerp+tat")
+    method = cls(ctx.backbone, tat=tuned, alpha=alpha)
+    base_method = get_method_class("slerp")(ctx.backbone, alpha=DEFAULT_ALPHA)  # the sweep sets alpha itself
     ctx.extras["sweeps"] = {"alphas": list(SWEEP_ALPHAS),
                             "slerp": alpha_sweep(ctx, base_method), "slerp+tat": alpha_sweep(ctx, method)}
     for name in ("slerp", "slerp+tat"):
