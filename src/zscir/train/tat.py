@@ -1,0 +1,535 @@
+"""`zscir train tat`: Text-Anchored Tuning of the image tower against the frozen text tower.
+
+LoRA adapters (rank/alpha/dropout 16/16/0.1 by default) on the image tower, trained with the symmetric
+image-text InfoNCE loss at a fixed temperature (0.07) on image-caption pairs, for about one epoch. The text
+tower is frozen and never handed to the optimiser: its tensors stay bit-identical (a test hashes them).
+
+Speed on a CPU: on the embedded default only the last EfficientNet blocks (+ conv_head + head) carry
+adapters, so the frozen stem and earlier blocks are run once per image and their output is cached; the
+text side is frozen too, so caption embeddings are computed once. A training step then only runs the
+adapted blocks. For other backbones (Hugging Face ViTs) the whole tower runs every step.
+
+Under `torchrun --nproc_per_node=N` the same command runs DDP (gloo on CPU, nccl on GPU); the contrastive
+negatives are the global batch (gathered across processes with gradient). Resumable: state is saved to
+`OUT.partial/` every --save-every steps and picked up by the next run with the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from zscir.backbones.base import Backbone
+from zscir.checkpoint import save_checkpoint
+from zscir.errors import InputError
+from zscir.methods.tat import (
+    ADAPTERS_KIND,
+    MERGED_KIND,
+    TATAdapterConfig,
+    add_tat_adapters,
+    copy_image_side,
+    trainable_parameters,
+)
+from zscir.nn.lora import lora_state_dict, merge_lora
+from zscir.objectives import info_nce
+from zscir.train.distributed import DistInfo, gather, gather_with_grad, global_batches, init_distributed
+from zscir.train.features import text_trunk_features
+from zscir.utils.runtime import configure_threads, seed_everything
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class TATConfig:
+    """Settings of one TAT run (saved in the checkpoint; a resumed run must match them)."""
+
+    backbone: str = "default"
+    world: str = ""
+    images: str = ""  # folder of images (with --captions)
+    captions: str = ""  # JSONL or CSV with image + caption per row
+    out: str = ""
+    rank: int = 16
+    alpha: float = 16.0
+    dropout: float = 0.1
+    trunk_blocks: int = 2
+    head: bool = True
+    temperature: float = 0.07
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: float = 0.05
+    epochs: float = 1.0
+    batch_size: int = 128  # global batch (split over DDP processes)
+    seed: int = 0
+    device: str = ""
+    max_missing: float = 0.05
+    val_fraction: float = 0.05
+    max_val: int = 1000
+    save_every: int = 50
+    merge: bool = False
+    progress: bool = True
+
+    @property
+    def adapters(self) -> TATAdapterConfig:
+        return TATAdapterConfig(self.rank, self.alpha, self.dropout, self.trunk_blocks, self.head)
+
+    def signature(self) -> dict:
+        """What must match for a resumed run to continue the same training."""
+        keep = ("backbone", "world", "images", "captions", "rank", "alpha", "dropout", "trunk_blocks", "head",
+                "temperature", "lr", "weight_decay", "warmup", "epochs", "batch_size", "seed", "val_fraction", "max_val")
+        return {k: getattr(self, k) for k in keep}
+
+
+@dataclass
+class PairSet:
+    """Image paths + captions; `missing` lists rows skipped because their image was not found."""
+
+    paths: list[Path]
+    captions: list[str]
+    missing: list[str] = field(default_factory=list)
+    source: str = ""
+
+
+@dataclass
+class TATResult:
+    path: Path
+    trainable: int
+    total: int
+    image_tower_total: int
+    steps: int
+    images_per_s: float
+    final_loss: float
+    gap_before: dict
+    gap_after: dict
+    seconds: float
+
+    @property
+    def trainable_fraction(self) -> float:
+        return self.trainable / max(1, self.total)
+
+
+# --- data --------------------------------------------------------------------------------------------------
+def read_caption_file(captions: str | Path, images: str | Path, max_missing: float = 0.05) -> PairSet:
+    """Rows of (image, caption) from a JSONL (`{"image": ..., "caption": ...}`) or CSV (header with `image`
+    and `caption` columns) file; image paths are relative to `images`. Rows whose image does not exist are
+    listed and skipped; if more than `max_missing` of the rows are missing the run is refused."""
+    captions, images = Path(captions), Path(images)
+    if not captions.is_file():
+        raise InputError(f"{captions}: captions file not found")
+    if not images.is_dir():
+        raise InputError(f"{images}: image folder not found")
+    rows: list[tuple[str, str]] = []
+    if captions.suffix.lower() == ".csv":
+        with open(captions, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+            img_col = fields.get("image") or fields.get("file") or fields.get("path")
+            cap_col = fields.get("caption") or fields.get("text")
+            if not img_col or not cap_col:
+                raise InputError(f"{captions}: CSV needs 'image' and 'caption' columns, has {reader.fieldnames}")
+            for r in reader:
+                rows.append(((r.get(img_col) or "").strip(), (r.get(cap_col) or "").strip()))
+    else:
+        for i, line in enumerate(captions.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{captions}:{i}: not JSON ({e.msg})") from e
+            if not isinstance(r, dict):
+                raise InputError(f"{captions}:{i}: expected an object with 'image' and 'caption'")
+            img = r.get("image", r.get("file", r.get("path", "")))
+            cap = r.get("caption", r.get("text", ""))
+            rows.append((str(img).strip(), str(cap).strip()))
+    if not rows:
+        raise InputError(f"{captions}: no rows")
+    paths, caps, missing = [], [], []
+    for img, cap in rows:
+        p = images / img
+        if not cap:
+            missing.append(f"{img or '<empty>'} (empty caption)")
+            continue
+        if not img or not p.is_file():
+            missing.append(img or "<empty image field>")
+            continue
+        paths.append(p)
+        caps.append(cap)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        log.warning("%d of %d caption rows skipped (image missing or caption empty): %s", len(missing), len(rows), shown)
+        if len(missing) > max_missing * len(rows):
+            raise InputError(
+                f"{captions}: {len(missing)} of {len(rows)} rows ({100 * len(missing) / len(rows):.1f}%) point at "
+                f"missing images or have empty captions, more than the allowed {100 * max_missing:.1f}% "
+                f"(--max-missing); first: {shown}"
+            )
+    return PairSet(paths, caps, missing, source=str(captions))
+
+
+def load_pairs(cfg: TATConfig) -> PairSet:
+    if cfg.world and (cfg.images or cfg.captions):
+        raise InputError("give either --world or --images + --captions, not both")
+    if cfg.world:
+        from zscir.world import load_world
+
+        world = load_world(cfg.world)
+        return PairSet([Path(world.image_path(p["image"])) for p in world.pairs], [p["caption"] for p in world.pairs],
+                       source=str(cfg.world))
+    if cfg.images and cfg.captions:
+        return read_caption_file(cfg.captions, cfg.images, cfg.max_missing)
+    raise InputError("no training data: give --world DIR, or --images DIR --captions FILE.jsonl|.csv")
+
+
+def split_val(n: int, cfg: TATConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices: a seeded held-out slice for measuring the modality gap."""
+    g = torch.Generator()
+    g.manual_seed(cfg.seed + 7)
+    perm = torch.randperm(n, generator=g)
+    n_val = min(cfg.max_val, int(n * cfg.val_fraction)) if n >= 20 else 0
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+# --- the tower, split into a frozen (cacheable) prefix and an adapted suffix ---------------------------------
+class _DefaultSuffix(nn.Module):
+    """EfficientNet blocks[start:] + conv_head + the attention-pool head; input: the cached block input."""
+
+    def __init__(self, backbone: Backbone, start: int) -> None:
+        super().__init__()
+        trunk = backbone.image_tower.trunk
+        self.blocks = nn.ModuleList(list(trunk._blocks)[start:])
+        self.conv_head, self.bn1, self.swish = trunk._conv_head, trunk._bn1, trunk._swish
+        self.head = backbone.image_tower.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = b(x)
+        x = self.swish(self.bn1(self.conv_head(x)))
+        return F.normalize(self.head(x.flatten(2).transpose(1, 2)), dim=-1)
+
+
+class _WholeTower(nn.Module):
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+
+def _default_prefix_start(backbone: Backbone, cfg: TATAdapterConfig) -> int | None:
+    trunk = getattr(backbone.image_tower, "trunk", None)
+    if trunk is None or not hasattr(trunk, "_blocks") or not hasattr(trunk, "_conv_stem"):
+        return None
+    return max(0, len(trunk._blocks) - cfg.trunk_blocks) if cfg.trunk_blocks > 0 else len(trunk._blocks)
+
+
+@torch.inference_mode()
+def _prefix_features(backbone: Backbone, start: int, paths: Sequence[Path], batch: int, progress: bool) -> torch.Tensor:
+    from zscir.eval.engine import iter_pixel_batches
+
+    trunk = backbone.image_tower.trunk
+    out = []
+    with tqdm(total=len(paths), desc="frozen image features", unit="img", leave=False, disable=not progress) as bar:
+        for px in iter_pixel_batches(paths, backbone.preprocess_config, batch):
+            x = trunk._swish(trunk._bn0(trunk._conv_stem(px.to(backbone.device))))
+            for b in list(trunk._blocks)[:start]:
+                x = b(x)
+            out.append(x.float().cpu())
+            bar.update(len(px))
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def _text_embeddings(backbone: Backbone, captions: Sequence[str], progress: bool) -> torch.Tensor:
+    feats = text_trunk_features(backbone, captions, desc="caption features")
+    out = [F.normalize(backbone.text_head(feats[i : i + 1024].to(backbone.device)), dim=-1).float().cpu()
+           for i in range(0, len(feats), 1024)]
+    return torch.cat(out)
+
+
+# --- the modality gap --------------------------------------------------------------------------------------
+def gap_stats(v: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
+    """Modality-gap measures of row-aligned, L2-normalised image (v) and text (w) embeddings."""
+    v, w = F.normalize(v.float(), dim=-1), F.normalize(w.float(), dim=-1)
+    sim = v @ w.T
+    n = len(v)
+    off = (sim.sum() - sim.diag().sum()) / max(1, n * n - n)
+    return {
+        "matched_cosine": round(float(sim.diag().mean()), 4),
+        "unmatched_cosine": round(float(off), 4),
+        "centroid_distance": round(float((v.mean(0) - w.mean(0)).norm()), 4),
+        "pairs": n,
+    }
+
+
+@torch.inference_mode()
+def measure_gap(backbone: Backbone, paths: Sequence[Path], captions: Sequence[str], batch: int = 64) -> dict[str, float]:
+    """Mean matched image-caption cosine and centroid distance, through the backbone's public API."""
+    from zscir.eval.engine import embed_images
+
+    v = embed_images(backbone.encode_image, paths, backbone.preprocess_config, backbone.device, batch,
+                     desc="gap images", progress=False)
+    w = torch.cat([backbone.encode_text(list(captions[i : i + 256])).float().cpu() for i in range(0, len(captions), 256)])
+    return gap_stats(v, w)
+
+
+# --- training ----------------------------------------------------------------------------------------------
+def _schedule(total: int, warmup: float):
+    w = max(1, int(total * warmup))
+
+    def f(step: int) -> float:
+        if step < w:
+            return (step + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
+
+    return f
+
+
+def _partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def train_tat(cfg: TATConfig, backbone: Backbone | None = None, dist: DistInfo | None = None,
+              pairs: PairSet | None = None) -> TATResult:
+    """Run TAT and save the adapters to cfg.out (rank 0). `backbone` (the base) is never modified."""
+    t0 = time.time()
+    if not cfg.out:
+        raise InputError("--out is required")
+    if not 0 < cfg.temperature:
+        raise InputError(f"temperature must be > 0, got {cfg.temperature}")
+    if cfg.epochs <= 0 or cfg.batch_size < 2:
+        raise InputError("epochs must be > 0 and the batch size at least 2")
+    configure_threads()
+    own_dist = dist is None
+    dist = dist or init_distributed(cfg.device)
+    try:
+        return _train(cfg, backbone, dist, pairs, t0)
+    finally:
+        if own_dist:
+            dist.close()
+
+
+def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: PairSet | None, t0: float) -> TATResult:
+    seed_everything(cfg.seed + dist.rank)
+    if cfg.batch_size % dist.world:
+        raise InputError(f"batch size {cfg.batch_size} does not split over {dist.world} processes")
+    if backbone is None:
+        from zscir.backbones import load_backbone
+
+        backbone = load_backbone(cfg.backbone)
+    backbone = backbone.to(dist.device).eval()
+    base_fp = backbone.fingerprint()
+    pairs = pairs or load_pairs(cfg)
+    n_all = len(pairs.paths)
+    train_idx, val_idx = split_val(n_all, cfg)
+    if len(train_idx) < cfg.batch_size:
+        raise InputError(f"{len(train_idx)} training pairs, fewer than one batch of {cfg.batch_size}")
+    progress = cfg.progress and dist.is_main
+
+    tuned = copy_image_side(backbone)
+    acfg = cfg.adapters
+    wrapped = add_tat_adapters(tuned, acfg)
+    trainable, total = trainable_parameters(tuned)
+    image_total = sum(p.numel() for p in tuned.image_tower.parameters())
+    if dist.is_main:
+        log.info("TAT: %d adapted layers, %d trainable of %d parameters (%.3f%%; %.2f%% of the image tower)",
+                 len(wrapped), trainable, total, 100 * trainable / total, 100 * trainable / image_total)
+
+    # Frozen parts, computed once.
+    paths = [pairs.paths[i] for i in train_idx.tolist()]
+    caps = [pairs.captions[i] for i in train_idx.tolist()]
+    uniq = list(dict.fromkeys(paths))
+    where = {p: i for i, p in enumerate(uniq)}
+    img_row = torch.tensor([where[p] for p in paths])
+    start = _default_prefix_start(tuned, acfg)
+    if start is not None:
+        cache = _prefix_features(backbone, start, uniq, 128, progress)
+        suffix: nn.Module = _DefaultSuffix(tuned, start)
+    else:
+        cache = None
+        suffix = _WholeTower(tuned)
+    text = _text_embeddings(backbone, caps, progress)
+    gap_before = {}
+    if len(val_idx) and dist.is_main:
+        gap_before = measure_gap(backbone, [pairs.paths[i] for i in val_idx.tolist()], [pairs.captions[i] for i in val_idx.tolist()])
+
+    def inputs(rows: torch.Tensor) -> torch.Tensor:
+        if cache is not None:
+            return cache[img_row[rows]].to(dist.device)
+        from zscir.utils.io import load_image
+        from zscir.backbones.preprocess import preprocess_batch
+
+        return preprocess_batch([load_image(paths[i]) for i in rows.tolist()], tuned.preprocess_config).to(dist.device)
+
+    model = dist.wrap(suffix)
+    params = [p for p in suffix.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(train_idx)
+    steps_per_epoch = len(global_batches(n, cfg.batch_size, cfg.seed, 0))
+    total_steps = max(1, round(steps_per_epoch * cfg.epochs))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_steps, cfg.warmup))
+    scale = 1.0 / cfg.temperature
+
+    out = Path(cfg.out)
+    partial = _partial_dir(out)
+    step = 0
+    state_file = partial / "state.pt"
+    if state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        if json.loads(state["signature"]) == cfg.signature() and state["base_fingerprint"] == base_fp:
+            tuned.image_tower.load_state_dict(state["adapters"], strict=False)
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            step = int(state["step"])
+            if dist.is_main:
+                log.info("resuming TAT from %s at step %d of %d", partial, step, total_steps)
+        elif dist.is_main:
+            log.warning("%s holds a run with other settings; starting afresh", partial)
+
+    def save_state() -> None:
+        if not dist.is_main:
+            return
+        partial.mkdir(parents=True, exist_ok=True)
+        tmp = partial / "state.pt.tmp"
+        torch.save({"signature": json.dumps(cfg.signature(), sort_keys=True), "base_fingerprint": base_fp,
+                    "adapters": lora_state_dict(tuned.image_tower), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "step": step}, tmp)
+        tmp.replace(state_file)
+
+    tuned.train()
+    bar = tqdm(total=total_steps, initial=step, desc="tat", unit="step", disable=not progress)
+    loss_v, seen, t_train = float("nan"), 0, time.time()
+    g = 0
+    epoch = 0
+    while g < total_steps:
+        for rows in dist.batches(n, cfg.batch_size, cfg.seed, epoch):
+            if g >= total_steps:
+                break
+            if g < step:  # resumed: this batch was already trained on
+                g += 1
+                continue
+            x = inputs(rows)
+            w = text[rows].to(dist.device)
+            v = model(x)
+            off = dist.rank * len(rows)
+            loss = info_nce(v, w, scale, a_all=gather_with_grad(v), b_all=gather(w), offset=off)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            g += 1
+            step = g
+            seen += len(rows) * dist.world
+            loss_v = loss.item()
+            if progress:
+                bar.set_postfix(loss=f"{loss_v:.3f}", img_s=f"{seen / max(1e-6, time.time() - t_train):.0f}")
+                bar.update(1)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                save_state()
+        epoch += 1
+    bar.close()
+    tuned.eval()
+    ips = seen / max(1e-6, time.time() - t_train)
+    loss_v = dist.mean(loss_v)
+
+    result_gap_after: dict = {}
+    if dist.is_main:
+        adapters = lora_state_dict(tuned.image_tower)
+        meta = dict(backbone_fingerprint=base_fp, backbone=backbone.spec,
+                    trainable_parameters=trainable, total_parameters=total,
+                    data={"source": pairs.source, "pairs": n_all, "train_pairs": n, "skipped": len(pairs.missing)},
+                    steps=step, final_loss=loss_v)
+        save_checkpoint(out, ADAPTERS_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)}, adapters, **meta)
+        if len(val_idx):
+            from zscir.methods.tat import load_tat_backbone
+
+            after = load_tat_backbone(backbone, out)
+            result_gap_after = measure_gap(after, [pairs.paths[i] for i in val_idx.tolist()],
+                                           [pairs.captions[i] for i in val_idx.tolist()])
+        if cfg.merge:
+            merge_lora(tuned.image_tower)
+            save_checkpoint(out / "merged", MERGED_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)},
+                            tuned.image_tower.state_dict(), **meta)
+        shutil.rmtree(partial, ignore_errors=True)
+    dist.barrier()
+    return TATResult(path=out, trainable=trainable, total=total, image_tower_total=image_total, steps=step,
+                     images_per_s=ips, final_loss=loss_v, gap_before=gap_before, gap_after=result_gap_after,
+                     seconds=time.time() - t0)
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+def _add_args(p: argparse.ArgumentParser) -> None:
+    d = TATConfig()
+    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    p.add_argument("--world", default="", help="train on this world's image-caption pairs")
+    p.add_argument("--images", default="", help="image folder (with --captions)")
+    p.add_argument("--captions", default="", help="JSONL ({'image','caption'} per line) or CSV (image,caption) file")
+    p.add_argument("--out", required=True, help="adapter checkpoint folder to write")
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--trunk-blocks", type=int, default=d.trunk_blocks,
+                   help="default backbone: adapt the last N EfficientNet blocks (default: %(default)s)")
+    p.add_argument("--no-head", action="store_true", help="default backbone: leave the pooling head untouched")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="fixed InfoNCE temperature")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="", help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--max-missing", type=float, default=d.max_missing,
+                   help="refuse if more than this fraction of caption rows point at missing images")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="resume state every N steps (0: never)")
+    p.add_argument("--merge", action="store_true", help="also write OUT/merged: the tower with adapters folded in")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = TATConfig(
+        backbone=args.backbone, world=args.world, images=args.images, captions=args.captions, out=args.out,
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks, head=not args.no_head,
+        temperature=args.temperature, lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
+        batch_size=args.batch_size, seed=args.seed, device=args.device, max_missing=args.max_missing,
+        save_every=args.save_every, merge=args.merge, progress=not args.no_progress,
+    )
+    res = train_tat(cfg)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved TAT adapters to {res.path}: {res.trainable} of {res.total} parameters trainable "
+              f"({100 * res.trainable_fraction:.3f}%), {res.steps} steps, {res.images_per_s:.0f} img/s, "
+              f"final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+        if res.gap_before and res.gap_after:
+            print(f"modality gap (held-out pairs): matched cosine {res.gap_before['matched_cosine']:.3f} -> "
+                  f"{res.gap_after['matched_cosine']:.3f}, centroid distance {res.gap_before['centroid_distance']:.3f} -> "
+                  f"{res.gap_after['centroid_distance']:.3f}")
+    return 0
+
+
+def _register() -> None:
+    from zscir.train.cli import register_trainer
+
+    register_trainer(
+        "tat", _add_args, _run,
+        help="Text-Anchored Tuning: LoRA on the image tower against the frozen text tower (for slerp+tat)",
+        description=__doc__.split("\n\n")[0] if __doc__ else "",
+    )
+
+
+_register()
