@@ -1,0 +1,414 @@
+"""`zscir train rtd`: reduce the text encoder's task discrepancy on text triplets (no images).
+
+For a triplet (reference caption r, modification m, target caption t):
+
+    e   = normalise(E0(r) + noise)           E0: the frozen original text tower; noise ~ N(0, (s^2 / D) I),
+                                             i.e. a vector of expected norm s (default 0.5) on a unit embedding
+    $   = mapper(e)                          the frozen pseudo-token mapper of any pseudo-token method
+    q   = E(concat($, m))                    E: the text tower being tuned; the concatenation scheme puts $
+                                             where it sits at inference (`a photo of $ that {m}`)
+    k   = E0(t)                              the anchor: the target as the *original* tower embeds it
+
+Loss: symmetric InfoNCE between queries and keys, temperature 0.07, in-batch negatives on both sides.
+Refined batches: each batch also holds the pairs (E(`a photo of $`), E0(r)), so every composed query meets its
+own reference caption as a hard negative; triplets that share a reference are put in the same batch so their
+targets are negatives of each other. Pairs whose keys are the same text are not used as negatives.
+
+Published recipe: full fine-tuning (here: the whole text tower except the word-embedding table, which is
+the pseudo tokens' space and stays frozen), lr 1e-5. LoRA on the transformer's Linear layers is a setting.
+Because E0 is frozen, anchor keys are computed once per distinct caption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from zscir.backbones.base import Backbone
+from zscir.checkpoint import Checkpoint, check_fingerprint, load_checkpoint, save_checkpoint, tensors_fingerprint
+from zscir.errors import CheckpointError, InputError
+from zscir.methods.rtd import RTD_KIND, frozen_word_table_names, lora_targets
+from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_dict
+from zscir.train.triplets import Triplet
+from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+#: concatenation schemes: how the pseudo token and the modification are joined into the training query.
+#: each maps to (composed-query template, reference-only prompt for the hard-negative pair)
+CONCAT_SCHEMES: dict[str, tuple[str, str]] = {
+    # the token sits where it sits at inference (the method's template), the published scheme
+    "template": ("a photo of $ that {text}", "a photo of $"),
+    # the token first, then the modification, no template words
+    "prefix": ("$ {text}", "$"),
+    # the modification first, the token last (a position it never has at inference)
+    "suffix": ("{text} $", "$"),
+}
+
+
+@dataclass
+class RTDConfig:
+    """Settings of one RTD run (every run is reproducible from these, the triplets and the mapper)."""
+
+    out: str = ""
+    steps: int = 0  # 0: `epochs` passes over the triplets
+    epochs: float = 1.0
+    batch_size: int = 32  # triplets per batch (the hard-negative pairs come on top)
+    lr: float = 0.0  # 0: 1e-5 for full fine-tuning (published), 1e-4 for LoRA
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of steps
+    temperature: float = 0.07
+    noise: float = 0.5
+    concat: str = "template"
+    template: str = ""  # overrides the scheme's template (e.g. the method's own); must hold $ and {text}
+    anchor: bool = True  # False: keys from the tower being tuned (ablation)
+    hard_negatives: bool = True  # False: plain random batches, no reference pairs (ablation)
+    tune: str = "full"  # full | lora
+    lora_rank: int = 16
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    max_triplets: int = 0  # 0: all
+    seed: int = 0
+    device: str = ""
+    grad_clip: float = 1.0
+
+    def resolved_lr(self) -> float:
+        return self.lr or (1e-4 if self.tune == "lora" else 1e-5)
+
+    def check(self) -> None:
+        if self.concat not in CONCAT_SCHEMES:
+            raise InputError(f"unknown concatenation scheme {self.concat!r}; choose from {', '.join(CONCAT_SCHEMES)}")
+        if self.tune not in ("full", "lora"):
+            raise InputError(f"tune must be 'full' or 'lora', not {self.tune!r}")
+        if self.noise < 0 or self.temperature <= 0 or self.batch_size < 2:
+            raise InputError("noise must be >= 0, temperature > 0 and batch size >= 2")
+        if self.template and ("$" not in self.template or "{text}" not in self.template):
+            raise InputError(f"template {self.template!r} needs a '$' and a '{{text}}'")
+
+    def prompts(self) -> tuple[str, str]:
+        tpl, ref = CONCAT_SCHEMES[self.concat]
+        if self.template and self.concat == "template":
+            tpl = self.template
+            ref = self.template.split("{text}")[0].rstrip()
+            ref = re.sub(r"\s+(that|which|who|and|with|but)$", "", ref) or "$"
+        return tpl, ref
+
+
+
+@dataclass
+class RTDResult:
+    path: Path | None
+    steps: int
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    trainable: int = 0
+    total: int = 0
+
+
+# --- batches ---------------------------------------------------------------------------------------------
+def refined_batches(triplets: Sequence[Triplet], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Indices in batches of <= batch_size where triplets sharing a reference stay together (a group larger
+    than a batch is split across consecutive batches). Group order is shuffled."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(triplets):
+        groups.setdefault(t.reference, []).append(i)
+    order = list(groups.values())
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for g in order:
+        rng.shuffle(g)
+        if cur and len(cur) + len(g) > batch_size:
+            batches.append(cur)
+            cur = []
+        while len(g) > batch_size:
+            batches.append(g[:batch_size])
+            g = g[batch_size:]
+        cur.extend(g)
+    if cur:
+        batches.append(cur)
+    return [b for b in batches if len(b) >= 2] or batches
+
+
+def random_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    idx = list(range(n))
+    rng.shuffle(idx)
+    return [idx[i : i + batch_size] for i in range(0, n, batch_size) if len(idx[i : i + batch_size]) >= 2]
+
+
+# --- loss ------------------------------------------------------------------------------------------------
+def anchored_info_nce(q: torch.Tensor, k: torch.Tensor, key_ids: Sequence[str], temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between row-aligned queries q and keys k (both (N, D), unit norm). Pairs whose keys are
+    the same text are not negatives of each other (they would be false negatives)."""
+    logits = q @ k.T / temperature
+    ids = {s: i for i, s in enumerate(dict.fromkeys(key_ids))}
+    code = torch.tensor([ids[s] for s in key_ids], device=q.device)
+    same = (code[:, None] == code[None, :]) & ~torch.eye(len(code), dtype=torch.bool, device=q.device)
+    logits = logits.masked_fill(same, float("-inf"))
+    labels = torch.arange(len(code), device=q.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+# --- mappers ---------------------------------------------------------------------------------------------
+#: checkpoint kind -> loader(checkpoint, backbone) -> mapper module with forward(embedding, local=None) -> (B, M, W)
+MAPPER_LOADERS: dict[str, Callable[[Checkpoint, Backbone], nn.Module]] = {}
+
+
+def register_mapper_loader(kind: str) -> Callable:
+    def deco(fn: Callable[[Checkpoint, Backbone], nn.Module]) -> Callable:
+        MAPPER_LOADERS[kind] = fn
+        return fn
+
+    return deco
+
+
+def load_mapper(path: str | Path, backbone: Backbone) -> nn.Module:
+    """Load a pseudo-token mapper checkpoint for `backbone` (refused if it was trained for another one)."""
+    _register_known_mappers()
+    ckpt = load_checkpoint(path, tuple(MAPPER_LOADERS) or None)
+    if ckpt.kind not in MAPPER_LOADERS:
+        raise CheckpointError(f"{path}: checkpoint of kind {ckpt.kind!r} is not a pseudo-token mapper")
+    check_fingerprint(ckpt, backbone.fingerprint(), "mapper")
+    mapper = MAPPER_LOADERS[ckpt.kind](ckpt, backbone)
+    mapper.rtd_source = {"path": str(path), "kind": ckpt.kind, "fingerprint": ckpt.fingerprint}  # type: ignore[attr-defined]
+    return mapper
+
+
+def _register_known_mappers() -> None:
+    """Mapper kinds of the pseudo-token methods in the library (hooked up when those modules exist)."""
+
+
+# --- training --------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def _embed_frozen(backbone: Backbone, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    out = [backbone.encode_text(list(texts[i : i + batch_size])).float() for i in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+def _set_trainable(student: Backbone, cfg: RTDConfig) -> None:
+    for p in student.parameters():
+        p.requires_grad_(False)
+    tower = student.text_tower
+    if cfg.tune == "lora":
+        apply_lora(tower, lora_targets, LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout), freeze=True)
+    else:
+        table = student.word_embeddings()
+        for m in tower.modules():
+            if m is table:
+                continue
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(True)
+
+
+def _mapper_tokens(mapper: nn.Module, emb: torch.Tensor) -> torch.Tensor:
+    tok = mapper(emb)
+    if tok.ndim == 2:
+        tok = tok[:, None]
+    return tok
+
+
+def train_rtd(
+    cfg: RTDConfig,
+    backbone: Backbone,
+    mapper: nn.Module,
+    triplets: Sequence[Triplet],
+    meta: dict | None = None,
+    progress: bool = True,
+) -> RTDResult:
+    """Tune a copy of `backbone`'s text tower on `triplets` with the frozen `mapper`; save to cfg.out if set."""
+    cfg.check()
+    t0 = time.time()
+    configure_threads()
+    seed_everything(cfg.seed)
+    rng = random.Random(cfg.seed)
+    device = pick_device(cfg.device or None)
+    triplets = list(triplets)
+    if cfg.max_triplets and len(triplets) > cfg.max_triplets:
+        triplets = rng.sample(triplets, cfg.max_triplets)
+    if len(triplets) < 2:
+        raise InputError(f"RTD needs at least 2 triplets, got {len(triplets)}")
+    tpl, ref_prompt = cfg.prompts()
+
+    backbone = backbone.to(device).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    mapper = mapper.to(device).eval()
+    for p in mapper.parameters():
+        p.requires_grad_(False)
+
+    # Frozen embeddings of every distinct caption: the mapper's inputs (references) and the anchors (keys).
+    captions = list(dict.fromkeys([t.reference for t in triplets] + [t.target for t in triplets]))
+    cap_index = {c: i for i, c in enumerate(captions)}
+    frozen = _embed_frozen(backbone, captions).to(device)
+    dim = frozen.shape[1]
+
+    student = copy.deepcopy(backbone)
+    _set_trainable(student, cfg)
+    student.train()
+    trainable, total = count_parameters(student.text_tower)
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.resolved_lr())
+
+    def epoch_batches() -> list[list[int]]:
+        if cfg.hard_negatives:
+            return refined_batches(triplets, cfg.batch_size, rng)
+        return random_batches(len(triplets), cfg.batch_size, rng)
+
+    per_epoch = len(epoch_batches())
+    steps = cfg.steps or max(1, math.ceil(per_epoch * cfg.epochs))
+    warm = max(1, int(steps * cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+    losses: list[float] = []
+    queue: list[list[int]] = []
+    bar = tqdm(total=steps, desc=f"rtd ({cfg.tune})", unit="step", disable=not progress, leave=False)
+    for _step in range(steps):
+        if not queue:
+            queue = epoch_batches()
+        batch = queue.pop()
+        trip = [triplets[i] for i in batch]
+        refs = list(dict.fromkeys(t.reference for t in trip)) if cfg.hard_negatives else []
+        # the mapper sees each reference caption's frozen text embedding plus noise
+        ref_caps = [t.reference for t in trip] + refs
+        e = frozen[[cap_index[c] for c in ref_caps]]
+        if cfg.noise > 0:
+            e = e + torch.randn_like(e) * (cfg.noise / math.sqrt(dim))
+        with torch.no_grad():
+            tokens = _mapper_tokens(mapper, F.normalize(e, dim=-1))
+        texts = [tpl.replace("{text}", t.modification) for t in trip] + [ref_prompt] * len(refs)
+        q = student.encode_text_with_tokens(texts, tokens)
+        key_caps = [t.target for t in trip] + refs
+        if cfg.anchor:
+            k = frozen[[cap_index[c] for c in key_caps]]
+        else:
+            k = student.encode_text(key_caps)
+        loss = anchored_info_nce(q, k, key_caps, cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.item()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.update(1)
+    bar.close()
+    student.eval()
+
+    path = None
+    if cfg.out:
+        path = save_rtd(cfg, student, backbone, mapper, len(triplets), meta or {})
+    res = RTDResult(path=path, steps=steps, final_loss=float(sum(losses[-10:]) / len(losses[-10:])), losses=losses,
+                    seconds=time.time() - t0, trainable=trainable, total=total)
+    log.info("RTD (%s, %d steps, %d triplets): loss %.3f -> %.3f, %d / %d text-tower parameters trained, %.0f s%s",
+             cfg.tune, steps, len(triplets), losses[0], res.final_loss, trainable, total, res.seconds,
+             f" -> {path}" if path else "")
+    res.student = student  # type: ignore[attr-defined]
+    return res
+
+
+def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.Module, n_triplets: int,
+             meta: dict) -> Path:
+    tower = student.text_tower
+    if cfg.tune == "lora":
+        tensors = lora_state_dict(tower)
+        config = {"tune": "lora", "lora": asdict(LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout))}
+    else:
+        skip = frozen_word_table_names(student)
+        tensors = {k: v for k, v in tower.state_dict().items() if k not in skip}
+        config = {"tune": "full"}
+    src = getattr(mapper, "rtd_source", None) or {
+        "fingerprint": tensors_fingerprint({k: v for k, v in mapper.state_dict().items()})}
+    return save_checkpoint(cfg.out, RTD_KIND, config, tensors, backbone_fingerprint=backbone.fingerprint(),
+                           mapper=src, rtd=asdict(cfg), triplets=n_triplets, **meta)
+
+
+# --- triplet sources -------------------------------------------------------------------------------------
+def load_triplet_source(world: str = "", triplets: str = "", captions: str = "", per_caption: int = 2,
+                        seed: int = 0, max_bad_fraction: float = 0.05) -> tuple[list[Triplet], str]:
+    """(triplets, description) from exactly one of: a world folder, a JSONL file, a caption list."""
+    from zscir.train.triplets import generate_triplets, read_captions, read_triplets_jsonl, triplets_from_dicts
+
+    given = [x for x in (world, triplets, captions) if x]
+    if len(given) != 1:
+        raise InputError("give exactly one triplet source: --world DIR, --triplets FILE.jsonl or --captions FILE")
+    if world:
+        from zscir.world import load_world
+
+        return triplets_from_dicts(load_world(world).text_triplets), f"world:{world}"
+    if triplets:
+        return read_triplets_jsonl(triplets, max_bad_fraction), f"jsonl:{triplets}"
+    return generate_triplets(read_captions(captions), per_caption, seed), f"rules:{captions}"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `rtd` to the `zscir train` command group."""
+    d = RTDConfig()
+    p = sub.add_parser(
+        "rtd",
+        help="RTD: tune the text tower on text triplets for a pseudo-token method's mapper",
+        description="Target-anchored text contrastive tuning of the text tower (RTD) with a frozen pseudo-token "
+        "mapper, on text triplets only. Writes a checkpoint that any pseudo-token method can use as its text side.",
+    )
+    p.add_argument("--mapper", required=True, help="mapper checkpoint folder (pic2word, two-stage, ...)")
+    p.add_argument("--backbone", default="default", help="backbone spec (default: %(default)s)")
+    src = p.add_argument_group("triplet source (exactly one)")
+    src.add_argument("--world", default="", help="a world folder: use its text_triplets.json")
+    src.add_argument("--triplets", default="", help="a JSONL file of {reference, modification, target}")
+    src.add_argument("--captions", default="", help="a caption list (.txt one per line, or .json): rule-based triplets")
+    src.add_argument("--per-caption", type=int, default=2, help="rule-based triplets per caption")
+    src.add_argument("--max-bad-fraction", type=float, default=0.05, help="refuse a JSONL with more malformed lines")
+    p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--steps", type=int, default=d.steps, help="0: --epochs passes")
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="0: 1e-5 (full, published) or 1e-4 (lora)")
+    p.add_argument("--noise", type=float, default=d.noise, help="noise scale on the reference embedding")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--concat", choices=list(CONCAT_SCHEMES), default=d.concat, help="concatenation scheme")
+    p.add_argument("--template", default="", help="the method's template, when not 'a photo of $ that {text}'")
+    p.add_argument("--tune", choices=("full", "lora"), default=d.tune)
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
+    p.add_argument("--no-anchor", action="store_true", help="ablation: keys from the tuned tower")
+    p.add_argument("--no-hard-negatives", action="store_true", help="ablation: plain random batches")
+    p.add_argument("--max-triplets", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="")
+
+    def run(args: argparse.Namespace) -> int:
+        from zscir.backbones import load_backbone
+
+        backbone = load_backbone(args.backbone, args.device or None)
+        mapper = load_mapper(args.mapper, backbone)
+        trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
+                                          args.max_bad_fraction)
+        cfg = RTDConfig(out=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        noise=args.noise, temperature=args.temperature, concat=args.concat, template=args.template,
+                        tune=args.tune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                        anchor=not args.no_anchor, hard_negatives=not args.no_hard_negatives,
+                        max_triplets=args.max_triplets, seed=args.seed, device=args.device)
+        res = train_rtd(cfg, backbone, mapper, trips, meta={"triplet_source": desc})
+        print(f"saved {res.path}: {res.steps} steps on {len(trips)} triplets ({desc}), loss {res.losses[0]:.3f} -> "
+              f"{res.final_loss:.3f}, {res.trainable:,} of {res.total:,} text-tower parameters trained, {res.seconds:.0f} s")
+        return 0
+
+    p.set_defaults(func=run)
