@@ -92,9 +92,9 @@ def test_hard_negative_pairs_are_in_every_batch(tiny_backbone, tiny_mapper, monk
 def test_full_finetuning_learns_keeps_anchor_and_word_table(tiny_backbone, tiny_mapper, tmp_path):
     before = {k: v.clone() for k, v in tiny_backbone.text_tower.state_dict().items()}
     trip = _triplets(2)
-    res = train_rtd(RTDConfig(out=str(tmp_path / "full"), steps=30, batch_size=8, lr=3e-3, noise=0.0, device="cpu"),
+    res = train_rtd(RTDConfig(out=str(tmp_path / "full"), steps=12, batch_size=8, lr=5e-3, noise=0.0, device="cpu"),
                     tiny_backbone, tiny_mapper, trip, progress=False)
-    assert sum(res.losses[-5:]) / 5 < sum(res.losses[:5]) / 5  # it learns
+    assert sum(res.losses[-4:]) / 4 < sum(res.losses[:4]) / 4  # it learns
     # the anchor (original tower) is untouched
     after = tiny_backbone.text_tower.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
