@@ -17,6 +17,7 @@ from zscir.errors import ZscirError
 COMMANDS: tuple[str, ...] = (
     "zscir.world.cli",
     "zscir.train.pretrain",
+    "zscir.train.cli",
     "zscir.compose_cli",
     "zscir.demo",
 )
