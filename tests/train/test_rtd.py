@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zscir.checkpoint import save_checkpoint
 from zscir.errors import CheckpointError, InputError
 from zscir.methods.rtd import RTDMethod, load_rtd_text_encoder, with_rtd
 from zscir.objectives import info_nce
 from zscir.train import rtd as rtd_mod
-from zscir.train.rtd import (CONCAT_SCHEMES, RTDConfig, anchored_info_nce, load_mapper, random_batches,
-                             refined_batches, register_mapper_loader, train_rtd)
+from zscir.train.rtd import (CONCAT_SCHEMES, RTDConfig, anchored_info_nce, load_mapper_source, random_batches,
+                             refined_batches, train_rtd)
 from zscir.train.triplets import Triplet, generate_triplets
 
 
@@ -139,28 +138,23 @@ def test_no_anchor_ablation_runs(tiny_backbone, tiny_mapper):
 
 
 def test_other_backbone_is_refused(tiny_backbone, tiny_mapper, tiny_classes, tmp_path):
-    TinyBackbone, TinyMapper = tiny_classes
+    TinyBackbone, _ = tiny_classes
     train_rtd(RTDConfig(out=str(tmp_path / "r"), steps=1, batch_size=4, tune="lora", device="cpu"), tiny_backbone,
               tiny_mapper, _triplets(1), progress=False)
     other = TinyBackbone(seed=7)
     with pytest.raises(CheckpointError, match="backbone"):
         load_rtd_text_encoder(tmp_path / "r", other)
-    # a mapper checkpoint from another backbone is refused too
-    register_mapper_loader("zscir.test-mapper")(lambda ck, bb: _mapper_from(TinyMapper, ck))
-    save_checkpoint(tmp_path / "m", "zscir.test-mapper", {}, tiny_mapper.state_dict(),
-                    backbone_fingerprint=tiny_backbone.fingerprint())
-    assert isinstance(load_mapper(tmp_path / "m", tiny_backbone), TinyMapper)
+    # a mapper checkpoint from another backbone is refused too (the pseudo-token mapper format)
+    from zscir.nn.mappers import MapperConfig, TokenMapper, save_mapper
+
+    mapper = TokenMapper(MapperConfig(embed_dim=16, word_dim=32, hidden=16))
+    save_mapper(tmp_path / "m", mapper, tiny_backbone.fingerprint(), config={"method": "pic2word"})
+    src = load_mapper_source(tmp_path / "m", tiny_backbone)
+    assert isinstance(src.mapper, TokenMapper) and src.text_encoder is None and src.info["method"] == "pic2word"
     with pytest.raises(CheckpointError, match="backbone"):
-        load_mapper(tmp_path / "m", other)
-    save_checkpoint(tmp_path / "x", "zscir.something-else", {}, {"w": torch.zeros(1)})
-    with pytest.raises(CheckpointError):
-        load_mapper(tmp_path / "x", tiny_backbone)
-
-
-def _mapper_from(cls, ck):
-    m = cls()
-    m.load_state_dict(ck.tensors)
-    return m
+        load_mapper_source(tmp_path / "m", other)
+    with pytest.raises(CheckpointError, match="kind"):
+        load_mapper_source(tmp_path / "r", tiny_backbone)  # an RTD checkpoint is not a mapper
 
 
 def test_rtd_plugs_into_a_pseudo_token_method(tiny_backbone, tiny_mapper, tmp_path):
@@ -200,3 +194,19 @@ def test_bad_settings_and_too_few_triplets(tiny_backbone, tiny_mapper):
         train_rtd(RTDConfig(tune="qlora"), tiny_backbone, tiny_mapper, _triplets(1), progress=False)
     with pytest.raises(InputError, match="at least 2"):
         train_rtd(RTDConfig(device="cpu"), tiny_backbone, tiny_mapper, _triplets(1)[:1], progress=False)
+
+
+def test_lora_on_top_of_a_tuned_text_side_needs_that_side(tiny_backbone, tiny_mapper, tmp_path):
+    import copy
+
+    start = copy.deepcopy(tiny_backbone)  # stands for two-stage's stage-2 text encoder
+    with torch.no_grad():
+        start.text_tower.head.residual.weight.add_(0.05)
+    res = train_rtd(RTDConfig(out=str(tmp_path / "r"), steps=2, batch_size=6, tune="lora", lr=1e-2, device="cpu"),
+                    tiny_backbone, tiny_mapper, _triplets(1), progress=False, text_encoder=start)
+    with pytest.raises(CheckpointError, match="tuned on top of"):
+        load_rtd_text_encoder(tmp_path / "r", tiny_backbone)
+    tuned = load_rtd_text_encoder(tmp_path / "r", tiny_backbone, base=start)
+    with torch.no_grad():
+        res.student.eval()
+        assert torch.allclose(tuned.encode_text(CAPS[:2]), res.student.encode_text(CAPS[:2]), atol=1e-5)

@@ -15,7 +15,6 @@ adapters, which are merged into the copy on load. A checkpoint tuned on another 
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -32,8 +31,10 @@ RTD_KIND = "zscir.rtd-text-tower"
 
 
 def lora_targets(name: str, module: nn.Module) -> bool:
-    """LoRA goes on every Linear inside the text transformer (attention and MLP), not on the head."""
-    return isinstance(module, nn.Linear) and re.search(r"(^|\.)layers?\.\d+\.", name) is not None
+    """LoRA goes where two-stage puts it: every Linear inside the text transformer's blocks, not the head."""
+    from zscir.methods.mapped import text_block_linear
+
+    return text_block_linear(name, module)
 
 
 def frozen_word_table_names(backbone: Backbone) -> set[str]:
@@ -42,11 +43,20 @@ def frozen_word_table_names(backbone: Backbone) -> set[str]:
     return {f"{n}.weight" for n, m in backbone.text_tower.named_modules() if m is table}
 
 
-def load_rtd_text_encoder(path: str | Path, backbone: Backbone) -> Backbone:
-    """A deep copy of `backbone` whose text tower carries the RTD-tuned weights from `path`."""
+def load_rtd_text_encoder(path: str | Path, backbone: Backbone, base: Backbone | None = None) -> Backbone:
+    """A copy of the text encoder RTD started from (`base`: the method's text side; default `backbone`) whose
+    text tower carries the RTD-tuned weights from `path`. A LoRA checkpoint tuned on top of another method's
+    tuned text side (e.g. two-stage's) needs that text side as `base`; `with_rtd` passes it."""
     ckpt = load_checkpoint(path, RTD_KIND)
     check_fingerprint(ckpt, backbone.fingerprint(), "RTD text tower")
-    tuned = copy.deepcopy(backbone)
+    init = ckpt.meta.get("init", {}) or {}
+    base_fp = _text_fingerprint(base) if base is not None and base is not backbone else "backbone"
+    if ckpt.config.get("tune") == "lora" and init.get("text_fingerprint", "backbone") != base_fp:
+        raise CheckpointError(
+            f"{path}: these LoRA adapters were tuned on top of the text encoder of {init.get('source', '?')}; "
+            "load them onto that method's text side (with_rtd(method, path))"
+        )
+    tuned = copy.deepcopy(base if base is not None else backbone)
     tower = tuned.text_tower
     tune = ckpt.config.get("tune", "full")
     try:
@@ -114,4 +124,13 @@ class RTDMethod(CompositionMethod):
 
 def with_rtd(method: CompositionMethod, path: str | Path) -> RTDMethod:
     """`method` (a pseudo-token method) with its text side replaced by the RTD-tuned tower at `path`."""
-    return RTDMethod(method, load_rtd_text_encoder(path, method.backbone))
+    if not hasattr(method, "text_encoder"):
+        raise CheckpointError(f"RTD plugs into pseudo-token methods; {method.name!r} has no text encoder to tune")
+    return RTDMethod(method, load_rtd_text_encoder(path, method.backbone, base=method.text_encoder))
+
+
+def _text_fingerprint(encoder: Backbone) -> str:
+    """A content hash of a text tower (to check LoRA adapters land on the tower they were tuned on)."""
+    from zscir.checkpoint import tensors_fingerprint
+
+    return tensors_fingerprint({k: v for k, v in encoder.text_tower.state_dict().items() if "word_embeddings" not in k})

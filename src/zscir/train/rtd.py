@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
-from zscir.checkpoint import Checkpoint, check_fingerprint, load_checkpoint, save_checkpoint, tensors_fingerprint
-from zscir.errors import CheckpointError, InputError
+from zscir.checkpoint import save_checkpoint, tensors_fingerprint
+from zscir.errors import InputError
 from zscir.methods.rtd import RTD_KIND, frozen_word_table_names, lora_targets
 from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_dict
 from zscir.train.triplets import Triplet
@@ -163,33 +163,27 @@ def anchored_info_nce(q: torch.Tensor, k: torch.Tensor, key_ids: Sequence[str], 
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-# --- mappers ---------------------------------------------------------------------------------------------
-#: checkpoint kind -> loader(checkpoint, backbone) -> mapper module with forward(embedding, local=None) -> (B, M, W)
-MAPPER_LOADERS: dict[str, Callable[[Checkpoint, Backbone], nn.Module]] = {}
+# --- mappers ----------------------------------------------------------------------------------------------
+@dataclass
+class MapperSource:
+    """What RTD starts from: the frozen mapper and the text side the method already has."""
+
+    mapper: nn.Module
+    text_encoder: Backbone | None  # None: the backbone's own text tower (pic2word); two-stage: its tuned tower
+    info: dict
 
 
-def register_mapper_loader(kind: str) -> Callable:
-    def deco(fn: Callable[[Checkpoint, Backbone], nn.Module]) -> Callable:
-        MAPPER_LOADERS[kind] = fn
-        return fn
+def load_mapper_source(path: str | Path, backbone: Backbone) -> MapperSource:
+    """The mapper (and the tuned text side, for two-stage) from a pic2word / mapping / two-stage checkpoint.
+    A checkpoint trained for another backbone is refused."""
+    from zscir.methods.mapped import TWO_STAGE_KIND, load_text_adapters
+    from zscir.nn.mappers import MAPPER_KIND, load_mapper
 
-    return deco
-
-
-def load_mapper(path: str | Path, backbone: Backbone) -> nn.Module:
-    """Load a pseudo-token mapper checkpoint for `backbone` (refused if it was trained for another one)."""
-    _register_known_mappers()
-    ckpt = load_checkpoint(path, tuple(MAPPER_LOADERS) or None)
-    if ckpt.kind not in MAPPER_LOADERS:
-        raise CheckpointError(f"{path}: checkpoint of kind {ckpt.kind!r} is not a pseudo-token mapper")
-    check_fingerprint(ckpt, backbone.fingerprint(), "mapper")
-    mapper = MAPPER_LOADERS[ckpt.kind](ckpt, backbone)
-    mapper.rtd_source = {"path": str(path), "kind": ckpt.kind, "fingerprint": ckpt.fingerprint}  # type: ignore[attr-defined]
-    return mapper
-
-
-def _register_known_mappers() -> None:
-    """Mapper kinds of the pseudo-token methods in the library (hooked up when those modules exist)."""
+    mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=(MAPPER_KIND, TWO_STAGE_KIND))
+    enc = load_text_adapters(backbone, ckpt) if ckpt.kind == TWO_STAGE_KIND else None
+    info = {"path": str(path), "kind": ckpt.kind, "method": ckpt.config.get("method", ""),
+            "fingerprint": ckpt.fingerprint}
+    return MapperSource(mapper, enc, info)
 
 
 # --- training --------------------------------------------------------------------------------------------
@@ -228,8 +222,12 @@ def train_rtd(
     triplets: Sequence[Triplet],
     meta: dict | None = None,
     progress: bool = True,
+    text_encoder: Backbone | None = None,
 ) -> RTDResult:
-    """Tune a copy of `backbone`'s text tower on `triplets` with the frozen `mapper`; save to cfg.out if set."""
+    """Tune a copy of the text tower on `triplets` with the frozen `mapper`; save to cfg.out if set.
+
+    `backbone` is the original (it embeds the mapper's inputs and the anchors and is never changed);
+    `text_encoder` is where tuning starts (the method's current text side; default: `backbone`)."""
     cfg.check()
     t0 = time.time()
     configure_threads()
@@ -256,7 +254,7 @@ def train_rtd(
     frozen = _embed_frozen(backbone, captions).to(device)
     dim = frozen.shape[1]
 
-    student = copy.deepcopy(backbone)
+    student = copy.deepcopy(text_encoder if text_encoder is not None else backbone).to(device)
     _set_trainable(student, cfg)
     student.train()
     trainable, total = count_parameters(student.text_tower)
@@ -315,7 +313,7 @@ def train_rtd(
 
     path = None
     if cfg.out:
-        path = save_rtd(cfg, student, backbone, mapper, len(triplets), meta or {})
+        path = save_rtd(cfg, student, backbone, mapper, len(triplets), meta or {}, text_encoder)
     res = RTDResult(path=path, steps=steps, final_loss=float(sum(losses[-10:]) / len(losses[-10:])), losses=losses,
                     seconds=time.time() - t0, trainable=trainable, total=total)
     log.info("RTD (%s, %d steps, %d triplets): loss %.3f -> %.3f, %d / %d text-tower parameters trained, %.0f s%s",
@@ -326,7 +324,9 @@ def train_rtd(
 
 
 def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.Module, n_triplets: int,
-             meta: dict) -> Path:
+             meta: dict, start: Backbone | None = None) -> Path:
+    from zscir.methods.rtd import _text_fingerprint
+
     tower = student.text_tower
     if cfg.tune == "lora":
         tensors = lora_state_dict(tower)
@@ -335,10 +335,12 @@ def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.M
         skip = frozen_word_table_names(student)
         tensors = {k: v for k, v in tower.state_dict().items() if k not in skip}
         config = {"tune": "full"}
-    src = getattr(mapper, "rtd_source", None) or {
-        "fingerprint": tensors_fingerprint({k: v for k, v in mapper.state_dict().items()})}
+    meta = dict(meta)
+    src = meta.pop("mapper", None) or {"fingerprint": tensors_fingerprint(dict(mapper.state_dict()))}
+    init = {"source": src.get("method") or src.get("path", "backbone"),
+            "text_fingerprint": "backbone" if start is None or start is backbone else _text_fingerprint(start)}
     return save_checkpoint(cfg.out, RTD_KIND, config, tensors, backbone_fingerprint=backbone.fingerprint(),
-                           mapper=src, rtd=asdict(cfg), triplets=n_triplets, **meta)
+                           mapper=src, init=init, rtd=asdict(cfg), triplets=n_triplets, **meta)
 
 
 # --- triplet sources -------------------------------------------------------------------------------------
@@ -359,16 +361,10 @@ def load_triplet_source(world: str = "", triplets: str = "", captions: str = "",
     return generate_triplets(read_captions(captions), per_caption, seed), f"rules:{captions}"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add `rtd` to the `zscir train` command group."""
+def _add_args(p: argparse.ArgumentParser) -> None:
     d = RTDConfig()
-    p = sub.add_parser(
-        "rtd",
-        help="RTD: tune the text tower on text triplets for a pseudo-token method's mapper",
-        description="Target-anchored text contrastive tuning of the text tower (RTD) with a frozen pseudo-token "
-        "mapper, on text triplets only. Writes a checkpoint that any pseudo-token method can use as its text side.",
-    )
-    p.add_argument("--mapper", required=True, help="mapper checkpoint folder (pic2word, two-stage, ...)")
+    p.add_argument("--mapper", required=True,
+                   help="checkpoint of the pseudo-token method to plug into (pic2word mapper, two-stage)")
     p.add_argument("--backbone", default="default", help="backbone spec (default: %(default)s)")
     src = p.add_argument_group("triplet source (exactly one)")
     src.add_argument("--world", default="", help="a world folder: use its text_triplets.json")
@@ -394,21 +390,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="")
 
-    def run(args: argparse.Namespace) -> int:
-        from zscir.backbones import load_backbone
 
-        backbone = load_backbone(args.backbone, args.device or None)
-        mapper = load_mapper(args.mapper, backbone)
-        trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
-                                          args.max_bad_fraction)
-        cfg = RTDConfig(out=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        noise=args.noise, temperature=args.temperature, concat=args.concat, template=args.template,
-                        tune=args.tune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                        anchor=not args.no_anchor, hard_negatives=not args.no_hard_negatives,
-                        max_triplets=args.max_triplets, seed=args.seed, device=args.device)
-        res = train_rtd(cfg, backbone, mapper, trips, meta={"triplet_source": desc})
-        print(f"saved {res.path}: {res.steps} steps on {len(trips)} triplets ({desc}), loss {res.losses[0]:.3f} -> "
-              f"{res.final_loss:.3f}, {res.trainable:,} of {res.total:,} text-tower parameters trained, {res.seconds:.0f} s")
-        return 0
+def _run(args: argparse.Namespace) -> int:
+    from zscir.backbones import load_backbone
 
-    p.set_defaults(func=run)
+    backbone = load_backbone(args.backbone, args.device or None)
+    source = load_mapper_source(args.mapper, backbone)
+    trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
+                                      args.max_bad_fraction)
+    cfg = RTDConfig(out=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    noise=args.noise, temperature=args.temperature, concat=args.concat, template=args.template,
+                    tune=args.tune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                    anchor=not args.no_anchor, hard_negatives=not args.no_hard_negatives,
+                    max_triplets=args.max_triplets, seed=args.seed, device=args.device)
+    res = train_rtd(cfg, backbone, source.mapper, trips, meta={"triplet_source": desc, "mapper": source.info},
+                    text_encoder=source.text_encoder)
+    print(f"saved {res.path}: {res.steps} steps on {len(trips)} triplets ({desc}), loss {res.losses[0]:.3f} -> "
+          f"{res.final_loss:.3f}, {res.trainable:,} of {res.total:,} text-tower parameters trained, {res.seconds:.0f} s")
+    return 0
+
+
+def register_trainers() -> None:
+    from zscir.train.cli import register_trainer
+
+    register_trainer("rtd", _add_args, _run,
+                     help="RTD: tune the text tower on text triplets (no images) for a pseudo-token method's "
+                          "frozen mapper; any pseudo-token method can then use it (pic2word+rtd, two-stage+rtd)")
+
+
+register_trainers()
