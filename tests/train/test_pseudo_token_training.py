@@ -71,7 +71,7 @@ def test_pic2word_then_two_stage_train_save_and_load(world, tmp_path, default_ba
     cache = tmp_path / "cache"
     p2w = train_pic2word(pic2word_config(world="tiny", out=str(tmp_path / "p2w"), steps=3, batch_size=6,
                                          hidden=64, cache_dir=str(cache)), backbone=b, world=world)
-    assert p2w.path.is_dir() and list(cache.glob("unlabelled-*.safetensors"))
+    assert p2w.path.is_dir() and list(cache.glob("image-tokens-*.safetensors"))
     m = load_mapped_method(b, p2w.path)
     assert isinstance(m, Pic2Word) and not m.mapper.uses_local
     s1 = train_mapping(mapping_config(world="tiny", out=str(tmp_path / "s1"), steps=3, batch_size=6, hidden=64,
@@ -98,7 +98,7 @@ def test_pic2word_then_two_stage_train_save_and_load(world, tmp_path, default_ba
 
 def test_pic2word_mapper_learns_on_tiny_data(world, tmp_path, default_backbone):
     """A few steps of the contrastive objective move the loss down (frozen towers, cached features)."""
-    res = train_pic2word(pic2word_config(world="tiny", out=str(tmp_path / "p"), steps=25, batch_size=12, lr=3e-3,
+    res = train_pic2word(pic2word_config(world="tiny", out=str(tmp_path / "p"), steps=12, batch_size=12, lr=3e-3,
                                          hidden=128, warmup=0.0), backbone=default_backbone, world=world)
     import json
 

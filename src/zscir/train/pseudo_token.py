@@ -136,26 +136,35 @@ def _world_key(world: Any) -> str:
                       sort_keys=True)
 
 
+_MEMO: dict[str, torch.Tensor] = {}
+
+
 def cached_image_tokens(backbone: Backbone, world: Any, ids: Sequence[str], cache_dir: str | Path | None,
                         name: str) -> torch.Tensor:
-    """(N, L, C) frozen local features of world images `ids` (float16, CPU), cached on disk when cache_dir
-    is given (keyed by backbone fingerprint + preprocessing + world + ids), so recipes share them."""
-    paths = [world.image_path(i) for i in ids]
-    if not cache_dir:
-        return image_token_features(backbone, paths, desc=f"{name} features")
-    from safetensors.torch import load_file, save_file
-
+    """(N, L, C) frozen local features of world images `ids` (float16, CPU), cached in memory and, when
+    cache_dir is given, on disk (keyed by backbone fingerprint + preprocessing + world + ids), so trainers
+    and recipes share them."""
     h = hashlib.sha256()
     h.update(f"{backbone.fingerprint()}|{backbone.preprocess_config.digest()}|{_world_key(world)}".encode())
     h.update("\n".join(ids).encode())
-    path = Path(cache_dir) / f"{name}-{h.hexdigest()[:16]}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["tokens"]
-    feats = image_token_features(backbone, paths, desc=f"{name} features")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"tokens": feats.contiguous()}, str(tmp))
-    tmp.replace(path)
+    key = h.hexdigest()[:16]
+    if key in _MEMO:
+        return _MEMO[key]
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / f"image-tokens-{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        feats = load_file(str(path))["tokens"]
+    else:
+        feats = image_token_features(backbone, [world.image_path(i) for i in ids], desc=f"{name} features")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"tokens": feats.contiguous()}, str(tmp))
+            tmp.replace(path)
+    if len(_MEMO) > 8:
+        _MEMO.clear()
+    _MEMO[key] = feats
     return feats
 
 
