@@ -33,7 +33,7 @@ def demo_rtd_config(quick: bool, seed: int):
 def _base_method(ctx: DemoContext, name: str) -> CompositionMethod | None:
     """The base method as its own recipe builds it (its training is cached, so this is cheap after the first)."""
     recipes = list_recipes()
-    fn = recipes.get(name) or _FALLBACK.get(name)
+    fn = recipes.get(name)
     return fn(ctx) if fn is not None else None
 
 
@@ -86,49 +86,3 @@ def _pic2word_rtd(ctx: DemoContext) -> CompositionMethod | None:
 @recipe("two-stage+rtd")
 def _two_stage_rtd(ctx: DemoContext) -> CompositionMethod | None:
     return _rtd_recipe(ctx, "two-stage")
-
-
-# --- fallbacks while the pseudo-token recipes are not registered ---------------------------------------------
-# They call the pseudo-token trainers with their defaults; once `pic2word` / `two-stage` recipes exist, those
-# are used instead (the same checkpoints as the rows reported next to the +rtd rows).
-def _fallback_pic2word(ctx: DemoContext) -> CompositionMethod:
-    from zscir.methods.mapped import Pic2Word
-    from zscir.train.pseudo_token import pic2word_config, train_pic2word
-
-    out = Path(ctx.workdir) / "rtd-base-pic2word"
-    if not (out / "config.json").is_file():
-        train_pic2word(pic2word_config(out=str(out), steps=150 if ctx.quick else 300, seed=ctx.seed, device=ctx.device),
-                       ctx.backbone, ctx.world)
-    return Pic2Word(ctx.backbone, checkpoint=out)
-
-
-def _fallback_two_stage(ctx: DemoContext) -> CompositionMethod:
-    from zscir.methods.mapped import TwoStage
-    from zscir.train.pseudo_token import ComposingConfig, mapping_config, train_composing, train_mapping
-
-    s1, s2 = Path(ctx.workdir) / "rtd-base-mapping", Path(ctx.workdir) / "rtd-base-two-stage"
-    if not (s1 / "config.json").is_file():
-        train_mapping(mapping_config(out=str(s1), steps=150 if ctx.quick else 300, seed=ctx.seed, device=ctx.device),
-                      ctx.backbone, ctx.world)
-    if not (s2 / "config.json").is_file():
-        train_composing(ComposingConfig(mapper=str(s1), out=str(s2), steps=60 if ctx.quick else 150, seed=ctx.seed,
-                                        device=ctx.device), ctx.backbone, ctx.world)
-    return TwoStage(ctx.backbone, checkpoint=s2)
-
-
-_FALLBACK = {"pic2word": _fallback_pic2word, "two-stage": _fallback_two_stage}
-
-
-def _register_fallbacks() -> None:
-    """Register the base rows only where the pseudo-token recipes did not (they come first in RECIPE_MODULES)."""
-    from zscir.demo import recipes as _r
-
-    for name, fn in _FALLBACK.items():
-        if name not in _r._RECIPES:
-            recipe(name)(fn)
-    # the +rtd rows go after their bases in tables
-    for name in ("pic2word+rtd", "two-stage+rtd"):
-        _r._RECIPES[name] = _r._RECIPES.pop(name)
-
-
-_register_fallbacks()
