@@ -109,6 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         cfg0.steps = args.steps
     rows: dict[str, dict] = {"base": {"scores": scores(base), "settings": {"method": args.base}}}
     print(f"base ({args.base}): {rows['base']['scores']}", file=sys.stderr)
+    def write() -> str:
+        cols = [f"{p}:{m}" for p, m in METRICS]
+        head = "| row | " + " | ".join(c.replace("cirr:", "CIRR ").replace("circo:", "CIRCO ") for c in cols) + " | train s |"
+        lines = [head, "|" + "---|" * (len(cols) + 2)]
+        for name, r in rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{r['scores'][c]:.2f}" for c in cols)
+                         + f" | {r.get('seconds', '')} |")
+        table = "\n".join(lines)
+        doc = {"base": args.base, "world": {"size": size, "seed": args.seed, "path": str(world_path)},
+               "backbone_fingerprint": backbone.fingerprint(), "steps": cfg0.steps, "batch_size": cfg0.batch_size,
+               "lr_full": cfg0.resolved_lr(), "device": str(device), "rows": rows, "table": table,
+               "seconds": round(time.time() - t0, 1)}
+        out = Path(args.out)
+        write_json(out, doc)
+        write_text(out.with_suffix(".md"), table + "\n")
+        return table
+
     for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
         cfg = variant_config(name, cfg0)
         trips = rule_trips if name == "rules" else world_trips
@@ -124,21 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                       "settings": {k: v for k, v in asdict(cfg).items() if k not in ("out", "device")}}
         base.text_encoder = base_encoder  # RTDMethod swapped it in; restore for the next row
         print(f"{name}: {rows[name]['scores']} ({res.seconds:.0f} s)", file=sys.stderr)
+        del res, method
+        write()  # partial results survive an interrupted run
 
-    cols = [f"{p}:{m}" for p, m in METRICS]
-    head = "| row | " + " | ".join(c.replace("cirr:", "CIRR ").replace("circo:", "CIRCO ") for c in cols) + " | train s |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['scores'][c]:.2f}" for c in cols)
-                     + f" | {r.get('seconds', '')} |")
-    table = "\n".join(lines)
-    doc = {"base": args.base, "world": {"size": size, "seed": args.seed, "path": str(world_path)},
-           "backbone_fingerprint": backbone.fingerprint(), "steps": cfg0.steps, "batch_size": cfg0.batch_size,
-           "lr_full": cfg0.resolved_lr(), "device": str(device), "rows": rows, "table": table,
-           "seconds": round(time.time() - t0, 1)}
+    table = write()
     out = Path(args.out)
-    write_json(out, doc)
-    write_text(out.with_suffix(".md"), table + "\n")
+
     print(table)
     print(f"\nwrote {out} and {out.with_suffix('.md')} ({time.time() - t0:.0f} s)")
     return 0

@@ -151,16 +151,44 @@ def random_batches(n: int, batch_size: int, rng: random.Random) -> list[list[int
 
 
 # --- loss ------------------------------------------------------------------------------------------------
-def anchored_info_nce(q: torch.Tensor, k: torch.Tensor, key_ids: Sequence[str], temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE between row-aligned queries q and keys k (both (N, D), unit norm). Pairs whose keys are
-    the same text are not negatives of each other (they would be false negatives)."""
-    logits = q @ k.T / temperature
-    ids = {s: i for i, s in enumerate(dict.fromkeys(key_ids))}
-    code = torch.tensor([ids[s] for s in key_ids], device=q.device)
-    same = (code[:, None] == code[None, :]) & ~torch.eye(len(code), dtype=torch.bool, device=q.device)
-    logits = logits.masked_fill(same, float("-inf"))
-    labels = torch.arange(len(code), device=q.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+def anchored_info_nce(
+    q: torch.Tensor, k: torch.Tensor, key_ids: Sequence[str], temperature: float,
+    q_all: torch.Tensor | None = None, k_all: torch.Tensor | None = None,
+    ids_all: Sequence[str | None] | None = None, offset: int = 0, normaliser: float | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between row-aligned queries q and keys k (unit norm); the first len(key_ids) rows are
+    this process's pairs. Pairs whose keys are the same text are not negatives of each other (false negatives).
+
+    Under DDP pass the gathered q_all / k_all / ids_all (padding rows have id None and are never scored), this
+    process's offset into them and normaliser = (global pairs / world), so that the ranks' averaged gradient
+    is exactly the single-process gradient of the global batch."""
+    n = len(key_ids)
+    q_all = q if q_all is None else q_all
+    k_all = k if k_all is None else k_all
+    ids_all = list(key_ids) if ids_all is None else list(ids_all)
+    vocab = {s: i for i, s in enumerate(dict.fromkeys(x for x in ids_all if x is not None))}
+    col = torch.tensor([-1 if x is None else vocab[x] for x in ids_all], device=q.device)
+    labels = torch.arange(n, device=q.device) + offset
+    row = col[labels]
+    mask = (row[:, None] == col[None, :]) | (col[None, :] < 0)
+    mask[torch.arange(n, device=q.device), labels] = False
+    l_qk = (q[:n] @ k_all.T / temperature).masked_fill(mask, float("-inf"))
+    l_kq = (k[:n] @ q_all.T / temperature).masked_fill(mask, float("-inf"))
+    total = F.cross_entropy(l_qk, labels, reduction="sum") + F.cross_entropy(l_kq, labels, reduction="sum")
+    return total / (2 * (normaliser if normaliser is not None else max(1, n)))
+
+
+def _distributed(device: str):
+    """TAT's torchrun helpers when launched by torchrun (WORLD_SIZE > 1), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    try:
+        from zscir.train.distributed import init_distributed
+    except ImportError as e:  # pragma: no cover - depends on the TAT module being present
+        raise InputError("running under torchrun needs zscir.train.distributed") from e
+    return init_distributed(device)
 
 
 # --- mappers ----------------------------------------------------------------------------------------------
@@ -232,8 +260,13 @@ def train_rtd(
     t0 = time.time()
     configure_threads()
     seed_everything(cfg.seed)
-    rng = random.Random(cfg.seed)
-    device = pick_device(cfg.device or None)
+    rng = random.Random(cfg.seed)  # batch order: the same on every DDP rank
+    dist = _distributed(cfg.device)
+    rank, world = (dist.rank, dist.world) if dist else (0, 1)
+    device = dist.device if dist else pick_device(cfg.device or None)
+    if cfg.batch_size < 2 * world:
+        raise InputError(f"batch size {cfg.batch_size} is too small for {world} processes")
+    progress = progress and rank == 0
     triplets = list(triplets)
     if cfg.max_triplets and len(triplets) > cfg.max_triplets:
         triplets = rng.sample(triplets, cfg.max_triplets)
@@ -248,11 +281,17 @@ def train_rtd(
     for p in mapper.parameters():
         p.requires_grad_(False)
 
-    # Frozen embeddings of every distinct caption: the mapper's inputs (references) and the anchors (keys).
-    captions = list(dict.fromkeys([t.reference for t in triplets] + [t.target for t in triplets]))
-    cap_index = {c: i for i, c in enumerate(captions)}
-    frozen = _embed_frozen(backbone, captions).to(device)
-    dim = frozen.shape[1]
+    # Frozen embeddings of the captions (the mapper's inputs and the anchors), computed once per distinct caption
+    # when a batch first needs it (a short run never pays for captions it does not reach).
+    cache: dict[str, torch.Tensor] = {}
+
+    def frozen(caps: Sequence[str]) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(caps) if c not in cache]
+        if missing:
+            cache.update(zip(missing, _embed_frozen(backbone, missing)))
+        return torch.stack([cache[c] for c in caps])
+
+    dim = backbone.embed_dim
 
     student = copy.deepcopy(text_encoder if text_encoder is not None else backbone).to(device)
     _set_trainable(student, cfg)
@@ -263,11 +302,15 @@ def train_rtd(
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.resolved_lr())
+    torch.manual_seed(cfg.seed + 7919 * rank)  # adapters are initialised alike; noise and dropout differ by rank
+    cap = 2 * math.ceil(cfg.batch_size / world)  # rows per rank after padding (pairs + reference pairs)
 
     def epoch_batches() -> list[list[int]]:
         if cfg.hard_negatives:
-            return refined_batches(triplets, cfg.batch_size, rng)
-        return random_batches(len(triplets), cfg.batch_size, rng)
+            out = refined_batches(triplets, cfg.batch_size, rng)
+        else:
+            out = random_batches(len(triplets), cfg.batch_size, rng)
+        return [b for b in out if len(b) >= world] or out  # under DDP every rank gets at least one pair
 
     per_epoch = len(epoch_batches())
     steps = cfg.steps or max(1, math.ceil(per_epoch * cfg.epochs))
@@ -282,37 +325,48 @@ def train_rtd(
         if not queue:
             queue = epoch_batches()
         batch = queue.pop()
+        if world > 1:  # this rank's contiguous share of the global batch
+            per = math.ceil(len(batch) / world)
+            batch = batch[rank * per : (rank + 1) * per]
         trip = [triplets[i] for i in batch]
         refs = list(dict.fromkeys(t.reference for t in trip)) if cfg.hard_negatives else []
         # the mapper sees each reference caption's frozen text embedding plus noise
         ref_caps = [t.reference for t in trip] + refs
-        e = frozen[[cap_index[c] for c in ref_caps]]
+        e = frozen(ref_caps) if ref_caps else torch.zeros(0, dim, device=device)
         if cfg.noise > 0:
             e = e + torch.randn_like(e) * (cfg.noise / math.sqrt(dim))
         with torch.no_grad():
             tokens = _mapper_tokens(mapper, F.normalize(e, dim=-1))
-        texts = [tpl.replace("{text}", t.modification) for t in trip] + [ref_prompt] * len(refs)
-        q = student.encode_text_with_tokens(texts, tokens)
+        texts = [tpl.replace("{text}", t.modification) for t in trip]
+        parts = [student.encode_text_with_tokens(texts, tokens[: len(trip)])] if trip else []
+        if refs:  # a separate pass: the short reference prompts are not padded to the long composed ones
+            parts.append(student.encode_text_with_tokens([ref_prompt] * len(refs), tokens[len(trip):]))
         key_caps = [t.target for t in trip] + refs
         if cfg.anchor:
-            k = frozen[[cap_index[c] for c in key_caps]]
+            k = frozen(key_caps)
         else:
             k = student.encode_text(key_caps)
-        loss = anchored_info_nce(q, k, key_caps, cfg.temperature)
+        q = torch.cat(parts) if parts else torch.zeros(0, dim, device=device)
+        if world > 1:
+            loss = _ddp_loss(q, k, key_caps, cfg, cap, rank, world)
+        else:
+            loss = anchored_info_nce(q, k, key_caps, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _average_gradients(params, world)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
-        losses.append(float(loss.item()))
+        losses.append(dist.mean(float(loss.item())) if dist else float(loss.item()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.update(1)
     bar.close()
     student.eval()
 
     path = None
-    if cfg.out:
+    if cfg.out and rank == 0:
         path = save_rtd(cfg, student, backbone, mapper, len(triplets), meta or {}, text_encoder)
     res = RTDResult(path=path, steps=steps, final_loss=float(sum(losses[-10:]) / len(losses[-10:])), losses=losses,
                     seconds=time.time() - t0, trainable=trainable, total=total)
@@ -320,7 +374,40 @@ def train_rtd(
              cfg.tune, steps, len(triplets), losses[0], res.final_loss, trainable, total, res.seconds,
              f" -> {path}" if path else "")
     res.student = student  # type: ignore[attr-defined]
+    if dist:
+        dist.barrier()
     return res
+
+
+def _ddp_loss(q: torch.Tensor, k: torch.Tensor, key_caps: list[str], cfg: RTDConfig, cap: int, rank: int,
+              world: int) -> torch.Tensor:
+    """The global-batch loss under DDP: every rank's (padded) rows are gathered, with gradients."""
+    import torch.distributed as tdist
+
+    from zscir.train.distributed import gather, gather_with_grad
+
+    n = len(key_caps)
+    pad = cap - n
+    q_p = torch.cat([q, q.new_zeros(pad, q.shape[1])]) if pad else q
+    k_p = torch.cat([k, k.new_zeros(pad, k.shape[1])]) if pad else k
+    ids: list = [None] * world
+    tdist.all_gather_object(ids, list(key_caps) + [None] * pad)
+    ids_all = [x for part in ids for x in part]
+    n_global = sum(x is not None for x in ids_all)
+    k_all = gather(k_p) if cfg.anchor else gather_with_grad(k_p)
+    return anchored_info_nce(q_p, k_p, key_caps, cfg.temperature, q_all=gather_with_grad(q_p), k_all=k_all,
+                             ids_all=ids_all, offset=rank * cap, normaliser=n_global / world)
+
+
+def _average_gradients(params: Sequence[torch.Tensor], world: int) -> None:
+    """What DDP does: average every trainable parameter's gradient over the ranks."""
+    import torch.distributed as tdist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        tdist.all_reduce(p.grad)
+        p.grad.div_(world)
 
 
 def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.Module, n_triplets: int,
