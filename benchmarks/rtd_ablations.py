@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="", help="world size (default: quick with --quick, else default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=0, help="RTD steps per row (default: the demo's)")
+    ap.add_argument("--batch-size", type=int, default=0, help="triplets per batch (default: the demo's)")
     ap.add_argument("--base", default="pic2word", help="the pseudo-token method to plug into (pic2word, two-stage)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     ap.add_argument("--device", default="")
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg0.device = str(device)
     if args.steps:
         cfg0.steps = args.steps
+    if args.batch_size:
+        cfg0.batch_size = args.batch_size
     rows: dict[str, dict] = {"base": {"scores": scores(base), "settings": {"method": args.base}}}
     print(f"base ({args.base}): {rows['base']['scores']}", file=sys.stderr)
     def write() -> str:
