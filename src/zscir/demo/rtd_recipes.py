@@ -26,7 +26,9 @@ def demo_rtd_config(quick: bool, seed: int):
     """The demo's RTD settings (published recipe except the step count and lr, see the module docstring)."""
     from zscir.train.rtd import RTDConfig
 
-    return RTDConfig(steps=24 if quick else 120, batch_size=24 if quick else 32, lr=3e-5, noise=0.5,
+    # quick: 16 steps x 16 triplets (+16 reference pairs); full: 60 x 32. Each step is a forward + backward of
+    # the whole MiniLM on ~2x batch short texts; 6 steps x 16 already move pic2word (benchmarks/rtd_ablations.py).
+    return RTDConfig(steps=16 if quick else 60, batch_size=16 if quick else 32, lr=3e-5, noise=0.5,
                      concat="template", tune="full", seed=seed)
 
 
