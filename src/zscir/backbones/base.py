@@ -153,6 +153,37 @@ class Backbone(nn.Module, abc.ABC):
         return text
 
 
+def pack_token_rows(
+    rows: Sequence[Sequence[int]],
+    texts: Sequence[str],
+    pad_id: int,
+    placeholder_id: int,
+    n_pseudo: int,
+    device: torch.device,
+    width: int | None = None,
+) -> TokenizedTexts:
+    """Pad token-id rows into a batch and locate the placeholder slots (shared by every tokenizer).
+
+    Raises InputError when a text does not end up with exactly n_pseudo placeholder slots (e.g. because
+    truncation cut them off, or the placeholder character is also used as ordinary text)."""
+    width = width or max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    positions: list[list[int]] = [[] for _ in rows]
+    if n_pseudo:
+        for i, r in enumerate(rows):
+            positions[i] = [j for j, t in enumerate(r) if t == placeholder_id]
+            if len(positions[i]) != n_pseudo:
+                raise InputError(
+                    f"text {texts[i]!r}: {len(positions[i])} placeholder slot(s) survive tokenisation "
+                    f"(and truncation), {n_pseudo} needed (is the placeholder also used as ordinary text?)"
+                )
+    return TokenizedTexts(ids.to(device), mask.to(device), positions)
+
+
 def inject_tokens(embeds: torch.Tensor, tokens: torch.Tensor, positions: list[list[int]]) -> torch.Tensor:
     """Return embeds with embeds[b, positions[b][j]] = tokens[b, j] (differentiable in tokens)."""
     b_idx = [b for b, pos in enumerate(positions) for _ in pos]

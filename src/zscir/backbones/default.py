@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zscir.backbones.base import Backbone, TokenizedTexts, warn_truncated
+from zscir.backbones.base import Backbone, TokenizedTexts, pack_token_rows, warn_truncated
 from zscir.backbones.preprocess import PreprocessConfig
 from zscir.checkpoint import load_checkpoint, save_checkpoint, tensors_fingerprint
 from zscir.config import from_dict
@@ -204,23 +204,7 @@ class DefaultBackbone(Backbone):
         warn_truncated(sum(len(r) > limit for r in raw), limit)
         sep = self.tokenizer.sep_token_id
         rows = [r if len(r) <= limit else r[: limit - 1] + [sep] for r in raw]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        positions: list[list[int]] = [[] for _ in rows]
-        if n_pseudo:
-            for i, r in enumerate(rows):
-                positions[i] = [j for j, t in enumerate(r) if t == self.placeholder_id]
-                if len(positions[i]) != n_pseudo:
-                    raise InputError(
-                        f"text {texts[i]!r}: {len(positions[i])} placeholder slot(s) survive tokenisation "
-                        f"(and truncation to {limit} tokens), {n_pseudo} needed"
-                    )
-        dev = self.device
-        return TokenizedTexts(ids.to(dev), mask.to(dev), positions)
+        return pack_token_rows(rows, texts, self.tokenizer.pad_token_id, self.placeholder_id, n_pseudo, self.device)
 
     def text_trunk_from_embeddings(self, inputs_embeds: torch.Tensor, tok: TokenizedTexts) -> torch.Tensor:
         out = self._text.encoder(inputs_embeds=inputs_embeds, attention_mask=tok.attention_mask)

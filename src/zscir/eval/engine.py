@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 64
 
 
-def _decode(path: Path, cfg: PreprocessConfig) -> torch.Tensor:
-    return preprocess_image(load_image(path), cfg)
+def _decode(item, cfg: PreprocessConfig) -> torch.Tensor:
+    """A path, or an item with `load()` (a benchmark image that may be a crop, datasets.base.ImageItem)."""
+    image = item.load() if hasattr(item, "load") else load_image(item)
+    return preprocess_image(image, cfg)
+
+
+def _as_item(p):
+    return p if hasattr(p, "load") else Path(p)
 
 
 def iter_pixel_batches(
@@ -40,7 +46,7 @@ def iter_pixel_batches(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = None
         for i in range(len(batches) + 1):
-            nxt = pool.map(_decode, [Path(p) for p in batches[i]], [cfg] * len(batches[i])) if i < len(batches) else None
+            nxt = pool.map(_decode, [_as_item(p) for p in batches[i]], [cfg] * len(batches[i])) if i < len(batches) else None
             if pending is not None:
                 yield torch.stack(list(pending))
             pending = nxt
@@ -71,9 +77,10 @@ def gallery_digest(ids: Sequence[str], paths: Sequence[Path | str]) -> str:
     """Identifies a gallery's content: ids, paths, file sizes and modification times."""
     h = hashlib.sha256()
     for i, p in zip(ids, paths):
-        p = Path(p)
+        key = p.cache_key() if hasattr(p, "cache_key") else str(p)
+        p = Path(p.path) if hasattr(p, "path") else Path(p)
         st = p.stat() if p.exists() else None
-        h.update(f"{i}\0{p}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
+        h.update(f"{i}\0{key}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -145,10 +152,21 @@ def score(queries: torch.Tensor, gallery: torch.Tensor, exclude: Sequence[int | 
 
 
 def topk_stable(scores: torch.Tensor, k: int, drop_excluded: bool = True) -> list[list[int]]:
-    """Top-k gallery indices per row, ties in gallery order; -inf entries (exclusions) never listed."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : k + 1]
+    """Top-k gallery indices per row, ties in gallery order; -inf entries (exclusions) never listed.
+
+    torch.topk finds each row's k-th score; only the entries at or above it are sorted (stably, so ties keep
+    gallery order), which is what a full stable sort would give, without sorting 123k scores per query."""
+    n_rows, n = scores.shape
+    kk = min(k, n)
+    if kk <= 0:
+        return [[] for _ in range(n_rows)]
+    kth = torch.topk(scores, kk, dim=1).values[:, -1]
     rows: list[list[int]] = []
-    for i in range(order.shape[0]):
-        row = [int(j) for j in order[i] if not (drop_excluded and scores[i, j] == float("-inf"))]
-        rows.append(row[:k])
+    for i in range(n_rows):
+        row = scores[i]
+        cand = torch.nonzero(row >= kth[i]).squeeze(1)  # ascending gallery index
+        sel = cand[torch.sort(row[cand], descending=True, stable=True).indices]
+        if drop_excluded:
+            sel = sel[row[sel] != float("-inf")]
+        rows.append(sel[:k].tolist())
     return rows

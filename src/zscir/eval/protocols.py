@@ -43,17 +43,20 @@ def cirr_protocol(
     rankings are returned (top-50 and the subset top-3, for the server files)."""
     s = score(queries, gallery, exclude=list(reference_idx))
     top = topk_stable(s, top_n)
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
     subsets: list[list[int]] = []
     for i, members in enumerate(members_idx):
-        keep = set(int(m) for m in members) - {int(reference_idx[i])}
-        subsets.append([int(j) for j in order[i] if int(j) in keep])
+        # the members in the global order (score descending, ties by gallery index), reference removed:
+        # sorting just the members this way equals filtering the full ranking, without sorting N per query
+        keep = sorted(set(int(m) for m in members) - {int(reference_idx[i])})
+        ms = s[i, keep]
+        subsets.append([keep[j] for j in torch.sort(ms, descending=True, stable=True).indices.tolist()])
     metrics: dict[str, float] = {}
     if target_idx is not None:
         t = torch.as_tensor(list(target_idx))
         metrics.update(recall_at_k(target_ranks(s, t), ks, "R"))
-        sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
-        metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
+        if subset_ks:
+            sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
+            metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
     return ProtocolResult(metrics, top, _top_scores(s, top), {"subset_top": [row[:3] for row in subsets]})
 
 

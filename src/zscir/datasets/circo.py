@@ -1,0 +1,95 @@
+"""CIRCO (benchmarks.md §1.3): queries = annotations/{val,test}.json, gallery = **every** image of
+COCO 2017 unlabeled's image_info_unlabeled2017.json (123,403; the same for val and test; references
+included). Several ground truths per query (`gt_img_ids`, the first = `target_img_id`); `shared_concept` is
+kept in `Query.fields` for methods whose template uses it.
+
+Layout:
+    annotations/{val,test}.json
+    COCO2017_unlabeled/annotations/image_info_unlabeled2017.json
+    COCO2017_unlabeled/unlabeled2017/000000xxxxxx.jpg      (file names from image_info)
+"""
+
+from __future__ import annotations
+
+import os
+
+from zscir.datasets.base import (
+    BenchmarkSplit,
+    ImageItem,
+    Query,
+    check_counts,
+    check_paths_exist,
+    check_root,
+    find_dir,
+    find_file,
+    load_json,
+    require_keys,
+)
+from zscir.errors import InputError
+
+SPLITS = ("val", "test")
+GALLERY_SIZE = 123403
+EXPECTED = {"val": {"queries": 220, "gallery": GALLERY_SIZE}, "test": {"queries": 800, "gallery": GALLERY_SIZE}}
+
+
+def read_circo_annotations(path, split: str) -> list[Query]:
+    """Parse an official CIRCO annotation file (no images needed)."""
+    entries = load_json(path, list, "the annotation file")
+    has_gt = split == "val"
+    queries: list[Query] = []
+    for i, e in enumerate(entries):
+        require_keys(e, ["id", "reference_img_id", "relative_caption", "shared_concept"]
+                     + (["target_img_id", "gt_img_ids"] if has_gt else []), path, i)
+        if int(e["id"]) != i:
+            raise InputError(f"{path}: entry {i} has id {e['id']}; ids must be consecutive from 0")
+        gts = [str(int(g)) for g in e["gt_img_ids"]] if has_gt else []
+        if has_gt:
+            if not gts or gts[0] != str(int(e["target_img_id"])):
+                raise InputError(f"{path}: query {i}: gt_img_ids[0] is not target_img_id")
+            if len(set(gts)) != len(gts):
+                raise InputError(f"{path}: query {i}: duplicate gt_img_ids")
+        queries.append(
+            Query(
+                qid=str(i),
+                reference=str(int(e["reference_img_id"])),
+                texts=[str(e["relative_caption"]).strip()],
+                targets=gts,
+                fields={
+                    "shared_concept": str(e["shared_concept"]).strip(),
+                    "semantic_aspects": list(e.get("semantic_aspects", [])),
+                },
+            )
+        )
+    return queries
+
+
+def load_circo(root: str | os.PathLike[str], split: str = "val", strict_counts: bool = False,
+               check_images: bool = True) -> BenchmarkSplit:
+    if split not in SPLITS:
+        raise InputError(f"CIRCO split {split!r}: expected val or test")
+    root = check_root(root, "CIRCO")
+    ann = find_file(root, [f"annotations/{split}.json"], f"CIRCO {split} annotations")
+    info_path = find_file(root, ["COCO2017_unlabeled/annotations/image_info_unlabeled2017.json",
+                                 "annotations/image_info_unlabeled2017.json"], "CIRCO gallery list")
+    image_dir = find_dir(root, ["COCO2017_unlabeled/unlabeled2017", "unlabeled2017"], "COCO 2017 unlabeled images")
+    info = load_json(info_path, dict, "image_info_unlabeled2017")
+    images = info.get("images")
+    if not isinstance(images, list):
+        raise InputError(f"{info_path}: no 'images' list")
+    gallery = []
+    for i, im in enumerate(images):
+        require_keys(im, ["id", "file_name"], info_path, i)
+        gallery.append(ImageItem(str(int(im["id"])), image_dir / str(im["file_name"])))
+    ids = {g.id for g in gallery}
+    if len(ids) != len(gallery):
+        raise InputError(f"{info_path}: duplicate image ids")
+    queries = read_circo_annotations(ann, split)
+    for q in queries:
+        unknown = [x for x in (q.reference, *q.targets) if x not in ids]
+        if unknown:
+            raise InputError(f"{ann}: query {q.qid}: image id(s) {', '.join(unknown)} not in {info_path.name}")
+    if check_images:
+        check_paths_exist("CIRCO", gallery, str(image_dir))
+    out = BenchmarkSplit("circo", split, split, root, gallery, queries)
+    check_counts(out, EXPECTED[split], strict_counts)
+    return out

@@ -1,0 +1,111 @@
+"""GeneCIS (benchmarks.md §1.4): four tasks, each a list of templates with its own small gallery; the
+candidates of a template are `[target] + gallery` (the target is index 0 by construction), ranked by the
+similarity of the composed query; R@1/2/3 per task, headline = the average R@1 over the four tasks.
+
+Layout (annotation JSONs from the GeneCIS repo, images from COCO and Visual Genome):
+    genecis/{focus_attribute,change_attribute,focus_object,change_object}.json
+    coco2017/val2017/000000xxxxxx.jpg          (object tasks; also val2017/ or coco/val2017/)
+    Visual_Genome/VG_100K_all/<image_id>.jpg   (attribute tasks; also VG_100K_all/)
+
+Object tasks use whole COCO val2017 images; attribute tasks crop the instance box dilated by 0.7 and pad it to
+a square (GeneCIS's own loader, reproduced in `crop_instance`). Like the official loader, templates whose
+gallery length differs from the task's most common length are left out; this is logged and recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+from zscir.datasets.base import (
+    BenchmarkSplit,
+    ImageItem,
+    Query,
+    check_counts,
+    check_paths_exist,
+    check_root,
+    find_dir,
+    find_file,
+    load_json,
+    require_keys,
+)
+from zscir.errors import InputError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
+DILATION = 0.7
+EXPECTED = {"focus_object": {"queries": 1960}, "change_object": {"queries": 1960}}
+COCO_DIRS = ["coco2017/val2017", "val2017", "coco/val2017", "COCO2017/val2017"]
+VG_DIRS = ["Visual_Genome/VG_100K_all", "VG_100K_all", "vg/VG_100K_all", "visual_genome/VG_100K_all"]
+
+
+def _object_item(d: dict, image_dir: Path, where: str) -> ImageItem:
+    if not isinstance(d, dict) or "val_image_id" not in d:
+        raise InputError(f"{where}: expected {{'val_image_id': ...}}, got {d!r}")
+    i = int(d["val_image_id"])
+    return ImageItem(f"coco:{i}", image_dir / f"{i:012d}.jpg")
+
+
+def _attribute_item(d: dict, image_dir: Path, where: str) -> ImageItem:
+    if not isinstance(d, dict) or "image_id" not in d or "instance_bbox" not in d:
+        raise InputError(f"{where}: expected {{'image_id': ..., 'instance_bbox': [x, y, w, h]}}, got {d!r}")
+    box = tuple(float(v) for v in d["instance_bbox"])
+    if len(box) != 4:
+        raise InputError(f"{where}: instance_bbox should be [x, y, w, h], got {d['instance_bbox']!r}")
+    i = int(d["image_id"])
+    key = ",".join(f"{v:g}" for v in box)
+    return ImageItem(f"vg:{i}:{key}", image_dir / f"{i}.jpg", bbox=box, dilation=DILATION, pad_square=True)  # type: ignore[arg-type]
+
+
+def load_genecis(root: str | os.PathLike[str], task: str, split: str = "val", strict_counts: bool = False,
+                 check_images: bool = True) -> BenchmarkSplit:
+    if task not in TASKS:
+        raise InputError(f"GeneCIS task {task!r}: expected one of {', '.join(TASKS)}")
+    root = check_root(root, "GeneCIS")
+    ann = find_file(root, [f"genecis/{task}.json", f"{task}.json"], f"GeneCIS {task} templates")
+    is_object = task.endswith("object")
+    image_dir = find_dir(root, COCO_DIRS if is_object else VG_DIRS,
+                         "COCO val2017 images" if is_object else "Visual Genome images (VG_100K_all)")
+    make = _object_item if is_object else _attribute_item
+    entries = load_json(ann, list, "the template list")
+    if not entries:
+        raise InputError(f"{ann}: no templates")
+    for i, e in enumerate(entries):
+        require_keys(e, ["condition", "reference", "target", "gallery"], ann, i)
+        if not isinstance(e["gallery"], list):
+            raise InputError(f"{ann}: template {i}: 'gallery' should be a list")
+    modal = Counter(len(e["gallery"]) for e in entries).most_common(1)[0][0]
+    images: dict[str, ImageItem] = {}
+    refs: dict[str, ImageItem] = {}
+    queries: list[Query] = []
+    dropped = 0
+    for i, e in enumerate(entries):
+        if len(e["gallery"]) != modal:
+            dropped += 1
+            continue
+        where = f"{ann}: template {i}"
+        ref = make(e["reference"], image_dir, where)
+        cands = [make(e["target"], image_dir, where)] + [make(g, image_dir, where) for g in e["gallery"]]
+        refs[ref.id] = ref
+        for c in cands:
+            images[c.id] = c
+        queries.append(Query(qid=str(i), reference=ref.id, texts=[str(e["condition"]).strip()],
+                             targets=[cands[0].id], candidates=[c.id for c in cands]))
+    gallery = list(images.values())
+    extra = [r for k, r in refs.items() if k not in images]
+    out = BenchmarkSplit("genecis", task, split, root, gallery, queries, extra)
+    if dropped:
+        note = (f"GeneCIS {task}: {dropped} template(s) left out because their gallery length is not the modal "
+                f"{modal} (as the official loader does)")
+        log.warning(note)
+        out.notes.append(note)
+    if check_images:
+        check_paths_exist("GeneCIS", [*gallery, *extra], str(image_dir))
+    if task in EXPECTED:
+        raw = BenchmarkSplit("genecis", task, split, root, [], [None] * len(entries))  # type: ignore[list-item]
+        check_counts(raw, EXPECTED[task], strict_counts)
+        out.complete, out.notes = raw.complete, out.notes + raw.notes
+    return out
