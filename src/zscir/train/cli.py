@@ -22,6 +22,8 @@ from typing import Callable
 # Order = order in `zscir train --help`.
 TRAINER_MODULES: tuple[str, ...] = (
     "zscir.train.tat",
+    "zscir.train.pseudo_token",
+    "zscir.train.rtd",
 )
 
 

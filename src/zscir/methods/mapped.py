@@ -1,0 +1,144 @@
+"""Pseudo-token methods driven by a trained mapper: `pic2word`, `two-stage/mapping-only` and `two-stage`.
+
+    pic2word                 single-token MLP mapper on the pooled image embedding, frozen towers
+    two-stage/mapping-only   stage 1 of "From Mapping to Composing": the mapper also attends to the image
+                             tower's local features (visual semantic injection), trained with soft text
+                             alignment; frozen towers
+    two-stage                stage 1's mapper (frozen) + stage 2: LoRA adapters on the text tower, tuned on
+                             synthetic CIR triplets to compose the pseudo token with the modification text
+
+The gallery is always embedded by the original (untouched) backbone; only the query side changes. Each
+method is built from a checkpoint folder made by `zscir train pic2word | mapping | composing`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zscir.backbones.base import Backbone
+from zscir.checkpoint import check_fingerprint, load_checkpoint
+from zscir.config import from_dict
+from zscir.errors import CheckpointError, InputError
+from zscir.methods.base import register_method
+from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, PseudoTokenMethod
+from zscir.nn.lora import LoRAConfig, apply_lora, merge_lora
+from zscir.nn.mappers import MAPPER_KIND, TokenMapper, load_mapper
+
+TWO_STAGE_KIND = "zscir.two-stage"
+
+
+def text_block_linear(name: str, module: nn.Module) -> bool:
+    """LoRA targets on a text tower: the Linear layers inside its transformer blocks (`layer.N` / `layers.N`),
+    neither the embeddings nor the projection head."""
+    return isinstance(module, nn.Linear) and (".layer." in f".{name}" or ".layers." in f".{name}")
+
+
+def lora_text_encoder(backbone: Backbone, cfg: LoRAConfig, targets: Callable[[str, nn.Module], bool] = text_block_linear
+                      ) -> tuple[Backbone, list[str]]:
+    """A copy of `backbone` whose text tower carries fresh LoRA adapters (only they are trainable); the
+    original backbone is untouched, so the gallery side stays exactly the pre-trained one."""
+    enc = copy.deepcopy(backbone)
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    wrapped = apply_lora(enc.text_tower, targets, cfg, freeze=True)
+    if not wrapped:
+        raise InputError(f"no LoRA targets found in the text tower of backbone {backbone.spec!r}")
+    return enc, wrapped
+
+
+class MappedTokenMethod(PseudoTokenMethod):
+    """Pseudo tokens = mapper(pooled image embedding, local features if the mapper injects them)."""
+
+    #: checkpoint kinds this method loads
+    kinds: tuple[str, ...] = (MAPPER_KIND,)
+
+    def __init__(self, backbone: Backbone, checkpoint: str | Path | None = None, mapper: TokenMapper | None = None,
+                 template: str = DEFAULT_TEMPLATE, text_encoder: Backbone | None = None) -> None:
+        if mapper is None:
+            if not checkpoint:
+                raise InputError(f"method {type(self).name!r} needs a trained mapper: pass a checkpoint folder "
+                                 "made by `zscir train`")
+            mapper, ckpt, text_encoder = self._load(backbone, checkpoint)
+            template = ckpt.config.get("template", template)
+        super().__init__(backbone, template=template, text_encoder=text_encoder)
+        self.checkpoint_path = str(checkpoint) if checkpoint else ""
+        if mapper.cfg.word_dim != self.text_encoder.word_dim or mapper.cfg.embed_dim != backbone.embed_dim:
+            raise InputError(f"mapper shapes (embed {mapper.cfg.embed_dim}, word {mapper.cfg.word_dim}) do not fit "
+                             f"the backbone (embed {backbone.embed_dim}, word {self.text_encoder.word_dim})")
+        self.mapper = mapper.to(backbone.device).eval()
+
+    def _load(self, backbone: Backbone, path: str | Path):
+        mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=self.kinds)
+        return mapper, ckpt, None
+
+    def pseudo_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        local = self.backbone.image_tokens(pixels)
+        emb = F.normalize(self.backbone.image_head(local), dim=-1)
+        return self.mapper(emb, local if self.mapper.uses_local else None)
+
+    def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor | None:
+        if self.mapper.uses_local:
+            return None  # needs the local feature map, not only the pooled embedding
+        emb = F.normalize(ref_embeddings.to(self.backbone.device, torch.float32), dim=-1)
+        return self.compose_tokens(self.mapper(emb), texts)
+
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "checkpoint": self.checkpoint_path, "n_tokens": self.mapper.cfg.n_tokens,
+                "injection": self.mapper.cfg.injection}
+
+
+@register_method("pic2word")
+class Pic2Word(MappedTokenMethod):
+    """Pic2Word-style: one pseudo word from an MLP on the pooled image embedding; towers frozen."""
+
+
+@register_method("two-stage/mapping-only")
+class TwoStageMappingOnly(MappedTokenMethod):
+    """Stage 1 only: injection mapper (soft text alignment), frozen text tower. Also loads a stage-2
+    checkpoint and ignores its adapters (the stage-1 mapper is inside it)."""
+
+    kinds = (MAPPER_KIND, TWO_STAGE_KIND)
+
+
+@register_method("two-stage")
+class TwoStage(MappedTokenMethod):
+    """Stage 1's frozen mapper + a text tower tuned with LoRA on synthetic triplets (stage 2)."""
+
+    kinds = (TWO_STAGE_KIND,)
+
+    def _load(self, backbone: Backbone, path: str | Path):
+        mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=self.kinds)
+        return mapper, ckpt, load_text_adapters(backbone, ckpt)
+
+    def settings(self) -> dict[str, object]:
+        return {**super().settings(), "text_adapters": "lora"}
+
+
+def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True) -> Backbone:
+    """The tuned text encoder stored in a two-stage checkpoint (LoRA tensors prefixed `text.`)."""
+    lcfg = from_dict(LoRAConfig, ckpt.config["lora"])
+    enc, _ = lora_text_encoder(backbone, lcfg)
+    state = {k[len("text."):]: v for k, v in ckpt.tensors.items() if k.startswith("text.")}
+    missing = [k for k in enc.text_tower.state_dict() if (".lora_A" in k or ".lora_B" in k) and k not in state]
+    if missing or not state:
+        raise CheckpointError(f"{ckpt.path}: text adapters missing from the checkpoint ({len(missing)} tensors)")
+    enc.text_tower.load_state_dict(state, strict=False)
+    if merge:
+        merge_lora(enc.text_tower)
+    return enc.eval()
+
+
+def load_mapped_method(backbone: Backbone, path: str | Path) -> MappedTokenMethod:
+    """The method a checkpoint folder holds (kind + config decide which)."""
+    ckpt = load_checkpoint(path, (MAPPER_KIND, TWO_STAGE_KIND))
+    check_fingerprint(ckpt, backbone.fingerprint(), what="pseudo-token checkpoint")
+    name = ckpt.config.get("method", "pic2word")
+    cls = {"pic2word": Pic2Word, "two-stage/mapping-only": TwoStageMappingOnly, "two-stage": TwoStage}.get(name)
+    if cls is None:
+        raise CheckpointError(f"{path}: unknown pseudo-token method {name!r}")
+    return cls(backbone, checkpoint=path)

@@ -1,0 +1,498 @@
+"""Training the pseudo-token methods: `zscir train pic2word`, `zscir train mapping`, `zscir train composing`.
+
+Every tower stays frozen except where stated, so the image tower's local features (and, for stage 1, the
+captions' embeddings) are computed once and cached; each step then runs only the mapper and the text tower
+on a short template (the pseudo token is injected at the input, so the text tower's forward and backward
+cannot be cached).
+
+- pic2word: single-token MLP mapper on the world's *unlabelled* images; loss = symmetric InfoNCE between the
+  image embedding v and the embedding p of `a photo of $` with `$` := mapper(v).
+- mapping (two-stage, stage 1): the mapper also attends to the local feature map (injection); trained on the
+  world's image-caption *pairs* with the contrastive term plus soft text alignment: KL(softmax(v.T/t) ||
+  softmax(p.T/t)) over the batch's captions T, i.e. the pseudo sentence must reproduce the image's whole
+  similarity distribution over captions, not only a one-hot match.
+- composing (two-stage, stage 2): the stage-1 mapper frozen, LoRA adapters on the text tower, trained on the
+  world's `cir_train` triplets (never the evaluation sets): the composed query `a photo of $ that {mod}` must
+  retrieve its target among the batch's targets *and references* (the reference is the hardest negative),
+  with batches grouped so several triplets share a reference (same pseudo token, different texts).
+  `fraction` keeps a share of the triplets, `noise` shuffles that share of their modification texts."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from zscir.backbones.base import Backbone
+from zscir.errors import InputError
+from zscir.methods.mapped import TWO_STAGE_KIND, lora_text_encoder
+from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
+from zscir.nn.lora import LoRAConfig, count_parameters, lora_state_dict
+from zscir.nn.mappers import MapperConfig, TokenMapper, load_mapper, mapper_config_for, save_mapper
+from zscir.objectives import info_nce
+from zscir.train.features import image_token_features
+from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+MAPPING_TEMPLATE = "a photo of $"
+
+
+# --- configs ----------------------------------------------------------------------------------------------
+@dataclass
+class MapperTrainConfig:
+    """Settings shared by `train pic2word` and `train mapping` (stage 1)."""
+
+    world: str = ""
+    out: str = ""
+    backbone: str = "default"
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    hidden: int = 512
+    n_tokens: int = 1
+    injection: bool = False
+    soft_weight: float = 0.0  # soft text alignment (KL) weight; 0 = contrastive only
+    soft_temperature: float = 0.0  # temperature of the image's target distribution; 0 = the backbone's
+    train_template: str = MAPPING_TEMPLATE
+    template: str = DEFAULT_TEMPLATE  # the composition template recorded for inference
+    max_images: int = 0  # 0 = all
+    seed: int = 0
+    device: str = ""
+    cache_dir: str = ""
+
+
+@dataclass
+class ComposingConfig:
+    """Settings of `train composing` (two-stage, stage 2)."""
+
+    world: str = ""
+    mapper: str = ""  # stage-1 checkpoint folder
+    out: str = ""
+    backbone: str = "default"
+    steps: int = 150
+    batch_size: int = 48
+    per_reference: int = 3  # triplets sharing a reference in one batch (hard negatives)
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup: float = 0.1
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    fraction: float = 1.0  # share of the world's training triplets used
+    noise: float = 0.0  # share of the used triplets whose modification text is shuffled
+    reference_negatives: bool = True
+    template: str = DEFAULT_TEMPLATE
+    seed: int = 0
+    device: str = ""
+    cache_dir: str = ""
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --- shared helpers ---------------------------------------------------------------------------------------
+def _setup(cfg: Any, backbone: Backbone | None, world: Any):
+    configure_threads()
+    gen = seed_everything(cfg.seed)
+    if world is None:
+        if not cfg.world:
+            raise InputError("--world is required")
+        from zscir.world import load_world
+
+        world = load_world(cfg.world)
+    if backbone is None:
+        from zscir.backbones import load_backbone
+
+        backbone = load_backbone(cfg.backbone, cfg.device or None)
+    elif cfg.device:
+        backbone = backbone.to(pick_device(cfg.device))
+    if not cfg.out:
+        raise InputError("an output folder (--out) is required")
+    return gen, world, backbone.eval()
+
+
+def _world_key(world: Any) -> str:
+    meta = getattr(world, "meta", {}) or {}
+    return json.dumps({"root": str(getattr(world, "root", "")), "seed": meta.get("seed"), "size": meta.get("size")},
+                      sort_keys=True)
+
+
+_MEMO: dict[str, torch.Tensor] = {}
+
+
+def cached_image_tokens(backbone: Backbone, world: Any, ids: Sequence[str], cache_dir: str | Path | None,
+                        name: str) -> torch.Tensor:
+    """(N, L, C) frozen local features of world images `ids` (float16, CPU), cached in memory and, when
+    cache_dir is given, on disk (keyed by backbone fingerprint + preprocessing + world + ids), so trainers
+    and recipes share them."""
+    h = hashlib.sha256()
+    h.update(f"{backbone.fingerprint()}|{backbone.preprocess_config.digest()}|{_world_key(world)}".encode())
+    h.update("\n".join(ids).encode())
+    key = h.hexdigest()[:16]
+    if key in _MEMO:
+        return _MEMO[key]
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / f"image-tokens-{key}.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        feats = load_file(str(path))["tokens"]
+    else:
+        feats = image_token_features(backbone, [world.image_path(i) for i in ids], desc=f"{name} features")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"tokens": feats.contiguous()}, str(tmp))
+            tmp.replace(path)
+    if len(_MEMO) > 8:
+        _MEMO.clear()
+    _MEMO[key] = feats
+    return feats
+
+
+@torch.inference_mode()
+def _pooled(backbone: Backbone, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    dev = backbone.device
+    out = [F.normalize(backbone.image_head(tokens[i : i + batch].to(dev, torch.float32)), dim=-1).cpu()
+           for i in range(0, len(tokens), batch)]
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def _text_embeddings(backbone: Backbone, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
+    return torch.cat([backbone.encode_text(list(texts[i : i + batch])).float().cpu() for i in range(0, len(texts), batch)])
+
+
+def _logit_scale(backbone: Backbone) -> float:
+    ls = getattr(backbone, "logit_scale", None)
+    return float(ls.detach().exp()) if isinstance(ls, torch.Tensor) else 1 / 0.07
+
+
+def _scheduler(opt: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    w = max(1, int(steps * warmup))
+
+    def f(s: int) -> float:
+        if s < w:
+            return (s + 1) / w
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - w) / max(1, steps - w))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def soft_alignment_loss(pseudo: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, scale: float,
+                        target_scale: float | None = None) -> torch.Tensor:
+    """KL(image's similarity distribution over captions || pseudo sentence's), averaged over the batch.
+
+    pseudo (B, D), image (B, D), captions (K, D), all L2-normalised; soft targets, not one-hot."""
+    target = F.softmax((target_scale or scale) * image @ captions.T, dim=-1)
+    logp = F.log_softmax(scale * pseudo @ captions.T, dim=-1)
+    return F.kl_div(logp, target, reduction="batchmean")
+
+
+# --- pic2word and stage 1 ---------------------------------------------------------------------------------
+def train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None = None, world: Any = None,
+                 method: str = "") -> TrainResult:
+    """Train a token mapper (pic2word when injection=False and soft_weight=0 on unlabelled images; stage 1
+    otherwise, on image-caption pairs) and save it to cfg.out."""
+    t0 = time.time()
+    if "$" not in cfg.train_template:
+        raise InputError(f"training template {cfg.train_template!r} has no placeholder '$' for the pseudo token")
+    check_template(cfg.template, "$")
+    gen, world, backbone = _setup(cfg, backbone, world)
+    method = method or ("pic2word" if not cfg.injection and cfg.soft_weight == 0 else "two-stage/mapping-only")
+    dev = backbone.device
+    use_pairs = cfg.soft_weight > 0 or method != "pic2word"
+    if use_pairs:
+        items = list(world.pairs)
+        if cfg.max_images:
+            items = items[: cfg.max_images]
+        ids = [p["image"] for p in items]
+        captions = [p["caption"] for p in items]
+    else:
+        ids = list(world.unlabelled)[: cfg.max_images or None]
+        captions = []
+    if len(ids) < 2:
+        raise InputError(f"need at least 2 training images, the world has {len(ids)}")
+    local = cached_image_tokens(backbone, world, ids, cfg.cache_dir, "pairs" if use_pairs else "unlabelled")
+    pooled = _pooled(backbone, local)
+    cap = _text_embeddings(backbone, captions) if captions else None
+
+    mcfg = mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden)
+    torch.manual_seed(cfg.seed)
+    mapper = TokenMapper(mcfg).to(dev)
+    mapper.init_output(backbone.word_embeddings().weight.detach().mean(0))
+    opt = torch.optim.AdamW(mapper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _scheduler(opt, cfg.steps, cfg.warmup)
+    scale = _logit_scale(backbone)
+    target_scale = 1 / cfg.soft_temperature if cfg.soft_temperature > 0 else scale
+    bs = min(cfg.batch_size, len(ids))
+    prompts = [cfg.train_template] * bs
+    mapper.train()
+    order = torch.randperm(len(ids), generator=gen)
+    pos = 0
+    losses: list[float] = []
+    bar = tqdm(range(cfg.steps), desc=f"train {method}", unit="step", leave=False)
+    for _ in bar:
+        if pos + bs > len(order):
+            order, pos = torch.randperm(len(ids), generator=gen), 0
+        b = order[pos : pos + bs]
+        pos += bs
+        v = pooled[b].to(dev)
+        loc = local[b].to(dev, torch.float32) if mcfg.injection else None
+        tokens = mapper(v, loc)
+        p = backbone.encode_text_with_tokens(prompts, tokens)
+        loss = info_nce(p, v, scale)
+        if cfg.soft_weight > 0 and cap is not None:
+            loss = loss + cfg.soft_weight * soft_alignment_loss(p, v, cap[b].to(dev), scale, target_scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    mapper.eval()
+    final = sum(losses[-10:]) / max(1, len(losses[-10:]))
+    save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(),
+                config={"method": method, "template": cfg.template, "train": asdict(cfg)},
+                trained_on={"world": _world_key(world), "images": len(ids)}, final_loss=final)
+    secs = time.time() - t0
+    log.info("trained %s mapper on %d images, %d steps, loss %.3f -> %s (%.0f s)", method, len(ids), cfg.steps,
+             final, cfg.out, secs)
+    return TrainResult(Path(cfg.out), cfg.steps, secs, final, {"images": len(ids), "method": method})
+
+
+def pic2word_config(**kw: Any) -> MapperTrainConfig:
+    """Pic2Word defaults: MLP mapper, contrastive only, unlabelled images."""
+    return MapperTrainConfig(**{"injection": False, "soft_weight": 0.0, **kw})
+
+
+def mapping_config(**kw: Any) -> MapperTrainConfig:
+    """Two-stage stage-1 defaults: injection + soft text alignment, image-caption pairs."""
+    return MapperTrainConfig(**{"injection": True, "soft_weight": 1.0, **kw})
+
+
+def train_pic2word(cfg: MapperTrainConfig, backbone: Backbone | None = None, world: Any = None) -> TrainResult:
+    return train_mapper(cfg, backbone, world, method="pic2word")
+
+
+def train_mapping(cfg: MapperTrainConfig, backbone: Backbone | None = None, world: Any = None) -> TrainResult:
+    return train_mapper(cfg, backbone, world, method="two-stage/mapping-only")
+
+
+# --- stage 2 ----------------------------------------------------------------------------------------------
+def select_triplets(triplets: Sequence[dict], fraction: float, noise: float, gen: torch.Generator) -> list[dict]:
+    """A seeded `fraction` of the triplets; then `noise` of them get another triplet's modification text."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
+    if not 0 <= noise <= 1:
+        raise InputError(f"noise must be in [0, 1], got {noise}")
+    n = max(2, round(len(triplets) * fraction))
+    if len(triplets) < 2:
+        raise InputError(f"need at least 2 training triplets, got {len(triplets)}")
+    keep = torch.randperm(len(triplets), generator=gen)[: min(n, len(triplets))].tolist()
+    out = [dict(triplets[i]) for i in keep]
+    k = round(len(out) * noise)
+    if k >= 2:
+        victims = torch.randperm(len(out), generator=gen)[:k].tolist()
+        mods = [out[i]["modification"] for i in victims]
+        shift = torch.randint(1, k, (1,), generator=gen).item()  # a derangement: every victim changes text
+        for j, i in enumerate(victims):
+            out[i]["modification"] = mods[(j + shift) % k]
+    return out
+
+
+def grouped_batches(refs: Sequence[str], batch_size: int, per_reference: int, gen: torch.Generator) -> list[list[int]]:
+    """One epoch of batches in which triplets sharing a reference sit together (up to per_reference)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(refs):
+        groups.setdefault(r, []).append(i)
+    chunks: list[list[int]] = []
+    for members in groups.values():
+        perm = [members[j] for j in torch.randperm(len(members), generator=gen).tolist()]
+        chunks += [perm[k : k + max(1, per_reference)] for k in range(0, len(perm), max(1, per_reference))]
+    chunks = [chunks[j] for j in torch.randperm(len(chunks), generator=gen).tolist()]
+    batches, cur = [], []
+    for c in chunks:
+        cur += c
+        if len(cur) >= batch_size:
+            batches.append(cur[:batch_size])
+            cur = cur[batch_size:]
+    if len(cur) >= 2:
+        batches.append(cur)
+    return batches
+
+
+def train_composing(cfg: ComposingConfig, backbone: Backbone | None = None, world: Any = None) -> TrainResult:
+    """Stage 2: LoRA on the text tower over the world's CIR training triplets; the stage-1 mapper frozen."""
+    t0 = time.time()
+    check_template(cfg.template, "$")
+    gen, world, backbone = _setup(cfg, backbone, world)
+    if not cfg.mapper:
+        raise InputError("stage 2 needs the stage-1 mapper checkpoint (--mapper)")
+    mapper, _ = load_mapper(cfg.mapper, backbone.fingerprint(), kind=("zscir.token-mapper", TWO_STAGE_KIND))
+    dev = backbone.device
+    mapper = mapper.to(dev).eval()
+    triplets = select_triplets(list(world.cir_train), cfg.fraction, cfg.noise, gen)
+    image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
+    col = {i: k for k, i in enumerate(image_ids)}
+    local = cached_image_tokens(backbone, world, image_ids, cfg.cache_dir, "cir_train")
+    pooled = _pooled(backbone, local)
+    ref_idx = torch.tensor([col[t["reference"]] for t in triplets])
+    tgt_idx = torch.tensor([col[t["target"]] for t in triplets])
+    with torch.inference_mode():  # the mapper is frozen: every reference's pseudo token is computed once
+        uniq = ref_idx.unique()
+        toks = torch.zeros(len(image_ids), mapper.cfg.n_tokens, mapper.cfg.word_dim)
+        for i in range(0, len(uniq), 256):
+            u = uniq[i : i + 256]
+            loc = local[u].to(dev, torch.float32) if mapper.uses_local else None
+            toks[u] = mapper(pooled[u].to(dev), loc).float().cpu()
+
+    lcfg = LoRAConfig(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout)
+    enc, wrapped = lora_text_encoder(backbone, lcfg)
+    trainable, total = count_parameters(enc.text_tower)
+    params = [p for p in enc.text_tower.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _scheduler(opt, cfg.steps, cfg.warmup)
+    scale = _logit_scale(backbone)
+    mods = [t["modification"] for t in triplets]
+    refs = [t["reference"] for t in triplets]
+    enc.train()
+    losses: list[float] = []
+    batches: list[list[int]] = []
+    bar = tqdm(range(cfg.steps), desc="train composing", unit="step", leave=False)
+    for _ in bar:
+        if not batches:
+            batches = grouped_batches(refs, min(cfg.batch_size, len(triplets)), cfg.per_reference, gen)
+        b = torch.tensor(batches.pop())
+        prompts = [cfg.template.replace("{text}", mods[i].strip()) for i in b.tolist()]
+        q = enc.encode_text_with_tokens(prompts, toks[ref_idx[b]].to(dev))
+        cols = torch.cat([tgt_idx[b], ref_idx[b]]) if cfg.reference_negatives else tgt_idx[b]
+        cols = cols.unique()
+        g = pooled[cols].to(dev)
+        labels = torch.searchsorted(cols, tgt_idx[b]).to(dev)
+        loss = F.cross_entropy(scale * q @ g.T, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    enc.eval()
+    final = sum(losses[-10:]) / max(1, len(losses[-10:]))
+    extra = {f"text.{k}": v for k, v in lora_state_dict(enc.text_tower).items()}
+    save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(), kind=TWO_STAGE_KIND, extra_tensors=extra,
+                config={"method": "two-stage", "template": cfg.template, "lora": asdict(lcfg),
+                        "lora_targets": len(wrapped), "train": asdict(cfg)},
+                trained_on={"world": _world_key(world), "triplets": len(triplets)}, final_loss=final,
+                trainable_text_parameters=trainable, total_text_parameters=total)
+    secs = time.time() - t0
+    log.info("stage 2: LoRA on %d text-tower layers (%d / %d parameters trainable), %d triplets, %d steps, "
+             "loss %.3f -> %s (%.0f s)", len(wrapped), trainable, total, len(triplets), cfg.steps, final, cfg.out, secs)
+    return TrainResult(Path(cfg.out), cfg.steps, secs, final,
+                       {"triplets": len(triplets), "trainable": trainable, "total": total})
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser, d: Any) -> None:
+    p.add_argument("--world", required=True, help="world folder made by `zscir world`")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--template", default=d.template, help="composition template (default: %(default)r)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--cache-dir", default="", help="cache frozen image features here")
+
+
+def _mapper_args(defaults: MapperTrainConfig):
+    def add(p: argparse.ArgumentParser) -> None:
+        _add_common(p, defaults)
+        p.add_argument("--hidden", type=int, default=defaults.hidden)
+        p.add_argument("--tokens", type=int, default=defaults.n_tokens, help="pseudo tokens per image")
+        p.add_argument("--max-images", type=int, default=0)
+        if defaults.injection or defaults.soft_weight:
+            p.add_argument("--no-injection", action="store_true", help="ablation: MLP on the pooled embedding only")
+            p.add_argument("--soft-weight", type=float, default=defaults.soft_weight,
+                           help="weight of the soft text alignment (KL) term; 0 = contrastive only")
+
+    return add
+
+
+def _mapper_cfg(args: argparse.Namespace, base: MapperTrainConfig) -> MapperTrainConfig:
+    return MapperTrainConfig(
+        world=args.world, out=args.out, backbone=args.backbone, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, template=args.template, seed=args.seed, device=args.device, cache_dir=args.cache_dir,
+        hidden=args.hidden, n_tokens=args.tokens, max_images=args.max_images,
+        injection=base.injection and not getattr(args, "no_injection", False),
+        soft_weight=getattr(args, "soft_weight", base.soft_weight),
+    )
+
+
+def _run_pic2word(args: argparse.Namespace) -> int:
+    res = train_pic2word(_mapper_cfg(args, pic2word_config()))
+    print(f"saved {res.path}: pic2word mapper, {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+    return 0
+
+
+def _run_mapping(args: argparse.Namespace) -> int:
+    res = train_mapping(_mapper_cfg(args, mapping_config()))
+    print(f"saved {res.path}: stage-1 mapper, {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+    return 0
+
+
+def _add_composing(p: argparse.ArgumentParser) -> None:
+    d = ComposingConfig()
+    _add_common(p, d)
+    p.add_argument("--mapper", required=True, help="stage-1 checkpoint made by `zscir train mapping`")
+    p.add_argument("--fraction", type=float, default=d.fraction, help="share of the training triplets used")
+    p.add_argument("--noise", type=float, default=d.noise, help="share of modification texts shuffled")
+    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    p.add_argument("--per-reference", type=int, default=d.per_reference,
+                   help="triplets sharing a reference per batch (hard negatives)")
+    p.add_argument("--no-reference-negatives", action="store_true", help="do not score the references as negatives")
+
+
+def _run_composing(args: argparse.Namespace) -> int:
+    res = train_composing(ComposingConfig(
+        world=args.world, mapper=args.mapper, out=args.out, backbone=args.backbone, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, template=args.template, seed=args.seed, device=args.device,
+        cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
+        per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
+    ))
+    print(f"saved {res.path}: two-stage (stage 2) on {res.info['triplets']} triplets, LoRA {res.info['trainable']} / "
+          f"{res.info['total']} text parameters trainable, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+    return 0
+
+
+def register_trainers() -> None:
+    from zscir.train.cli import register_trainer
+
+    register_trainer("pic2word", _mapper_args(pic2word_config()), _run_pic2word,
+                     help="Pic2Word-style single-token mapper on unlabelled images (towers frozen)")
+    register_trainer("mapping", _mapper_args(mapping_config()), _run_mapping,
+                     help="two-stage, stage 1: injection mapper with soft text alignment on image-caption pairs")
+    register_trainer("composing", _add_composing, _run_composing,
+                     help="two-stage, stage 2: LoRA on the text tower over synthetic CIR triplets, mapper frozen")
+
+
+register_trainers()

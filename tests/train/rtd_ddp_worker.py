@@ -1,0 +1,26 @@
+"""Run by test_rtd_ddp under torchrun: two ranks tune the tiny backbone; rank 0 saves; weights must agree."""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as tdist
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TinyBackbone, TinyMapper  # noqa: E402
+
+from zscir.train.rtd import RTDConfig, train_rtd  # noqa: E402
+from zscir.train.triplets import generate_triplets  # noqa: E402
+
+out = sys.argv[1]
+caps = ["a small red circle on a white background", "a big blue star at the top left", "a green square",
+        "a tiny purple hexagon on the right", "a large orange diamond", "a pink cross in the centre"]
+torch.manual_seed(1)
+mapper = TinyMapper()
+res = train_rtd(RTDConfig(out=out, steps=3, batch_size=8, lr=1e-3, device="cpu"), TinyBackbone(0), mapper,
+                generate_triplets(caps, 2), progress=False)
+w = res.student.text_tower.state_dict()["encoder.encoder.layer.0.attention.self.query.weight"].clone()
+ws = [torch.zeros_like(w) for _ in range(tdist.get_world_size())]
+tdist.all_gather(ws, w)
+assert all(torch.equal(ws[0], x) for x in ws), "ranks diverged"
+print(f"rank {tdist.get_rank()} ok losses={res.losses}")
