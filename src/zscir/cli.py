@@ -17,6 +17,8 @@ from zscir.errors import ZscirError
 COMMANDS: tuple[str, ...] = (
     "zscir.world.cli",
     "zscir.train.pretrain",
+    "zscir.train.cli",
+    "zscir.export",
     "zscir.demo",
 )
 

@@ -15,5 +15,6 @@ from zscir.methods.base import (
 # Importing a module registers its methods; the order here is the order of tables and reports.
 from zscir.methods import baselines as _baselines  # noqa: E402,F401
 from zscir.methods import slerp as _slerp_module  # noqa: E402,F401
+from zscir.methods import isa as _isa_module  # noqa: E402,F401
 
 __all__ = ["CompositionMethod", "check_alpha", "get_method_class", "list_methods", "register_method"]
