@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "zscir.world.cli",
     "zscir.train.pretrain",
     "zscir.train.cli",
+    "zscir.compose_cli",
     "zscir.export",
     "zscir.demo",
 )
