@@ -111,7 +111,7 @@ def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, cfg: I
         loss.backward()
         opt.step()
         sched.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def isa_losses(method: ISA, inputs: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, probe: nn.Module,
