@@ -17,7 +17,7 @@ from zscir.methods import CompositionMethod, get_method_class
 
 log = logging.getLogger(__name__)
 
-RECIPE_MODULES: tuple[str, ...] = ("zscir.demo.recipes",)
+RECIPE_MODULES: tuple[str, ...] = ("zscir.demo.recipes", "zscir.demo.isa_recipes")
 
 
 @dataclass

@@ -38,6 +38,8 @@ from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 log = logging.getLogger(__name__)
 
 TRAIN_TEMPLATE = "a photo of $"
+# the last cache_inputs result, keyed by (backbone fingerprint, device, image paths)
+_CACHE: dict[str, object] = {}
 
 
 @dataclass
@@ -144,7 +146,13 @@ def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISA
         paths = list(paths)[: cfg.max_images]
     icfg = isa_config_for(backbone, cfg.mode, cfg.n_tokens)
     method = (ISA if cfg.mode == "asymmetric" else ISASymmetric)(backbone, icfg)
-    feats, embs, pixels = cache_inputs(backbone, paths, keep_pixels=cfg.mode == "asymmetric")
+    key = (backbone.fingerprint(), str(device), tuple(str(p) for p in paths))
+    if _CACHE.get("key") != key:  # the two variants (and an M sweep) share one pass of the large tower
+        _CACHE.clear()
+        _CACHE["key"], _CACHE["tensors"] = key, cache_inputs(backbone, paths, keep_pixels=True)
+    feats, embs, pixels = _CACHE["tensors"]
+    if cfg.mode != "asymmetric":
+        pixels = None
     n = len(feats)
     distill = float("nan")
     if method.light is not None:
