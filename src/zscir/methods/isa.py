@@ -146,15 +146,18 @@ class ISAQueryEncoder(nn.Module):
         self.expected = (in_channels, image_size, image_size)
 
     def check(self, pixels: torch.Tensor) -> None:
-        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != self.expected:
-            raise InputError(
-                f"expected pixels of shape (B, {', '.join(map(str, self.expected))}), got {tuple(pixels.shape)}"
-            )
+        check_pixels(pixels, self.expected)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             self.check(pixels)
         return self.learner(self.light(pixels))[0]
+
+
+def check_pixels(pixels: torch.Tensor, expected: tuple[int, int, int]) -> None:
+    """Refuse pixels that are not (B, C, H, W) with the expected (C, H, W), naming the expected shape."""
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != tuple(expected):
+        raise InputError(f"expected pixels of shape (B, {', '.join(map(str, expected))}), got {tuple(pixels.shape)}")
 
 
 def word_embedding_norm(backbone: Backbone) -> float:
@@ -205,7 +208,7 @@ class ISA(PseudoTokenMethod):
         """The feature map the token learner reads: the light encoder's (asymmetric) or the large tower's."""
         if self.light is None:
             return self.backbone.image_tokens(pixels)
-        self.query_encoder().check(pixels)
+        check_pixels(pixels, (self.config.in_channels, self.config.image_size, self.config.image_size))
         return self.light(pixels)
 
     def pseudo_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -139,9 +139,19 @@ def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISA
         raise InputError("ISA training needs unlabelled images; none were given")
     gen = seed_everything(cfg.seed)
     device = backbone.device
-    backbone.eval()
-    for p in backbone.parameters():
+    # the backbone stays frozen (and in eval mode: no dropout in the text tower) while ISA trains
+    frozen = [p for p in backbone.parameters() if p.requires_grad]
+    for p in frozen:
         p.requires_grad_(False)
+    try:
+        return _train(backbone, paths, cfg, gen, device, t0, meta)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig, gen: torch.Generator,
+           device: torch.device, t0: float, meta: dict) -> tuple[ISA, ISATrainResult]:
     if cfg.max_images:
         paths = list(paths)[: cfg.max_images]
     icfg = isa_config_for(backbone, cfg.mode, cfg.n_tokens)
@@ -168,6 +178,7 @@ def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISA
     bs = min(cfg.batch_size, n)
     texts = [TRAIN_TEMPLATE] * bs
     method.train()
+    backbone.eval()
     g_loss = l_loss = torch.tensor(float("nan"))
     bar = tqdm(range(cfg.steps), desc=f"isa train ({cfg.mode}, M={cfg.n_tokens})", leave=False)
     for _ in bar:
@@ -183,6 +194,7 @@ def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISA
         bar.set_postfix(glob=f"{g_loss.item():.3f}", local=f"{l_loss.item():.3f}")
     method.eval()
     seconds = time.time() - t0
+    g_loss, l_loss = g_loss.detach(), l_loss.detach()
     result = ISATrainResult(Path(cfg.out), float(cfg.w_global * g_loss + cfg.w_local * l_loss), float(g_loss),
                             float(l_loss), n, seconds)
     method.save(cfg.out, train=asdict(cfg), trained_on=meta,
