@@ -220,13 +220,23 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
                               world_size=world.meta.get("size"))
 
 
+def _settings(train: dict) -> dict:
+    """The training settings that change the result (not where it is written or run)."""
+    return {k: v for k, v in train.items() if k not in ("out", "device", "world", "backbone")}
+
+
 def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> ISA:
     """Load the ISA checkpoint at `path` if it fits `backbone`, else train it there."""
+    from zscir.checkpoint import read_checkpoint_config
     from zscir.errors import CheckpointError
 
     if (path / "config.json").is_file():
         try:
-            return load_isa(path, backbone)
+            method = load_isa(path, backbone)
+            recorded = read_checkpoint_config(path).get("train", {})
+            if _settings(recorded) == _settings(asdict(cfg)):
+                return method
+            log.info("retraining ISA at %s: its training settings differ", path)
         except CheckpointError as e:
             log.info("retraining ISA: %s", e)
     cfg.out = str(path)
