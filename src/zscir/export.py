@@ -25,6 +25,7 @@ OUTPUT_NAME = "pseudo_tokens"
 
 def export_isa_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) -> Path:
     """Export an asymmetric ISA checkpoint's query side to an ONNX file (dynamic batch size)."""
+    _require("onnx")
     cfg, light, learner, _meta = load_isa_modules(checkpoint)
     if light is None:
         raise InputError(f"{checkpoint}: a symmetric ISA checkpoint runs the large image tower on the query side; "
@@ -54,10 +55,18 @@ def export_isa_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17) ->
     return out
 
 
+def _require(module: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"{module} is not installed: pip install 'zscir[onnx]' (pinned onnx and onnxruntime)")
+
+
 class OnnxQueryEncoder:
     """Runs an exported ISA query side with onnxruntime: pixels (B, C, H, W) float32 -> tokens (B, M, W)."""
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        _require("onnxruntime")
         import onnxruntime as ort
 
         self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
