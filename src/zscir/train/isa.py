@@ -90,12 +90,15 @@ def cache_inputs(backbone: Backbone, paths: Sequence[Path | str], keep_pixels: b
     return torch.cat(feats), torch.cat(embs), (torch.cat(pix) if keep_pixels else None)
 
 
-def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, cfg: ISATrainConfig,
+def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, embs: torch.Tensor, cfg: ISATrainConfig,
                   gen: torch.Generator, device: torch.device) -> float:
-    """Warm up the light CNN: per-cell cosine to the large tower's local features (through a linear probe)."""
+    """Warm up the light CNN (no text tower, cheap): per-cell cosine to the large tower's local features and
+    pooled cosine to its embedding, each through a linear probe."""
     assert method.light is not None
     probe = nn.Linear(method.light.out_dim, feats.shape[-1]).to(device)
-    params = list(method.light.parameters()) + list(probe.parameters())
+    # and the pooled light map, through a second probe, to the large tower's embedding of the image
+    emb_probe = nn.Linear(method.light.out_dim, embs.shape[-1]).to(device)
+    params = list(method.light.parameters()) + list(probe.parameters()) + list(emb_probe.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=1e-4)
     n = len(pixels)
     bs = min(cfg.batch_size * 2, n)
@@ -107,8 +110,10 @@ def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, cfg: I
         b = torch.randint(0, n, (bs,), generator=gen)
         x = pixels[b].to(device, torch.float32)
         target = F.normalize(feats[b].to(device, torch.float32), dim=-1)
-        pred = F.normalize(probe(method.light(x)), dim=-1)
-        loss = (1 - (pred * target).sum(-1)).mean()
+        light = method.light(x)
+        pred = F.normalize(probe(light), dim=-1)
+        emb = F.normalize(emb_probe(light.mean(dim=1)), dim=-1)
+        loss = (1 - (pred * target).sum(-1)).mean() + (1 - (emb * embs[b].to(device)).sum(-1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -166,7 +171,7 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     n = len(feats)
     distill = float("nan")
     if method.light is not None:
-        distill = distill_light(method, pixels, feats, cfg, gen, device)
+        distill = distill_light(method, pixels, feats, embs, cfg, gen, device)
 
     probe = nn.Linear(icfg.word_dim, feats.shape[-1]).to(device)
     groups = [{"params": list(method.learner.parameters()) + list(probe.parameters()), "lr": cfg.lr}]
