@@ -1,7 +1,7 @@
 """ISA: how many pseudo tokens? Sweep M (the sentence length) and report accuracy against query-side latency,
 plus the params / FLOPs / CPU latency table of the gallery tower and the light query side.
 
-    python benchmarks/isa_tokens.py [--size quick] [--tokens 1,2,4,8,16] [--steps 150] [--out benchmarks/results]
+    python benchmarks/isa_tokens.py [--size quick] [--tokens 1,2,4,8,16] [--steps 60] [--out benchmarks/results]
 
 Uses (or builds) the demo's world and pre-trained default backbone under $ZSCIR_HOME; trains one asymmetric
 ISA per M on the world's unlabelled images (cached under models/isa-sweep-*), evaluates the CIRR-like and
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="quick", choices=("quick", "default", "large"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokens", default="1,2,4,8,16")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--distill-epochs", type=int, default=15)
+    ap.add_argument("--distill-epochs", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--device", default="")
     ap.add_argument("--out", default="benchmarks/results")

@@ -54,8 +54,8 @@ class ISATrainConfig:
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
-    light_lr: float = 3e-4
-    distill_epochs: int = 30  # light-encoder warm-up epochs (cheap: no text tower)
+    light_lr: float = 1e-3
+    distill_epochs: int = 40  # light-encoder warm-up epochs (cheap: no text tower)
     distill_lr: float = 3e-3
     w_global: float = 1.0
     w_local: float = 0.5
