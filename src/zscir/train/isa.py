@@ -227,7 +227,8 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
 
 def _settings(train: dict) -> dict:
     """The training settings that change the result (not where it is written or run)."""
-    return {k: v for k, v in train.items() if k not in ("out", "device", "world", "backbone")}
+    light_only = ("distill_epochs", "distill_lr", "light_lr") if train.get("mode") == "symmetric" else ()
+    return {k: v for k, v in train.items() if k not in ("out", "device", "world", "backbone", *light_only)}
 
 
 def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> ISA:
