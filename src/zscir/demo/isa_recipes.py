@@ -21,9 +21,9 @@ def _train_cfg(ctx: DemoContext, mode: str):
     from zscir.train.isa import ISATrainConfig
 
     if ctx.quick:
-        return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=60, batch_size=32, distill_epochs=40, light_lr=1e-3,
+        return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=60, batch_size=32, distill_epochs=40, light_lr=3e-4,
                               seed=ctx.seed, device=ctx.device)
-    return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=150, batch_size=48, distill_epochs=10, light_lr=1e-3,
+    return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=150, batch_size=48, distill_epochs=10, light_lr=3e-4,
                           seed=ctx.seed, device=ctx.device)
 
 

@@ -54,7 +54,7 @@ class ISATrainConfig:
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
-    light_lr: float = 1e-3
+    light_lr: float = 3e-4
     distill_epochs: int = 40  # light-encoder warm-up epochs (cheap: no text tower)
     distill_lr: float = 3e-3
     w_global: float = 1.0
