@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "zscir.train.pretrain",
     "zscir.train.cli",
     "zscir.compose_cli",
+    "zscir.export",
     "zscir.demo",
     "zscir.eval.cli",
 )

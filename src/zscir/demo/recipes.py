@@ -17,7 +17,13 @@ from zscir.methods import CompositionMethod, get_method_class
 
 log = logging.getLogger(__name__)
 
-RECIPE_MODULES: tuple[str, ...] = ("zscir.demo.recipes", "zscir.demo.tat", "zscir.demo.pseudo_token", "zscir.demo.rtd_recipes")
+RECIPE_MODULES: tuple[str, ...] = (
+    "zscir.demo.recipes",
+    "zscir.demo.tat",
+    "zscir.demo.pseudo_token",
+    "zscir.demo.rtd_recipes",
+    "zscir.demo.isa_recipes",
+)
 
 
 @dataclass

@@ -17,5 +17,6 @@ from zscir.methods import baselines as _baselines  # noqa: E402,F401
 from zscir.methods import slerp as _slerp_module  # noqa: E402,F401
 from zscir.methods import tat as _tat_module  # noqa: E402,F401
 from zscir.methods import mapped as _mapped  # noqa: E402,F401
+from zscir.methods import isa as _isa_module  # noqa: E402,F401
 
 __all__ = ["CompositionMethod", "check_alpha", "get_method_class", "list_methods", "register_method"]

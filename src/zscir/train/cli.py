@@ -24,6 +24,7 @@ TRAINER_MODULES: tuple[str, ...] = (
     "zscir.train.tat",
     "zscir.train.pseudo_token",
     "zscir.train.rtd",
+    "zscir.train.isa",
 )
 
 

@@ -1,0 +1,297 @@
+"""`zscir train isa`: train ISA's query side on unlabelled images only.
+
+Frozen-tower outputs are computed once: the large tower's local features (B, L, C) and its embedding of each
+image (the gallery-side target), and, for the asymmetric variant, the preprocessed pixels the light encoder
+reads. Then:
+
+1. (asymmetric only) a cheap warm-up distils the light CNN from the large tower: each light feature-map
+   cell, through a linear probe, is pulled to the large tower's feature at the same cell (cosine).
+2. The token learner (and, at a lower rate, the light CNN) trains with
+   - global contrastive distillation: the query side's sentence `a photo of $` (the `$` = the M learned
+     tokens) through the frozen text tower vs the large tower's embedding of the same image, InfoNCE with
+     in-batch negatives (weight `w_global`);
+   - local alignment: each token, through a linear probe, matches the large tower's local features pooled
+     under that token's attention map (cosine; weight `w_local`).
+The symmetric variant runs step 2 on the large tower's own features."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from zscir.backbones.base import Backbone
+from zscir.errors import InputError
+from zscir.eval.engine import iter_pixel_batches
+from zscir.methods.isa import ISA, ISASymmetric, isa_config_for, load_isa
+from zscir.objectives import info_nce
+from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+TRAIN_TEMPLATE = "a photo of $"
+# the last cache_inputs result, keyed by (backbone fingerprint, device, image paths)
+_CACHE: dict[str, object] = {}
+
+
+@dataclass
+class ISATrainConfig:
+    """Settings of ISA training (reproducible from these + the world + the backbone)."""
+
+    world: str = ""
+    out: str = ""
+    backbone: str = "default"
+    mode: str = "asymmetric"
+    n_tokens: int = 4
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    light_lr: float = 3e-4
+    distill_epochs: int = 40  # light-encoder warm-up epochs (cheap: no text tower)
+    distill_lr: float = 3e-3
+    w_global: float = 1.0
+    w_local: float = 0.5
+    temperature: float = 0.05
+    max_images: int = 0  # 0 = every unlabelled image
+    seed: int = 0
+    device: str = ""
+
+
+@dataclass
+class ISATrainResult:
+    path: Path
+    final_loss: float
+    final_global: float
+    final_local: float
+    images: int
+    seconds: float
+
+
+@torch.inference_mode()
+def cache_inputs(backbone: Backbone, paths: Sequence[Path | str], keep_pixels: bool, batch_size: int = 64):
+    """(local features (N, L, C) fp16, gallery embeddings (N, D) fp32, pixels (N, 3, H, W) fp16 or None)."""
+    feats, embs, pix = [], [], []
+    for px in tqdm(iter_pixel_batches(paths, backbone.preprocess_config, batch_size), desc="isa cache",
+                   total=(len(paths) + batch_size - 1) // batch_size, leave=False):
+        px = px.to(backbone.device)
+        tok = backbone.image_tokens(px)
+        feats.append(tok.to("cpu", torch.float16))
+        embs.append(F.normalize(backbone.image_head(tok), dim=-1).float().cpu())
+        if keep_pixels:
+            pix.append(px.to("cpu", torch.float16))
+    return torch.cat(feats), torch.cat(embs), (torch.cat(pix) if keep_pixels else None)
+
+
+def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, embs: torch.Tensor, cfg: ISATrainConfig,
+                  gen: torch.Generator, device: torch.device) -> float:
+    """Warm up the light CNN (no text tower, cheap): per-cell cosine to the large tower's local features and
+    pooled cosine to its embedding, each through a linear probe."""
+    assert method.light is not None
+    probe = nn.Linear(method.light.out_dim, feats.shape[-1]).to(device)
+    # and the pooled light map, through a second probe, to the large tower's embedding of the image
+    emb_probe = nn.Linear(method.light.out_dim, embs.shape[-1]).to(device)
+    params = list(method.light.parameters()) + list(probe.parameters()) + list(emb_probe.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=1e-4)
+    n = len(pixels)
+    bs = min(cfg.batch_size * 2, n)
+    steps = max(1, cfg.distill_epochs * (n // bs))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.distill_lr, total_steps=steps, pct_start=0.1)
+    method.light.train()
+    loss = torch.tensor(0.0)
+    for _ in tqdm(range(steps), desc="isa light distill", leave=False):
+        b = torch.randint(0, n, (bs,), generator=gen)
+        x = pixels[b].to(device, torch.float32)
+        target = F.normalize(feats[b].to(device, torch.float32), dim=-1)
+        light = method.light(x)
+        pred = F.normalize(probe(light), dim=-1)
+        emb = F.normalize(emb_probe(light.mean(dim=1)), dim=-1)
+        loss = (1 - (pred * target).sum(-1)).mean() + (1 - (emb * embs[b].to(device)).sum(-1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return float(loss.detach())
+
+
+def isa_losses(method: ISA, inputs: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, probe: nn.Module,
+               cfg: ISATrainConfig, tok_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global contrastive distillation loss, local alignment loss) for one batch.
+
+    inputs: what the query side reads (pixels for asymmetric, large local features for symmetric);
+    feats: the large tower's local features (B, L, C); target: its normalised embeddings (B, D)."""
+    qfeat = method.light(inputs) if method.light is not None else inputs
+    tokens, attn = method.learner(qfeat)
+    sent = method.text_encoder.encode_text_with_tokens(tok_texts, tokens)
+    g = info_nce(sent, target, 1.0 / cfg.temperature)
+    pooled = F.normalize(attn @ F.normalize(feats, dim=-1), dim=-1)  # (B, M, C): large features under each map
+    local = (1 - (F.normalize(probe(tokens), dim=-1) * pooled).sum(-1)).mean()
+    return g, local
+
+
+def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
+                       **meta: object) -> tuple[ISA, ISATrainResult]:
+    """Train an ISA query side on the images at `paths` (no labels used) and save it to `cfg.out`."""
+    t0 = time.time()
+    if not paths:
+        raise InputError("ISA training needs unlabelled images; none were given")
+    gen = seed_everything(cfg.seed)
+    device = backbone.device
+    # the backbone stays frozen (and in eval mode: no dropout in the text tower) while ISA trains
+    frozen = [p for p in backbone.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _train(backbone, paths, cfg, gen, device, t0, meta)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig, gen: torch.Generator,
+           device: torch.device, t0: float, meta: dict) -> tuple[ISA, ISATrainResult]:
+    if cfg.max_images:
+        paths = list(paths)[: cfg.max_images]
+    icfg = isa_config_for(backbone, cfg.mode, cfg.n_tokens)
+    method = (ISA if cfg.mode == "asymmetric" else ISASymmetric)(backbone, icfg)
+    key = (backbone.fingerprint(), str(device), tuple(str(p) for p in paths))
+    if _CACHE.get("key") != key:  # the two variants (and an M sweep) share one pass of the large tower
+        _CACHE.clear()
+        _CACHE["key"], _CACHE["tensors"] = key, cache_inputs(backbone, paths, keep_pixels=True)
+    feats, embs, pixels = _CACHE["tensors"]
+    if cfg.mode != "asymmetric":
+        pixels = None
+    n = len(feats)
+    distill = float("nan")
+    if method.light is not None:
+        distill = distill_light(method, pixels, feats, embs, cfg, gen, device)
+
+    probe = nn.Linear(icfg.word_dim, feats.shape[-1]).to(device)
+    groups = [{"params": list(method.learner.parameters()) + list(probe.parameters()), "lr": cfg.lr}]
+    if method.light is not None:
+        groups.append({"params": list(method.light.parameters()), "lr": cfg.light_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg.steps),
+                                                pct_start=0.1)
+    bs = min(cfg.batch_size, n)
+    texts = [TRAIN_TEMPLATE] * bs
+    method.train()
+    backbone.eval()
+    g_loss = l_loss = torch.tensor(float("nan"))
+    bar = tqdm(range(cfg.steps), desc=f"isa train ({cfg.mode}, M={cfg.n_tokens})", leave=False)
+    for _ in bar:
+        b = torch.randperm(n, generator=gen)[:bs]
+        f = feats[b].to(device, torch.float32)
+        x = pixels[b].to(device, torch.float32) if pixels is not None else f
+        g_loss, l_loss = isa_losses(method, x, f, embs[b].to(device), probe, cfg, texts)
+        loss = cfg.w_global * g_loss + cfg.w_local * l_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(glob=f"{g_loss.item():.3f}", local=f"{l_loss.item():.3f}")
+    method.eval()
+    seconds = time.time() - t0
+    g_loss, l_loss = g_loss.detach(), l_loss.detach()
+    result = ISATrainResult(Path(cfg.out), float(cfg.w_global * g_loss + cfg.w_local * l_loss), float(g_loss),
+                            float(l_loss), n, seconds)
+    method.save(cfg.out, train=asdict(cfg), trained_on=meta,
+                losses={"global": result.final_global, "local": result.final_local, "distill": distill},
+                seconds=round(seconds, 1))
+    log.info("ISA (%s, M=%d) trained on %d unlabelled images in %.0f s -> %s (global %.3f, local %.3f)",
+             cfg.mode, cfg.n_tokens, n, seconds, cfg.out, result.final_global, result.final_local)
+    return method, result
+
+
+def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None) -> tuple[ISA, ISATrainResult]:
+    """Train on `cfg.world`'s unlabelled images (the only images ISA may learn from)."""
+    from zscir.world import load_world
+
+    configure_threads()
+    if backbone is None:
+        from zscir.backbones import load_backbone
+
+        backbone = load_backbone(cfg.backbone).to(pick_device(cfg.device or None))
+    world = world if world is not None else load_world(cfg.world)
+    paths = [world.image_path(i) for i in world.unlabelled]
+    return train_isa_on_paths(backbone, paths, cfg, world=str(cfg.world), world_seed=world.meta.get("seed"),
+                              world_size=world.meta.get("size"))
+
+
+def _settings(train: dict) -> dict:
+    """The training settings that change the result (not where it is written or run)."""
+    light_only = ("distill_epochs", "distill_lr", "light_lr") if train.get("mode") == "symmetric" else ()
+    return {k: v for k, v in train.items() if k not in ("out", "device", "world", "backbone", *light_only)}
+
+
+def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> ISA:
+    """Load the ISA checkpoint at `path` if it fits `backbone`, else train it there."""
+    from zscir.checkpoint import read_checkpoint_config
+    from zscir.errors import CheckpointError
+
+    if (path / "config.json").is_file():
+        try:
+            method = load_isa(path, backbone)
+            recorded = read_checkpoint_config(path).get("train", {})
+            if _settings(recorded) == _settings(asdict(cfg)):
+                return method
+            log.info("retraining ISA at %s: its training settings differ", path)
+        except CheckpointError as e:
+            log.info("retraining ISA: %s", e)
+    cfg.out = str(path)
+    method, _ = train_isa(cfg, backbone=backbone, world=world)
+    return method
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    d = ISATrainConfig()
+    p.add_argument("--world", required=True, help="world folder made by `zscir world` (its unlabelled images are used)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    p.add_argument("--mode", choices=("asymmetric", "symmetric"), default=d.mode,
+                   help="asymmetric: light query CNN (default); symmetric: token learner on the large tower")
+    p.add_argument("--tokens", type=int, default=d.n_tokens, help="M, pseudo tokens per image (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--light-lr", type=float, default=d.light_lr)
+    p.add_argument("--distill-epochs", type=int, default=d.distill_epochs)
+    p.add_argument("--w-global", type=float, default=d.w_global, help="global contrastive distillation weight")
+    p.add_argument("--w-local", type=float, default=d.w_local, help="local alignment regularisation weight")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--max-images", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda if available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tokens < 1:
+        raise InputError(f"--tokens must be at least 1, got {args.tokens}")
+    if args.w_global < 0 or args.w_local < 0:
+        raise InputError("loss weights must be non-negative")
+    _, res = train_isa(ISATrainConfig(
+        world=args.world, out=args.out, backbone=args.backbone, mode=args.mode, n_tokens=args.tokens,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, light_lr=args.light_lr,
+        distill_epochs=args.distill_epochs, w_global=args.w_global, w_local=args.w_local,
+        temperature=args.temperature, max_images=args.max_images, seed=args.seed, device=args.device,
+    ))
+    print(f"saved {res.path}: {res.images} unlabelled images, global loss {res.final_global:.3f}, "
+          f"local loss {res.final_local:.3f}, {res.seconds:.0f} s")
+    return 0
+
+
+def register_isa_trainer() -> None:
+    from zscir.train.cli import register_trainer
+
+    register_trainer("isa", add_args, run,
+                     help="ISA: adaptive token learner + light query encoder, on unlabelled images")
+
+
+register_isa_trainer()
