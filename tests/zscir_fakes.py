@@ -136,3 +136,17 @@ def write_gallery(folder, n: int, sub: bool = True):
         make_image(i).save(p)
         paths.append(p)
     return paths
+
+
+class SlowFakeBackbone(FakeBackbone):
+    """The same weights (same fingerprint), but slow: lets a test kill an index run midway."""
+
+    def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.08)
+        return super().image_tokens(pixels)
+
+
+def make_slow() -> FakeBackbone:
+    return SlowFakeBackbone(seed=0).eval()

@@ -107,6 +107,8 @@ def build_index(
         done: set[str] = set()
         for rec in man.shards:
             done.update(r["id"] for r in read_shard_items(out, rec))
+            if not add:  # a resume does not retry files already found unreadable; --add does
+                done.update(f["id"] for f in rec.failed)
         todo = [it for it in items if it.id not in done]
         if str(source) not in man.sources:
             man.sources.append(str(source))
