@@ -74,25 +74,32 @@ class GalleryIndex:
         return _gather(self.arrays, np.asarray(positions, dtype=np.int64))
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, positions), each (Q, <=k) with -1 / -inf padding; `exclude` positions never listed."""
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        n = len(self.items)
-        excl = set(int(e) for e in exclude)
-        want = min(n, k + len(excl))
-        rerank = self.manifest.faiss.rerank
-        cand = min(n, max(want, want * rerank)) if rerank else want
-        scores, pos = self.index.search(q, cand)
-        out_s = np.full((len(q), k), -np.inf, np.float32)
-        out_p = np.full((len(q), k), -1, np.int64)
-        for r in range(len(q)):
-            keep = [int(p) for p in pos[r] if p >= 0 and int(p) not in excl]
-            if rerank and keep:
-                exact = self.vectors(keep) @ q[r]
-                order = np.argsort(-exact, kind="stable")
-                keep, s = [keep[i] for i in order], exact[order]
-            else:
-                s = np.array([sc for sc, p in zip(scores[r], pos[r]) if p >= 0 and int(p) not in excl], np.float32)
-            keep = keep[:k]
-            out_p[r, : len(keep)] = keep
-            out_s[r, : len(keep)] = s[: len(keep)]
-        return out_s, out_p
+        """Top-k (scores, positions), each (Q, k) with -inf / -1 padding; `exclude` positions never listed."""
+        return search_vectors(self.index, self.arrays, queries, k, exclude, self.manifest.faiss.rerank)
+
+
+def search_vectors(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: int, exclude: Sequence[int] = (),
+                   rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """faiss top-k; with rerank > 0, rerank*k candidates are re-scored exactly from the float16 `arrays`
+    (the shards, memory-mapped), which recovers most of what product quantisation loses."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    n = int(index.ntotal)
+    excl = set(int(e) for e in exclude)
+    want = min(n, k + len(excl))
+    cand = min(n, want * rerank) if rerank else want
+    cand = max(cand, want)
+    scores, pos = index.search(q, cand)
+    out_s = np.full((len(q), k), -np.inf, np.float32)
+    out_p = np.full((len(q), k), -1, np.int64)
+    for r in range(len(q)):
+        valid = [(float(sc), int(p)) for sc, p in zip(scores[r], pos[r]) if p >= 0 and int(p) not in excl]
+        keep = [p for _, p in valid]
+        if rerank and keep:
+            exact = _gather(arrays, np.asarray(keep, np.int64)) @ q[r]
+            order = np.argsort(-exact, kind="stable")[:k]
+            keep, s = [keep[i] for i in order], exact[order]
+        else:
+            keep, s = keep[:k], np.array([sc for sc, _ in valid[:k]], np.float32)
+        out_p[r, : len(keep)] = keep
+        out_s[r, : len(keep)] = s
+    return out_s, out_p
