@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+TESTS = str(Path(__file__).resolve().parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+# Subprocesses and Ray workers must import the test-only fake backbone too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [TESTS, str(Path(TESTS).parent / "src")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

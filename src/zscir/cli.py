@@ -22,6 +22,9 @@ COMMANDS: tuple[str, ...] = (
     "zscir.export",
     "zscir.demo",
     "zscir.eval.cli",
+    "zscir.index.cli",
+    "zscir.index.search_cli",
+    "zscir.serve.cli",
 )
 
 
@@ -35,7 +38,8 @@ def build_parser(commands: Sequence[str] = COMMANDS) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in commands:
-        importlib.import_module(name).register(sub)
+        module = importlib.import_module(name)
+        module.register(sub)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""Opening an index for queries: verify the manifest and checksums, memory-map the shards and the faiss
+file, and answer top-k queries (approximate kinds re-scored exactly from the float16 shards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from zscir.errors import CheckpointError, InputError
+from zscir.index import kinds
+from zscir.index.manifest import Manifest
+from zscir.index.runner import _gather
+from zscir.index.writer import read_shard_embeddings, read_shard_items, verify_shard
+from zscir.utils.io import sha256_file
+
+
+class GalleryIndex:
+    def __init__(self, folder: str | Path, verify: bool = True) -> None:
+        self.folder = Path(folder)
+        self.manifest = man = Manifest.load(self.folder)
+        if not man.complete or man.faiss is None:
+            raise CheckpointError(f"{self.folder}: the index is incomplete (an interrupted `zscir index`); "
+                                  "run the same command again to finish it")
+        if verify:
+            for rec in man.shards:
+                verify_shard(self.folder, rec)
+        fpath = self.folder / man.faiss.file
+        if not fpath.is_file() or (verify and sha256_file(fpath) != man.faiss.sha256):
+            raise CheckpointError(f"{fpath}: missing or checksum mismatch; refusing to use this index")
+        self.arrays = [read_shard_embeddings(self.folder, rec) for rec in man.shards]
+        self.items: list[dict[str, Any]] = []
+        for rec in man.shards:
+            self.items.extend(read_shard_items(self.folder, rec))
+        self.position = {it["id"]: i for i, it in enumerate(self.items)}
+        self.index = kinds.read(str(fpath))
+        if self.index.ntotal != len(self.items) or self.index.d != man.dim:
+            raise CheckpointError(f"{fpath}: holds {self.index.ntotal} vectors of dim {self.index.d}; "
+                                  f"the manifest says {len(self.items)} of dim {man.dim}")
+        kinds.apply_search_params(self.index, man.faiss.search)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.faiss.factory if self.manifest.faiss else "?"
+
+    def check_method(self, method) -> None:
+        """Queries must come from the encoder that embedded the gallery."""
+        man = self.manifest
+        bb = method.backbone
+        if bb.fingerprint() != man.backbone_fingerprint:
+            raise CheckpointError(
+                f"{self.folder}: built with backbone {man.backbone_spec} (fingerprint {man.backbone_fingerprint}); "
+                f"the query backbone {getattr(bb, 'spec', '?')} has fingerprint {bb.fingerprint()}: refusing to mix "
+                "embedding spaces"
+            )
+        if bb.preprocess_config.digest() != man.preprocess_digest:
+            raise CheckpointError(f"{self.folder}: built with preprocessing {man.preprocess_digest}, the query "
+                                  f"backbone uses {bb.preprocess_config.digest()}")
+        if method.gallery_id != man.gallery_id:
+            raise CheckpointError(f"{self.folder}: the gallery was embedded by {man.gallery_method!r} "
+                                  f"({man.gallery_id}); method {method.name!r} needs {method.gallery_id}")
+
+    def lookup(self, item_id: str) -> int:
+        try:
+            return self.position[item_id]
+        except KeyError:
+            raise InputError(f"no image with id {item_id!r} in the index") from None
+
+    def vectors(self, positions: Sequence[int]) -> np.ndarray:
+        return _gather(self.arrays, np.asarray(positions, dtype=np.int64))
+
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, positions), each (Q, k) with -inf / -1 padding; `exclude` positions never listed."""
+        return search_vectors(self.index, self.arrays, queries, k, exclude, self.manifest.faiss.rerank)
+
+
+def search_vectors(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: int, exclude: Sequence[int] = (),
+                   rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """faiss top-k; with rerank > 0, rerank*k candidates are re-scored exactly from the float16 `arrays`
+    (the shards, memory-mapped), which recovers most of what product quantisation loses."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    n = int(index.ntotal)
+    excl = set(int(e) for e in exclude)
+    want = min(n, k + len(excl))
+    cand = min(n, want * rerank) if rerank else want
+    cand = max(cand, want)
+    scores, pos = index.search(q, cand)
+    out_s = np.full((len(q), k), -np.inf, np.float32)
+    out_p = np.full((len(q), k), -1, np.int64)
+    for r in range(len(q)):
+        valid = [(float(sc), int(p)) for sc, p in zip(scores[r], pos[r]) if p >= 0 and int(p) not in excl]
+        keep = [p for _, p in valid]
+        if rerank and keep:
+            exact = _gather(arrays, np.asarray(keep, np.int64)) @ q[r]
+            order = np.argsort(-exact, kind="stable")[:k]
+            keep, s = [keep[i] for i in order], exact[order]
+        else:
+            keep, s = keep[:k], np.array([sc for sc, _ in valid[:k]], np.float32)
+        out_p[r, : len(keep)] = keep
+        out_s[r, : len(keep)] = s
+    return out_s, out_p

@@ -1,0 +1,63 @@
+"""Writer: one shard = float16 embeddings (.npy) + one JSON line per row (.jsonl), written atomically;
+the runner then lists it (with checksums) in the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from zscir.errors import CheckpointError
+from zscir.index.manifest import ShardRecord
+from zscir.index.reader import Item
+from zscir.utils.io import atomic_path, sha256_file
+
+SHARDS = "shards"
+
+
+def shard_name(number: int) -> str:
+    return f"{SHARDS}/shard-{number:05d}"
+
+
+def write_shard(folder: Path, number: int, emb: np.ndarray, items: list[Item], failed: list[dict[str, str]]) -> ShardRecord:
+    if emb.shape[0] != len(items):
+        raise ValueError(f"{emb.shape[0]} embeddings for {len(items)} items")
+    name = shard_name(number)
+    npy, meta = folder / f"{name}.npy", folder / f"{name}.jsonl"
+    with atomic_path(npy) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(emb, dtype=np.float16), allow_pickle=False)
+    with atomic_path(meta) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for it in items:
+                f.write(json.dumps(it.to_json(), ensure_ascii=False) + "\n")
+    return ShardRecord(name=name, count=len(items), sha256=sha256_file(npy), meta_sha256=sha256_file(meta), failed=failed)
+
+
+def verify_shard(folder: Path, rec: ShardRecord) -> None:
+    """Refuse a missing, truncated or modified shard: wrong results are worse than none."""
+    for suffix, digest in ((".npy", rec.sha256), (".jsonl", rec.meta_sha256)):
+        path = folder / f"{rec.name}{suffix}"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: shard file missing; the index is damaged (rebuild or restore it)")
+        if sha256_file(path) != digest:
+            raise CheckpointError(
+                f"{path}: checksum mismatch (truncated or modified); refusing to use this index "
+                "(rebuild or restore it)"
+            )
+
+
+def read_shard_embeddings(folder: Path, rec: ShardRecord, mmap: bool = True) -> np.ndarray:
+    arr = np.load(folder / f"{rec.name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+    if arr.ndim != 2 or arr.shape[0] != rec.count:
+        raise CheckpointError(f"{folder / rec.name}.npy: shape {arr.shape} does not match the manifest ({rec.count} rows)")
+    return arr
+
+
+def read_shard_items(folder: Path, rec: ShardRecord) -> list[dict]:
+    with open(folder / f"{rec.name}.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if len(rows) != rec.count:
+        raise CheckpointError(f"{folder / rec.name}.jsonl: {len(rows)} rows, the manifest says {rec.count}")
+    return rows
