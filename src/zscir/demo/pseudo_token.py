@@ -27,7 +27,7 @@ def default_settings(quick: bool, seed: int = 0, device: str = "") -> dict[str, 
     if quick:
         return {
             "pic2word": pic2word_config(steps=40, batch_size=64, lr=2e-3, **common),
-            "mapping": mapping_config(steps=40, batch_size=64, lr=2e-3, **common),
+            "mapping": mapping_config(steps=40, batch_size=64, lr=2e-3, max_images=500, **common),
             "composing": ComposingConfig(steps=40, batch_size=48, **common),
         }
     return {

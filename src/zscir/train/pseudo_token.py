@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -159,7 +160,7 @@ def cached_image_tokens(backbone: Backbone, world: Any, ids: Sequence[str], cach
         feats = image_token_features(backbone, [world.image_path(i) for i in ids], desc=f"{name} features")
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             save_file({"tokens": feats.contiguous()}, str(tmp))
             tmp.replace(path)
     if len(_MEMO) > 8:
