@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig
+from zscir.errors import InputError
 from zscir.objectives import info_nce
 from zscir.train.features import image_token_features, text_trunk_features
 from zscir.utils.runtime import configure_threads, pick_device, seed_everything
@@ -38,6 +39,10 @@ class PretrainConfig:
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
+    # The learnable temperature starts here. CLIP ends its training near 0.01; starting a small head there
+    # keeps a CLIP-like gap between the image and text cones (Liang et al. 2022), the regime the published
+    # composition methods (Slerp, TAT) were designed for. 0.07 (CLIP's start) lets the heads close it.
+    init_temperature: float = 0.07
     val_fraction: float = 0.05
     seed: int = 0
     device: str = ""
@@ -57,12 +62,16 @@ def pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None = None) -> 
     """Train the default backbone's heads on `cfg.world`'s pairs and save the checkpoint to `cfg.out`."""
     from zscir.world import load_world
 
+    if not 0.01 <= cfg.init_temperature <= 1.0:
+        raise InputError(f"init_temperature {cfg.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
     t0 = time.time()
     configure_threads()
     gen = seed_everything(cfg.seed)
     device = pick_device(cfg.device or None)
     world = load_world(cfg.world)
     model = DefaultBackbone(arch).to(device)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
     pairs = world.pairs
     paths = [world.image_path(p["image"]) for p in pairs]
     captions = [p["caption"] for p in pairs]
@@ -138,13 +147,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--init-temperature", type=float, default=d.init_temperature,
+                   help="starting value of the learnable temperature (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
 
     def run(args: argparse.Namespace) -> int:
         res = pretrain(PretrainConfig(
             world=args.world, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+            weight_decay=args.weight_decay, init_temperature=args.init_temperature, seed=args.seed, device=args.device,
         ))
         print(f"saved {res.path}: held-out text->image R@1 {res.val_t2i_r1:.1f}, image->text R@1 "
               f"{res.val_i2t_r1:.1f}, matched cosine {res.matched_cosine:.3f}, {res.seconds:.0f} s")
