@@ -80,7 +80,7 @@ ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 def select_alpha(ctx: DemoContext, make: Callable[[float], CompositionMethod], key: str) -> float:
-    """Choose an interpolation weight on the world's CIR *training* triplets (never the evaluation sets):
+    """For a Slerp-type method (`make(alpha)` builds one), choose an interpolation weight on the world's CIR *training* triplets (never the evaluation sets):
     a CIRR-style ranking (reference removed) over the triplets' images, best mean of R@1 and R@10 over
     ALPHA_GRID. Published Slerp defaults (0.8-0.9) were tuned for CLIP's wide modality gap; a space with a
     narrower gap wants a smaller weight, and picking it on training data keeps the evaluation honest."""
@@ -88,6 +88,7 @@ def select_alpha(ctx: DemoContext, make: Callable[[float], CompositionMethod], k
 
     from zscir.eval.engine import embed_images
     from zscir.eval.protocols import cirr_protocol
+    from zscir.methods.slerp import slerp
 
     triplets = ctx.world.cir_train[: 400 if ctx.quick else 1000]
     ids = list(dict.fromkeys([t["reference"] for t in triplets] + [t["target"] for t in triplets]))
@@ -99,8 +100,10 @@ def select_alpha(ctx: DemoContext, make: Callable[[float], CompositionMethod], k
     texts = [t["modification"] for t in triplets]
     scores: dict[float, float] = {}
     with torch.inference_mode():
+        # Slerp-type methods share the (frozen) text tower: encode the texts once, interpolate per alpha.
+        words = torch.cat([probe.backbone.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)])
         for a in ALPHA_GRID:
-            q = make(a).compose_embedded(refs.to(ctx.backbone.device), texts).float().cpu()
+            q = slerp(refs.float(), words, a)
             m = cirr_protocol(q, gallery, [index[t["reference"]] for t in triplets],
                               [index[t["target"]] for t in triplets], [[] for _ in triplets], ks=(1, 10), subset_ks=()).metrics
             scores[a] = round((m["R@1"] + m["R@10"]) / 2, 2)
