@@ -1,8 +1,7 @@
 """Load test of the HTTP service (`zscir serve`): throughput and latency of POST /search under a bounded
 number of concurrent clients, on loopback.
 
-    .venv/bin/python benchmarks/service_load.py --concurrency 1 4 16 --requests 200 \
-        --out benchmarks/results/service_load.json
+    .venv/bin/python benchmarks/service_load.py --concurrency 1 4 16 --requests 200   # -> benchmarks/results/service_load.{json,md}
 
 What it does: generates a gallery (--images PNGs of random coloured shapes) and indexes it with the product's
 own path (`zscir index`, backbone --backbone; or reuses --index), starts `python -m zscir serve INDEX` as a real
