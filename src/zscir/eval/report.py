@@ -52,7 +52,9 @@ def _thumb(path: str, size: int = 96) -> str:
 def _bar_chart(rows: Sequence[str], series: dict[str, dict[str, float]]) -> str:
     """A grouped horizontal bar chart (inline SVG): one group per method, one bar per metric (0-100)."""
     metrics = list(series)
-    bar_h, gap, label_w, plot_w = 11, 10, 150, 420
+    bar_h, gap, plot_w = 11, 10, 420
+    # room for the longest method name at 12 px (~7 px per character) so no label is clipped
+    label_w = max(80, 12 + 7 * max((len(r) for r in rows), default=0))
     group_h = bar_h * len(metrics) + gap
     height = group_h * len(rows) + 40
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + 60}" height="{height}" role="img" aria-label="metrics chart">']

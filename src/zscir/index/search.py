@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -18,6 +19,9 @@ from PIL import Image
 from zscir.errors import InputError
 from zscir.index.store import GalleryIndex
 from zscir.methods import get_method_class
+
+
+METHOD_CACHE_SIZE = 32  # distinct (method, settings) kept ready
 
 
 @dataclass
@@ -39,7 +43,8 @@ class Searcher:
     def __init__(self, index: GalleryIndex, backbone) -> None:
         self.index = index
         self.backbone = backbone
-        self._methods: dict[tuple, Any] = {}
+        # alpha is a free float from clients: keep only the most recently used settings (bounded memory)
+        self._methods: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -62,6 +67,9 @@ class Searcher:
             m = cls(self.backbone, **kwargs).eval()
             self.index.check_method(m)
             self._methods[key] = m
+            while len(self._methods) > METHOD_CACHE_SIZE:
+                self._methods.popitem(last=False)
+        self._methods.move_to_end(key)
         return self._methods[key]
 
     @torch.inference_mode()
