@@ -52,7 +52,9 @@ def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool) ->
     path = models_dir() / f"default-{size}-s{seed}"
     if not (path / "config.json").is_file():
         log.info("pre-training the embedded default on %s -> %s", world_path, path)
-        pretrain(PretrainConfig(world=str(world_path), out=str(path), seed=seed, epochs=30 if quick else 40))
+        # 20 passes over the default world's 6,000 pairs (the quick world's 1,000 get 30): sized for `make demo`'s
+        # time budget on 2 cores; `zscir pretrain --epochs` trains longer.
+        pretrain(PretrainConfig(world=str(world_path), out=str(path), seed=seed, epochs=30 if quick else 20))
     # `load_backbone("default")` uses models/default; give it the first (or the full-size) model made here.
     target = default_model_path()
     if not target.exists() or (not quick and size == "default"):

@@ -23,7 +23,7 @@ def _train_cfg(ctx: DemoContext, mode: str):
     if ctx.quick:
         return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=60, batch_size=32, distill_epochs=40, light_lr=3e-4,
                               seed=ctx.seed, device=ctx.device)
-    return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=150, batch_size=48, distill_epochs=10, light_lr=3e-4,
+    return ISATrainConfig(mode=mode, n_tokens=N_TOKENS, steps=100, batch_size=48, distill_epochs=10, light_lr=3e-4,
                           seed=ctx.seed, device=ctx.device)
 
 

@@ -31,8 +31,8 @@ def default_settings(quick: bool, seed: int = 0, device: str = "") -> dict[str, 
             "composing": ComposingConfig(steps=40, batch_size=48, **common),
         }
     return {
-        "pic2word": pic2word_config(steps=250, batch_size=64, lr=1e-3, **common),
-        "mapping": mapping_config(steps=250, batch_size=64, lr=1e-3, **common),
+        "pic2word": pic2word_config(steps=175, batch_size=64, lr=1e-3, **common),
+        "mapping": mapping_config(steps=175, batch_size=64, lr=1e-3, **common),
         "composing": ComposingConfig(steps=200, batch_size=48, **common),
     }
 
