@@ -4,8 +4,9 @@ for each index kind (flat, HNSW, IVF-PQ with exact re-scoring), on synthetic 512
     PYTHONPATH=src python benchmarks/index_latency.py --sizes 100000 1000000 --out benchmarks/results/index_latency.json
 
 The gallery is clustered (2,000 Gaussian clusters on the sphere) so that approximate indexes face a realistic
-neighbourhood structure; queries are Slerp compositions (alpha 0.8) of a perturbed gallery vector and a random
-"text" direction, composed one at a time as the service does. Search goes through the product's own
+neighbourhood structure; queries are Slerp compositions (alpha 0.8) of a perturbed gallery vector and a "text" direction
+(`--text-model gallery`: another perturbed gallery item, as a text embedding lives in the same space;
+`random`: a direction unrelated to the gallery, the worst case for approximate search), composed one at a time as the service does. Search goes through the product's own
 search path (zscir.index.store.search_vectors, with the manifest's search parameters and re-scoring), one
 query per call. Backbone encoding is not included (see benchmarks/embed_throughput.py)."""
 
@@ -43,19 +44,24 @@ def synthetic(n: int, d: int, seed: int = 0, clusters: int = 2000) -> np.ndarray
     return out
 
 
-def queries(gallery: np.ndarray, q: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def queries(gallery: np.ndarray, q: int, seed: int = 1, text_model: str = "gallery") -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
     d = gallery.shape[1]
     img = gallery[rng.integers(0, len(gallery), q)].astype(np.float32) + 0.02 * rng.standard_normal((q, d)).astype(np.float32)
-    txt = rng.standard_normal((q, d)).astype(np.float32)
+    if text_model == "random":
+        # a direction unrelated to the gallery: the query lands far from every cluster (worst case for ANN)
+        txt = rng.standard_normal((q, d)).astype(np.float32)
+    else:
+        # a text embedding lives in the same semantic space: another gallery item's direction, perturbed
+        txt = gallery[rng.integers(0, len(gallery), q)].astype(np.float32) + 0.02 * rng.standard_normal((q, d)).astype(np.float32)
     return torch.from_numpy(img), torch.from_numpy(txt)
 
 
-def bench(n: int, kinds_: list[str], n_queries: int, k: int, d: int, seed: int) -> list[dict]:
+def bench(n: int, kinds_: list[str], n_queries: int, k: int, d: int, seed: int, text_model: str = "gallery") -> list[dict]:
     t0 = time.perf_counter()
     gal = synthetic(n, d, seed)
     print(f"[{n}] synthetic gallery in {time.perf_counter() - t0:.1f}s", flush=True)
-    img, txt = queries(gal, n_queries)
+    img, txt = queries(gal, n_queries, text_model=text_model)
     composed = np.concatenate([slerp(img[i : i + 1], txt[i : i + 1], 0.8).numpy() for i in range(n_queries)])
     exact = faiss.IndexFlatIP(d)
     exact.add(gal.astype(np.float32))
@@ -83,7 +89,7 @@ def bench(n: int, kinds_: list[str], n_queries: int, k: int, d: int, seed: int) 
         recall = float(np.mean([len(set(f.tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
         lat_a = np.array(lat[5:] if len(lat) > 10 else lat)  # drop warm-up
         row = {
-            "n": n, "kind": kind, "factory": factory, "search_params": params, "rerank": rerank,
+            "n": n, "queries": text_model, "kind": kind, "factory": factory, "search_params": params, "rerank": rerank,
             "build_s": round(build_s, 2), "p50_ms": round(float(np.percentile(lat_a, 50)), 3),
             "p99_ms": round(float(np.percentile(lat_a, 99)), 3), f"recall@{k}": round(recall, 4),
             "index_bytes_per_vector": round(index_bytes / n, 1),
@@ -96,10 +102,10 @@ def bench(n: int, kinds_: list[str], n_queries: int, k: int, d: int, seed: int) 
 
 
 def table(rows: list[dict], k: int) -> str:
-    head = f"| n | kind | factory | params | p50 ms | p99 ms | recall@{k} | B/vector (index) | B/vector (+shards for re-scoring) | build s |"
-    lines = [head, "|" + "---|" * 10]
+    head = f"| n | queries | kind | factory | params | p50 ms | p99 ms | recall@{k} | B/vector (index) | B/vector (+shards for re-scoring) | build s |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
-        lines.append(f"| {r['n']:,} | {r['kind']} | `{r['factory']}` | `{r['search_params'] or '-'}`"
+        lines.append(f"| {r['n']:,} | {r.get('queries', 'random')} | {r['kind']} | `{r['factory']}` | `{r['search_params'] or '-'}`"
                      f"{' +rerank x' + str(r['rerank']) if r['rerank'] else ''} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r[f'recall@{k}']} | {r['index_bytes_per_vector']} | {r['bytes_per_vector_with_shards']} | {r['build_s']} |")
     return "\n".join(lines)
@@ -113,13 +119,16 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=50)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--text-model", choices=("gallery", "random"), default="gallery",
+                    help="the query's text direction: another (perturbed) gallery item, or a random direction "
+                         "unrelated to the gallery (the worst case for approximate search)")
     ap.add_argument("--out", default="benchmarks/results/index_latency.json")
     args = ap.parse_args()
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for n in args.sizes:
-        rows += bench(n, args.kinds, args.queries, args.k, args.dim, args.seed)
+        rows += bench(n, args.kinds, args.queries, args.k, args.dim, args.seed, args.text_model)
         doc = {"machine": {"cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
                            "platform": platform.platform(), "faiss": faiss.__version__},
                "k": args.k, "queries": args.queries, "dim": args.dim, "rows": rows}
