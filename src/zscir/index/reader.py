@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import glob as globlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zscir.errors import InputError
+from zscir.utils.io import read_jsonl_objects
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -89,18 +89,7 @@ def _read_csv(path: Path) -> list[Item]:
 
 
 def _read_jsonl(path: Path) -> list[Item]:
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected an object with a 'path'")
-            items.append(_row_item(row, path.parent, f"{path}:{n}"))
+    items = [_row_item(row, path.parent, f"{path}:{n}") for n, row in read_jsonl_objects(path, "with a 'path'")]
     if not items:
         raise InputError(f"{path}: the listing has no rows")
     return items

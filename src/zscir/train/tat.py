@@ -47,6 +47,7 @@ from zscir.nn.lora import lora_state_dict, merge_lora
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo, gather, gather_with_grad, global_batches, init_distributed
 from zscir.train.features import text_trunk_features
+from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -144,15 +145,7 @@ def read_caption_file(captions: str | Path, images: str | Path, max_missing: flo
             for r in reader:
                 rows.append(((r.get(img_col) or "").strip(), (r.get(cap_col) or "").strip()))
     else:
-        for i, line in enumerate(captions.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{captions}:{i}: not JSON ({e.msg})") from e
-            if not isinstance(r, dict):
-                raise InputError(f"{captions}:{i}: expected an object with 'image' and 'caption'")
+        for _, r in read_jsonl_objects(captions, "with 'image' and 'caption'"):
             img = r.get("image", r.get("file", r.get("path", "")))
             cap = r.get("caption", r.get("text", ""))
             rows.append((str(img).strip(), str(cap).strip()))

@@ -76,6 +76,25 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
 
 
+def read_jsonl_objects(path: str | os.PathLike[str], expected: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file. A line that is not valid JSON, or not an
+    object, stops the read with an error naming the file and line; `expected` says what an object must hold
+    (e.g. "with a 'path'")."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{n}: expected an object {expected}")
+            rows.append((n, row))
+    return rows
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
