@@ -20,14 +20,11 @@ from pathlib import Path
 
 import torch
 
-from zscir.backbones.default import DefaultBackbone
-from zscir.demo import ensure_default_model, ensure_world
-from zscir.eval.world import WorldEvaluator
+from zscir.demo import build_context
 from zscir.methods.isa import ISASymmetric, count_flops, cpu_latency_ms, isa_config_for, query_side_costs
 from zscir.paths import models_dir
 from zscir.train.isa import ISATrainConfig, ensure_isa
-from zscir.utils.runtime import configure_threads, pick_device
-from zscir.world import load_world
+from zscir.utils.runtime import configure_threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     configure_threads()
-    device = pick_device(args.device or None)
     t0 = time.time()
-    world_path = ensure_world(args.size, args.seed)
-    world = load_world(world_path)
-    backbone = DefaultBackbone.load(ensure_default_model(world_path, args.size, args.seed, args.size == "quick")).to(device).eval()
-    evaluator = WorldEvaluator(world, progress=False)
+    ctx = build_context(args.size, args.seed, args.size == "quick", args.device, progress=False)
+    world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
     size = backbone.preprocess_config.size
     x = torch.randn(1, 3, size, size, device=device)
     text = ["make it red and move it to the left"]

@@ -55,28 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from zscir.backbones.default import DefaultBackbone
-    from zscir.demo import ensure_default_model, ensure_world
+    from zscir.demo import build_context
     from zscir.demo.pseudo_token import default_settings, pseudo_token_variant
-    from zscir.demo.recipes import DemoContext
-    from zscir.eval.world import WorldEvaluator
     from zscir.methods.mapped import load_mapped_method
-    from zscir.paths import models_dir
-    from zscir.utils.runtime import configure_threads, pick_device, seed_everything
-    from zscir.world import load_world
+    from zscir.utils.runtime import configure_threads, seed_everything
 
     t0 = time.time()
     configure_threads()
     seed_everything(args.seed)
-    device = pick_device(args.device or None)
     size = args.size or ("quick" if args.quick else "default")
-    world_path = ensure_world(size, args.seed)
-    world = load_world(world_path)
-    backbone = DefaultBackbone.load(ensure_default_model(world_path, size, args.seed, args.quick)).to(device).eval()
-    evaluator = WorldEvaluator(world, progress=False)
-    ctx = DemoContext(world=world, backbone=backbone, evaluator=evaluator,
-                      workdir=models_dir() / f"demo-{size}-s{args.seed}", quick=args.quick, seed=args.seed,
-                      device=str(device))
+    ctx = build_context(size, args.seed, args.quick, args.device, progress=False)
+    world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
+    world_path = world.root
     settings = default_settings(args.quick, args.seed, str(device) if args.device else "")
     rows = variants(settings)
     if args.only:

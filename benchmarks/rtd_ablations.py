@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import sys
 import time
@@ -65,31 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from zscir.backbones.default import DefaultBackbone
-    from zscir.demo import ensure_default_model, ensure_world
-    from zscir.demo.recipes import DemoContext
+    from zscir.demo import build_context
     from zscir.demo.rtd_recipes import _base_method, demo_rtd_config
-    from zscir.eval.world import WorldEvaluator
     from zscir.methods.rtd import RTDMethod
-    from zscir.paths import models_dir
     from zscir.train.rtd import train_rtd
     from zscir.train.triplets import generate_triplets, triplets_from_dicts
     from zscir.utils.io import write_json, write_text
-    from zscir.utils.runtime import configure_threads, pick_device, seed_everything
-    from zscir.world import load_world
+    from zscir.utils.runtime import configure_threads, seed_everything
 
     t0 = time.time()
     configure_threads()
     seed_everything(args.seed)
-    device = pick_device(args.device or None)
     size = args.size or ("quick" if args.quick else "default")
-    world_path = ensure_world(size, args.seed)
-    world = load_world(world_path)
-    backbone = DefaultBackbone.load(ensure_default_model(world_path, size, args.seed, args.quick)).to(device).eval()
-    evaluator = WorldEvaluator(world)
-    ctx = DemoContext(world=world, backbone=backbone, evaluator=evaluator,
-                      workdir=models_dir() / f"demo-{size}-s{args.seed}", quick=args.quick, seed=args.seed,
-                      device=str(device))
+    ctx = build_context(size, args.seed, args.quick, args.device)
+    world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
+    world_path = world.root
     base = _base_method(ctx, args.base)
     if base is None:
         raise SystemExit(f"base method {args.base!r} is not available")

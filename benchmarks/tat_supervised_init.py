@@ -110,32 +110,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
 
-    from zscir.backbones.default import DefaultBackbone
-    from zscir.demo import ensure_default_model, ensure_world
-    from zscir.demo.recipes import DemoContext
+    from zscir.demo import build_context
     from zscir.demo.tat import _tat_config
-    from zscir.eval.world import WorldEvaluator
     from zscir.methods import get_method_class
     from zscir.methods.tat import load_tat_backbone
-    from zscir.paths import models_dir
     from zscir.train.tat import train_tat
     from zscir.utils.runtime import configure_threads, seed_everything
-    from zscir.world import load_world
 
     t0 = time.time()
     configure_threads()
     seed_everything(args.seed)
-    quick = args.size == "quick"
-    world_path = ensure_world(args.size, args.seed)
-    world = load_world(world_path)
-    base = DefaultBackbone.load(ensure_default_model(world_path, args.size, args.seed, quick)).eval()
-    ctx = DemoContext(world=world, backbone=base, evaluator=None, workdir=models_dir() / f"demo-{args.size}-s{args.seed}",
-                      quick=quick, seed=args.seed, device="cpu")
+    ctx = build_context(args.size, args.seed, args.size == "quick", "cpu", progress=False)
+    world, base, ev = ctx.world, ctx.backbone, ctx.evaluator
     tat_path = ctx.workdir / "tat"
     if not (tat_path / "config.json").is_file():
         train_tat(_tat_config(ctx, tat_path), backbone=base)
     tuned = load_tat_backbone(base, tat_path)
-    ev = WorldEvaluator(world, progress=False)
     g = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(world.cir_train), generator=g)[: args.triplets].tolist()
     triplets = [world.cir_train[i] for i in order]

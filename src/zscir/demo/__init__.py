@@ -12,10 +12,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from zscir.paths import models_dir, worlds_dir
+
+if TYPE_CHECKING:  # the recipes import this package: the runtime import stays inside the functions
+    from zscir.demo.recipes import DemoContext
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +71,34 @@ def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool) ->
     return path
 
 
-def run_demo(cfg: DemoConfig) -> dict:
+def build_context(size: str, seed: int, quick: bool, device: str = "", progress: bool = True) -> DemoContext:
+    """The world, the pre-trained default backbone and the evaluator that the recipes work in, built or reused
+    under $ZSCIR_HOME: shared by `zscir demo` and the benchmark scripts so they train and cache the same things."""
     from zscir.backbones.default import DefaultBackbone
-    from zscir.demo.recipes import DemoContext, list_recipes
-    from zscir.eval.world import WorldEvaluator, format_table
-    from zscir.utils.io import write_json
-    from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+    from zscir.demo.recipes import DemoContext
+    from zscir.eval.world import WorldEvaluator
+    from zscir.utils.runtime import pick_device
     from zscir.world import load_world
+
+    dev = pick_device(device or None)
+    world_path = ensure_world(size, seed)
+    world = load_world(world_path)
+    backbone = DefaultBackbone.load(ensure_default_model(world_path, size, seed, quick)).to(dev).eval()
+    return DemoContext(world=world, backbone=backbone, evaluator=WorldEvaluator(world, progress=progress),
+                       workdir=models_dir() / f"demo-{size}-s{seed}", quick=quick, seed=seed, device=str(dev))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from zscir.demo.recipes import list_recipes
+    from zscir.eval.world import format_table
+    from zscir.utils.io import write_json
+    from zscir.utils.runtime import configure_threads, seed_everything
 
     t0 = time.time()
     configure_threads()
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device or None)
-    size = cfg.world_size
-    world_path = ensure_world(size, cfg.seed)
-    world = load_world(world_path)
-    model_path = ensure_default_model(world_path, size, cfg.seed, cfg.quick)
-    backbone = DefaultBackbone.load(model_path).to(device).eval()
-    evaluator = WorldEvaluator(world)
-    ctx = DemoContext(world=world, backbone=backbone, evaluator=evaluator,
-                      workdir=models_dir() / f"demo-{size}-s{cfg.seed}", quick=cfg.quick, seed=cfg.seed,
-                      device=str(device))
+    ctx = build_context(cfg.world_size, cfg.seed, cfg.quick, cfg.device)
+    world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
     recipes = list_recipes()
     wanted = [m.strip() for m in cfg.methods.split(",") if m.strip()] or list(recipes)
     unknown = [m for m in wanted if m not in recipes]
@@ -119,7 +130,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = {
         "backbone": backbone.spec,
         "backbone_fingerprint": backbone.fingerprint(),
-        "world": {"path": str(world_path), "seed": world.meta.get("seed"), "size": world.meta.get("size"),
+        "world": {"path": str(world.root), "seed": world.meta.get("seed"), "size": world.meta.get("size"),
                   "counts": world.meta.get("counts")},
         "protocols": protocols,
         "settings": settings,
