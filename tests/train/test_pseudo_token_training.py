@@ -105,3 +105,48 @@ def test_pic2word_mapper_learns_on_tiny_data(world, tmp_path, default_backbone):
     doc = json.loads((res.path / "config.json").read_text())
     assert doc["config"]["method"] == "pic2word" and doc["backbone_fingerprint"] == default_backbone.fingerprint()
     assert res.final_loss < 2.48  # log(12): chance level of a 12-way contrastive task
+
+
+def test_two_stage_on_an_rtd_tower(world, tmp_path, default_backbone):
+    """two-stage+rtd: RTD tunes the text tower for the stage-1 mapper, stage 2 trains LoRA on that tower; the
+    checkpoint remembers the RTD tower and refuses to load without it (or with another one)."""
+    import shutil
+
+    from zscir.errors import CheckpointError
+    from zscir.methods.rtd import load_rtd_text_encoder
+    from zscir.nn.mappers import load_mapper
+    from zscir.train.rtd import RTDConfig, train_rtd
+    from zscir.train.triplets import Triplet
+
+    b = default_backbone
+    s1 = train_mapping(mapping_config(world="tiny", out=str(tmp_path / "s1"), steps=2, batch_size=6, hidden=64),
+                       backbone=b, world=world)
+    mapper, _ = load_mapper(s1.path, b.fingerprint())
+    trips = [Triplet(p["caption"], "make it blue", p["caption"].replace(p["caption"].split()[1], "blue"))
+             for p in world.pairs]
+    rtd = train_rtd(RTDConfig(out=str(tmp_path / "rtd"), steps=2, batch_size=4, lr=1e-3), b, mapper, trips,
+                    progress=False).path
+    s2 = train_composing(ComposingConfig(world="tiny", mapper=str(s1.path), out=str(tmp_path / "s2"), steps=2,
+                                         batch_size=8, rank=4, text_init=str(rtd)), backbone=b, world=world)
+    plain = train_composing(ComposingConfig(world="tiny", mapper=str(s1.path), out=str(tmp_path / "s2p"), steps=2,
+                                            batch_size=8, rank=4), backbone=b, world=world)
+    two, two_plain = load_mapped_method(b, s2.path), load_mapped_method(b, plain.path)
+    rtd_tower = load_rtd_text_encoder(rtd, b)
+    px = b.preprocess([Image.open(world.image_path("p00"))])
+    with torch.no_grad():
+        tok = two.pseudo_tokens(px)
+        q = two.compose(px, ["make it blue"])
+        # the adapters' B matrices start at zero and moved only a little: the query is near the RTD tower's ...
+        near = rtd_tower.encode_text_with_tokens(two.prompts(["make it blue"]), tok)
+        base = b.encode_text_with_tokens(two.prompts(["make it blue"]), tok)
+        assert torch.allclose(two_plain.compose(px, ["make it blue"]), base, atol=0.05)
+    assert (q - near).norm() < (q - base).norm()  # ... and away from the original tower's
+    assert getattr(two.text_encoder, "rtd_checkpoint", {}).get("path") == str(rtd)
+    other = train_rtd(RTDConfig(out=str(tmp_path / "rtd2"), steps=2, batch_size=4, lr=1e-3, seed=1), b, mapper,
+                      trips, progress=False).path
+    shutil.rmtree(rtd)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_mapped_method(b, s2.path)
+    shutil.copytree(other, rtd)
+    with pytest.raises(CheckpointError, match="not the one"):
+        load_mapped_method(b, s2.path)

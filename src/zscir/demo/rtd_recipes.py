@@ -1,8 +1,9 @@
 """Demo recipes for the RTD plug-in: `pic2word+rtd` and `two-stage+rtd`.
 
-Each takes the base method from its own recipe (so the base checkpoint is the very one reported next to it),
-tunes the text tower with RTD on the world's text triplets (cached under ctx.workdir, keyed by the base
-checkpoint and the RTD settings) and returns the base method with the tuned text side.
+`pic2word+rtd` takes pic2word from its own recipe (so the base checkpoint is the very one reported next to
+it), tunes the text tower with RTD on the world's text triplets (cached under ctx.workdir, keyed by the base
+checkpoint and the RTD settings) and returns pic2word with the tuned text side. `two-stage+rtd` tunes the
+text tower with RTD for the stage-1 mapper first and runs stage 2 on that tower (see its recipe).
 
 Demo sizing (2 CPU cores): full fine-tuning of MiniLM costs about a forward + backward of the whole text tower
 per step, so the demo runs far fewer steps than a real RTD run (one epoch over many thousand triplets): see
@@ -46,9 +47,9 @@ def _ckpt_fingerprint(path: str) -> str:
         return ""
 
 
-def rtd_for(ctx: DemoContext, base: CompositionMethod, cfg=None) -> CompositionMethod:
-    """Train (or reuse) RTD for `base` on the world's text triplets and return `base` + RTD."""
-    from zscir.methods.rtd import with_rtd
+def rtd_checkpoint_for(ctx: DemoContext, base: CompositionMethod, cfg=None) -> Path:
+    """Train (or reuse) RTD for `base`'s mapper on the world's text triplets, starting from `base`'s text side;
+    returns the RTD checkpoint folder (cached under ctx.workdir, keyed by the base checkpoint and the settings)."""
     from zscir.train.rtd import train_rtd
     from zscir.train.triplets import triplets_from_dicts
 
@@ -69,7 +70,14 @@ def rtd_for(ctx: DemoContext, base: CompositionMethod, cfg=None) -> CompositionM
         ctx.extras.setdefault("rtd_training", {})[f"{base.name}+rtd"] = {
             "steps": res.steps, "triplets": len(trips), "loss_first": round(res.losses[0], 4),
             "loss_last": round(res.final_loss, 4), "seconds": round(res.seconds, 1), "trainable": res.trainable}
-    return with_rtd(base, out)
+    return out
+
+
+def rtd_for(ctx: DemoContext, base: CompositionMethod, cfg=None) -> CompositionMethod:
+    """`base` with its text side replaced by the RTD-tuned tower (trained or reused): `<base>+rtd`."""
+    from zscir.methods.rtd import with_rtd
+
+    return with_rtd(base, rtd_checkpoint_for(ctx, base, cfg))
 
 
 def _rtd_recipe(ctx: DemoContext, name: str) -> CompositionMethod | None:
@@ -87,4 +95,20 @@ def _pic2word_rtd(ctx: DemoContext) -> CompositionMethod | None:
 
 @recipe("two-stage+rtd")
 def _two_stage_rtd(ctx: DemoContext) -> CompositionMethod | None:
-    return _rtd_recipe(ctx, "two-stage")
+    """RTD plugged into two-stage: RTD tunes the original text tower for the stage-1 mapper, then stage 2 trains
+    its LoRA adapters on that tower (same settings as `two-stage`). RTD goes first because two-stage tunes the
+    text tower itself: tuning after stage 2 would anchor its image-triplet-tuned tower back to caption space
+    (measured in docs/rtd.md)."""
+    from dataclasses import replace
+
+    from zscir.demo.pseudo_token import default_settings, pseudo_token_variant
+    from zscir.methods.mapped import TwoStage, TwoStageMappingOnly
+    from zscir.methods.rtd import RTDMethod
+
+    s = default_settings(ctx.quick, ctx.seed, ctx.device)
+    stage1 = TwoStageMappingOnly(ctx.backbone, checkpoint=pseudo_token_variant(ctx, "mapping", mapping=s["mapping"]))
+    rtd = rtd_checkpoint_for(ctx, stage1)
+    path = pseudo_token_variant(ctx, "two-stage", mapping=s["mapping"],
+                                composing=replace(s["composing"], text_init=str(rtd)))
+    method = TwoStage(ctx.backbone, checkpoint=path)
+    return RTDMethod(method, method.text_encoder)

@@ -120,9 +120,11 @@ class TwoStage(MappedTokenMethod):
 
 
 def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True) -> Backbone:
-    """The tuned text encoder stored in a two-stage checkpoint (LoRA tensors prefixed `text.`)."""
+    """The tuned text encoder stored in a two-stage checkpoint (LoRA tensors prefixed `text.`). When stage 2
+    started from an RTD-tuned tower (`text_init`), that checkpoint is loaded first and must be the very one
+    the adapters were trained on."""
     lcfg = from_dict(LoRAConfig, ckpt.config["lora"])
-    enc, _ = lora_text_encoder(backbone, lcfg)
+    enc, _ = lora_text_encoder(_text_init(backbone, ckpt), lcfg)
     state = {k[len("text."):]: v for k, v in ckpt.tensors.items() if k.startswith("text.")}
     missing = [k for k in enc.text_tower.state_dict() if (".lora_A" in k or ".lora_B" in k) and k not in state]
     if missing or not state:
@@ -131,6 +133,22 @@ def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True) -> Bac
     if merge:
         merge_lora(enc.text_tower)
     return enc.eval()
+
+
+def _text_init(backbone: Backbone, ckpt: Any) -> Backbone:
+    init = ckpt.config.get("text_init") or None
+    if not init:
+        return backbone
+    from zscir.methods.rtd import load_rtd_text_encoder
+
+    path = Path(init["path"])
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{ckpt.path}: its stage 2 was trained on the RTD text tower {path}, which is missing")
+    start = load_rtd_text_encoder(path, backbone)
+    if start.rtd_checkpoint["fingerprint"] != init["fingerprint"]:  # type: ignore[attr-defined]
+        raise CheckpointError(f"{ckpt.path}: the RTD text tower at {path} is not the one its stage 2 was trained on "
+                              f"(fingerprint {start.rtd_checkpoint['fingerprint'][:12]}, expected {init['fingerprint'][:12]})")
+    return start
 
 
 def load_mapped_method(backbone: Backbone, path: str | Path) -> MappedTokenMethod:

@@ -93,8 +93,16 @@ class ComposingConfig:
     alpha: float = 16.0
     dropout: float = 0.05
     fraction: float = 1.0  # share of the world's training triplets used
+    # At most this many passes over the (selected) triplets, 0 = no cap: with 1% or 10% of the triplets a
+    # fixed step count means tens to hundreds of passes, and the adapters memorise them (benchmarks/
+    # pseudo_token_ablations.py measures both).
+    max_epochs: float = 0.0
     noise: float = 0.0  # share of the used triplets whose modification text is shuffled
     reference_negatives: bool = True
+    # An RTD checkpoint (`zscir train rtd`) whose tuned text tower stage 2 starts from, instead of the
+    # backbone's: how RTD plugs into two-stage (`two-stage+rtd`), so that stage 2's image-triplet tuning,
+    # not RTD's caption anchor, has the last word on the text tower.
+    text_init: str = ""
     template: str = DEFAULT_TEMPLATE
     seed: int = 0
     device: str = ""
@@ -367,21 +375,31 @@ def train_composing(cfg: ComposingConfig, backbone: Backbone | None = None, worl
             toks[u] = mapper(pooled[u].to(dev), loc).float().cpu()
 
     lcfg = LoRAConfig(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout)
-    enc, wrapped = lora_text_encoder(backbone, lcfg)
+    start, text_init = backbone, None
+    if cfg.text_init:
+        from zscir.methods.rtd import load_rtd_text_encoder
+
+        start = load_rtd_text_encoder(cfg.text_init, backbone)
+        text_init = {"path": str(cfg.text_init), "fingerprint": start.rtd_checkpoint["fingerprint"]}
+    enc, wrapped = lora_text_encoder(start, lcfg)
     trainable, total = count_parameters(enc.text_tower)
     params = [p for p in enc.text_tower.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _scheduler(opt, cfg.steps, cfg.warmup)
+    batch = min(cfg.batch_size, len(triplets))
+    steps = cfg.steps
+    if cfg.max_epochs > 0:
+        steps = min(steps, max(1, math.ceil(cfg.max_epochs * len(triplets) / batch)))
+    sched = _scheduler(opt, steps, cfg.warmup)
     scale = _logit_scale(backbone)
     mods = [t["modification"] for t in triplets]
     refs = [t["reference"] for t in triplets]
     enc.train()
     losses: list[float] = []
     batches: list[list[int]] = []
-    bar = tqdm(range(cfg.steps), desc="train composing", unit="step", leave=False)
+    bar = tqdm(range(steps), desc="train composing", unit="step", leave=False)
     for _ in bar:
         if not batches:
-            batches = grouped_batches(refs, min(cfg.batch_size, len(triplets)), cfg.per_reference, gen)
+            batches = grouped_batches(refs, batch, cfg.per_reference, gen)
         b = torch.tensor(batches.pop())
         prompts = [cfg.template.replace("{text}", mods[i].strip()) for i in b.tolist()]
         q = enc.encode_text_with_tokens(prompts, toks[ref_idx[b]].to(dev))
@@ -401,13 +419,13 @@ def train_composing(cfg: ComposingConfig, backbone: Backbone | None = None, worl
     extra = {f"text.{k}": v for k, v in lora_state_dict(enc.text_tower).items()}
     save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(), kind=TWO_STAGE_KIND, extra_tensors=extra,
                 config={"method": "two-stage", "template": cfg.template, "lora": asdict(lcfg),
-                        "lora_targets": len(wrapped), "train": asdict(cfg)},
+                        "lora_targets": len(wrapped), "train": asdict(cfg), "text_init": text_init},
                 trained_on={"world": _world_key(world), "triplets": len(triplets)}, final_loss=final,
                 trainable_text_parameters=trainable, total_text_parameters=total)
     secs = time.time() - t0
     log.info("stage 2: LoRA on %d text-tower layers (%d / %d parameters trainable), %d triplets, %d steps, "
-             "loss %.3f -> %s (%.0f s)", len(wrapped), trainable, total, len(triplets), cfg.steps, final, cfg.out, secs)
-    return TrainResult(Path(cfg.out), cfg.steps, secs, final,
+             "loss %.3f -> %s (%.0f s)", len(wrapped), trainable, total, len(triplets), steps, final, cfg.out, secs)
+    return TrainResult(Path(cfg.out), steps, secs, final,
                        {"triplets": len(triplets), "trainable": trainable, "total": total})
 
 
@@ -467,10 +485,14 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mapper", required=True, help="stage-1 checkpoint made by `zscir train mapping`")
     p.add_argument("--fraction", type=float, default=d.fraction, help="share of the training triplets used")
     p.add_argument("--noise", type=float, default=d.noise, help="share of modification texts shuffled")
+    p.add_argument("--max-epochs", type=float, default=d.max_epochs,
+                   help="at most this many passes over the triplets, whatever --steps says (0: no cap; default: %(default)s)")
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
     p.add_argument("--per-reference", type=int, default=d.per_reference,
                    help="triplets sharing a reference per batch (hard negatives)")
     p.add_argument("--no-reference-negatives", action="store_true", help="do not score the references as negatives")
+    p.add_argument("--text-init", default="", metavar="RTD_CKPT",
+                   help="start from this RTD-tuned text tower (`zscir train rtd --mapper STAGE1`): two-stage+rtd")
 
 
 def _run_composing(args: argparse.Namespace) -> int:
@@ -479,6 +501,7 @@ def _run_composing(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, template=args.template, seed=args.seed, device=args.device,
         cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
         per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
+        text_init=args.text_init, max_epochs=args.max_epochs,
     ))
     print(f"saved {res.path}: two-stage (stage 2) on {res.info['triplets']} triplets, LoRA {res.info['trainable']} / "
           f"{res.info['total']} text parameters trainable, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")

@@ -69,6 +69,7 @@ class TATConfig:
     dropout: float = 0.1
     trunk_blocks: int = 2
     head: bool = True
+    head_out: bool = False
     temperature: float = 0.07
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -86,11 +87,11 @@ class TATConfig:
 
     @property
     def adapters(self) -> TATAdapterConfig:
-        return TATAdapterConfig(self.rank, self.alpha, self.dropout, self.trunk_blocks, self.head)
+        return TATAdapterConfig(self.rank, self.alpha, self.dropout, self.trunk_blocks, self.head, self.head_out)
 
     def signature(self) -> dict:
         """What must match for a resumed run to continue the same training."""
-        keep = ("backbone", "world", "images", "captions", "rank", "alpha", "dropout", "trunk_blocks", "head",
+        keep = ("backbone", "world", "images", "captions", "rank", "alpha", "dropout", "trunk_blocks", "head", "head_out",
                 "temperature", "lr", "weight_decay", "warmup", "epochs", "batch_size", "seed", "val_fraction", "max_val")
         return {k: getattr(self, k) for k in keep}
 
@@ -479,6 +480,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trunk-blocks", type=int, default=d.trunk_blocks,
                    help="default backbone: adapt the last N EfficientNet blocks (default: %(default)s)")
     p.add_argument("--no-head", action="store_true", help="default backbone: leave the pooling head untouched")
+    p.add_argument("--head-out", action="store_true",
+                   help="default backbone: also adapt the head's output projection (0.53%% trainable)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="fixed InfoNCE temperature")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -497,6 +500,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = TATConfig(
         backbone=args.backbone, world=args.world, images=args.images, captions=args.captions, out=args.out,
         rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks, head=not args.no_head,
+        head_out=args.head_out,
         temperature=args.temperature, lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, device=args.device, max_missing=args.max_missing,
         save_every=args.save_every, merge=args.merge, progress=not args.no_progress,
