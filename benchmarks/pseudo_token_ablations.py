@@ -11,11 +11,12 @@ Rows:
     w/o injection                stage 1 MLP mapper (soft alignment kept) + stage 2
     w/o soft alignment           stage 1 contrastive only (injection kept) + stage 2
     w/o reference negatives      stage 2 without the reference as a hard negative
-    stage 2 @ 1% / 10%           stage 2 on that share of the training triplets
+    stage 2 @ 1% / 10%           stage 2 on that share of the training triplets (the same step count)
+    ..., <= 8 epochs             the same, with at most 8 passes over that share (--max-epochs)
     stage 2, 30% noisy           stage 2 with 30% of the modification texts shuffled
 
 Checkpoints are cached under $ZSCIR_HOME/models/demo-<size>-s<seed> (shared with `zscir demo`), so a rerun
-only evaluates. Writes pseudo_token_ablations.json and prints a table (CIRR-like R@1/R@10/Rs@1, CIRCO-like
+only evaluates. Writes pseudo_token_ablations_<size>.json and prints a table (CIRR-like R@1/R@10/Rs@1, CIRCO-like
 mAP@10)."""
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def variants(s: dict) -> dict[str, dict]:
         "w/o reference negatives": {"mapping": m, "composing": replace(c, reference_negatives=False)},
         "stage 2 @ 1% triplets": {"mapping": m, "composing": replace(c, fraction=0.01)},
         "stage 2 @ 10% triplets": {"mapping": m, "composing": replace(c, fraction=0.10)},
+        "stage 2 @ 1%, <= 8 epochs": {"mapping": m, "composing": replace(c, fraction=0.01, max_epochs=8)},
+        "stage 2 @ 10%, <= 8 epochs": {"mapping": m, "composing": replace(c, fraction=0.10, max_epochs=8)},
         "stage 2 @ 100%, 30% noisy": {"mapping": m, "composing": replace(c, noise=0.3)},
     }
 
@@ -104,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
            "backbone_fingerprint": backbone.fingerprint(), "quick": args.quick,
            "settings": {k: vars(v) for k, v in settings.items()}, "rows": results, "table": table,
            "seconds": round(time.time() - t0, 1)}
-    (out / "pseudo_token_ablations.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    dest = out / f"pseudo_token_ablations_{size}.json"
+    dest.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     print(table)
-    print(f"\nwrote {out / 'pseudo_token_ablations.json'} ({time.time() - t0:.0f} s)")
+    print(f"\nwrote {dest} ({time.time() - t0:.0f} s)")
     return 0
 
 
