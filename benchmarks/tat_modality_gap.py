@@ -7,7 +7,7 @@ on the world's CIR *training* triplets like the demo.
     python benchmarks/tat_modality_gap.py [--size quick] [--temperatures 0.07 0.01] [--out benchmarks/results]
 
 The 0.07 row is the demo's own pre-trained default (shared cache under $ZSCIR_HOME). Each other temperature
-pre-trains its own default (cached as models/default-<size>-s<seed>-T<t>). Writes tat_modality_gap.json and
+pre-trains its own default (cached as models/default-<size>-s<seed>-T<t>). Writes tat_modality_gap_<size>.json and
 a Markdown table: per space the learned temperature, the gap (held-out matched cosine, centroid distance)
 before and after TAT, and CIRR-like R@1 / R@10, CIRCO-like mAP@10 per method."""
 
@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.07, 0.01],
                     help="starting temperatures of the pre-training (default: %(default)s)")
+    ap.add_argument("--long-epochs", type=float, default=0.0,
+                    help="also a row with head.out adapted and this many TAT epochs (0: no such row)")
     ap.add_argument("--device", default="")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
@@ -101,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in ROWS:
             m = recipes[name](ctx)
             rows[name] = {"scores": score(ctx, m), "alpha": getattr(m, "alpha", None), "gap": gap_base}
-        for name, extra in TAT_VARIANTS.items():
-            out = ctx.workdir / ("tat" if not extra else "tat-head-out")
+        variants = dict(TAT_VARIANTS)
+        if args.long_epochs:
+            variants[f"slerp+tat (head.out, {args.long_epochs:g} epochs)"] = {"head_out": True, "epochs": args.long_epochs}
+        for name, extra in variants.items():
+            out = ctx.workdir / ("tat" + "".join(f"-{k}{v}" for k, v in sorted(extra.items())))
             cfg = replace(_tat_config(ctx, out), **extra)
             if not (out / "config.json").is_file():
                 train_tat(cfg, backbone=ctx.backbone, pairs=pairs)
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines[-len(rows):]), file=sys.stderr)
 
     table = "\n".join(lines)
-    out = Path(args.out) / "tat_modality_gap.json"
+    out = Path(args.out) / f"tat_modality_gap_{args.size}.json"
     write_json(out, {"size": args.size, "seed": args.seed, "spaces": spaces, "table": table,
                      "gap_measured_on": "held-out image-caption pairs (TAT's validation split)",
                      "seconds": round(time.time() - t0, 1)})

@@ -225,6 +225,11 @@ def test_default_adapters_train_under_half_a_percent(default_backbone):
     assert [p.requires_grad for p in default_backbone.text_tower.parameters()] == flags  # base flags untouched
     assert tuned.text_tower is default_backbone.text_tower
     assert not any(p.requires_grad for p in default_backbone.image_tower.trunk.parameters())
+    assert "head.out" not in wrapped
+    # head_out: the output projection too (the layer that can shift the whole image cone), one more adapter
+    more = copy_image_side(default_backbone)
+    assert set(add_tat_adapters(more, TATAdapterConfig(head_out=True))) == set(wrapped) | {"head.out"}
+    assert trainable_parameters(more)[0] == trainable + 16 * (384 + 384)
 
 
 def test_train_command_group_lists_tat(capsys):
