@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from zscir.demo.recipes import list_recipes, select_alpha
-    from zscir.demo.tat import _tat_config
+    from zscir.demo.tat import demo_tat_config
     from zscir.methods import get_method_class
     from zscir.methods.tat import load_tat_backbone
     from zscir.train.tat import PairSet, measure_gap, split_val, train_tat
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         world = ctx.world
         pairs = PairSet([Path(world.image_path(p["image"])) for p in world.pairs], [p["caption"] for p in world.pairs],
                         source="world")
-        cfg0 = _tat_config(ctx, ctx.workdir / "tat")
+        cfg0 = demo_tat_config(ctx, ctx.workdir / "tat")
         _, val = split_val(len(pairs.paths), cfg0)
         vp, vc = [pairs.paths[i] for i in val.tolist()], [pairs.captions[i] for i in val.tolist()]
         gap_base = measure_gap(ctx.backbone, vp, vc)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             variants[f"slerp+tat (head.out, {args.long_epochs:g} epochs)"] = {"head_out": True, "epochs": args.long_epochs}
         for name, extra in variants.items():
             out = ctx.workdir / ("tat" + "".join(f"-{k}{v}" for k, v in sorted(extra.items())))
-            cfg = replace(_tat_config(ctx, out), **extra)
+            cfg = replace(demo_tat_config(ctx, out), **extra)
             if not (out / "config.json").is_file():
                 train_tat(cfg, backbone=ctx.backbone, pairs=pairs)
             tuned = load_tat_backbone(ctx.backbone, out)

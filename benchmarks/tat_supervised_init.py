@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from zscir.demo import build_context
-    from zscir.demo.tat import _tat_config
+    from zscir.demo.tat import demo_tat_config
     from zscir.methods import get_method_class
     from zscir.methods.tat import load_tat_backbone
     from zscir.train.tat import train_tat
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     world, base, ev = ctx.world, ctx.backbone, ctx.evaluator
     tat_path = ctx.workdir / "tat"
     if not (tat_path / "config.json").is_file():
-        train_tat(_tat_config(ctx, tat_path), backbone=base)
+        train_tat(demo_tat_config(ctx, tat_path), backbone=base)
     tuned = load_tat_backbone(base, tat_path)
     g = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(world.cir_train), generator=g)[: args.triplets].tolist()

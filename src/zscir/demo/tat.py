@@ -21,7 +21,8 @@ SWEEP_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_ALPHA = 0.8
 
 
-def _tat_config(ctx: DemoContext, out: Path):
+def demo_tat_config(ctx: DemoContext, out: Path):
+    """The demo's TAT settings (shared with the TAT benchmarks, so they train and cache the same adapters)."""
     from zscir.train.tat import TATConfig
 
     # ~one epoch (published); the quick world is small, so a few passes there.
@@ -39,7 +40,7 @@ def _slerp_tat(ctx: DemoContext) -> CompositionMethod:
     pairs = PairSet([Path(world.image_path(p["image"])) for p in world.pairs], [p["caption"] for p in world.pairs],
                     source="world")
     out = ctx.workdir / "tat"
-    cfg = _tat_config(ctx, out)
+    cfg = demo_tat_config(ctx, out)
     sig_file = ctx.workdir / "tat.signature.json"
     sig = json.dumps({**cfg.signature(), "world": world.meta.get("seed"), "size": world.meta.get("size"),
                       "backbone": ctx.backbone.fingerprint()}, sort_keys=True)
