@@ -24,33 +24,6 @@ ROWS = ("image", "text", "sum", "slerp")
 TAT_VARIANTS = {"slerp+tat": {}, "slerp+tat (head.out)": {"head_out": True}}
 
 
-def space(size: str, seed: int, quick: bool, temperature: float, device: str):
-    """A DemoContext whose backbone was pre-trained with the temperature starting at `temperature`."""
-    from zscir.backbones.default import DefaultBackbone
-    from zscir.demo import build_context, ensure_world
-    from zscir.demo.recipes import DemoContext
-    from zscir.eval.world import WorldEvaluator
-    from zscir.paths import models_dir
-    from zscir.train.pretrain import PretrainConfig, pretrain
-    from zscir.utils.runtime import pick_device
-    from zscir.world import load_world
-
-    if abs(temperature - PretrainConfig().init_temperature) < 1e-9:
-        return build_context(size, seed, quick, device, progress=False)  # the demo's own default
-    world_path = ensure_world(size, seed)
-    path = models_dir() / f"default-{size}-s{seed}-T{temperature:g}"
-    if not (path / "config.json").is_file():
-        # the demo's pre-training budget, only the starting temperature differs
-        pretrain(PretrainConfig(world=str(world_path), out=str(path), seed=seed, epochs=30 if quick else 20,
-                                init_temperature=temperature))
-    dev = pick_device(device or None)
-    world = load_world(world_path)
-    backbone = DefaultBackbone.load(path).to(dev).eval()
-    return DemoContext(world=world, backbone=backbone, evaluator=WorldEvaluator(world, progress=False),
-                       workdir=models_dir() / f"demo-{size}-s{seed}-T{temperature:g}", quick=quick, seed=seed,
-                       device=str(dev))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="quick", help="world size (default: %(default)s)")
@@ -66,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from zscir.demo import build_context
     from zscir.demo.recipes import list_recipes, select_alpha
     from zscir.demo.tat import demo_tat_config
     from zscir.methods import get_method_class
     from zscir.methods.tat import load_tat_backbone
+    from zscir.train.pretrain import PretrainConfig
     from zscir.train.tat import PairSet, measure_gap, split_val, train_tat
     from zscir.utils.io import write_json, write_text
     from zscir.utils.runtime import configure_threads, seed_everything
@@ -90,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for temp in args.temperatures:
         seed_everything(args.seed)
-        ctx = space(args.size, args.seed, quick, temp, args.device)
+        # the demo's own default for its starting temperature, a pre-training variant for any other
+        variant = None if abs(temp - PretrainConfig().init_temperature) < 1e-9 else temp
+        ctx = build_context(args.size, args.seed, quick, args.device, progress=False, init_temperature=variant)
         world = ctx.world
         pairs = PairSet([Path(world.image_path(p["image"])) for p in world.pairs], [p["caption"] for p in world.pairs],
                         source="world")
@@ -117,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = {"scores": score(ctx, cls(ctx.backbone, tat=tuned, alpha=alpha)), "alpha": alpha,
                           "gap": measure_gap(tuned, vp, vc)}
             del tuned
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         spaces[f"{temp:g}"] = {"start_temperature": temp, "learned_temperature": learned, "rows": rows}
         for name, r in rows.items():
             s, g = r["scores"], r["gap"]

@@ -49,16 +49,24 @@ def ensure_world(size: str, seed: int) -> Path:
     return path
 
 
-def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool) -> Path:
+def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool,
+                         init_temperature: float | None = None) -> Path:
+    """The demo's pre-trained default for this world, trained if missing. `init_temperature` (None: the
+    pre-training default) makes a variant pre-trained with that starting temperature, kept beside it as
+    `default-<size>-s<seed>-T<t>`; a variant never becomes what `load_backbone("default")` loads."""
     from zscir.backbones import default_model_path
     from zscir.train.pretrain import PretrainConfig, pretrain
 
-    path = models_dir() / f"default-{size}-s{seed}"
+    suffix = _variant_suffix(init_temperature)
+    path = models_dir() / f"default-{size}-s{seed}{suffix}"
     if not (path / "config.json").is_file():
         log.info("pre-training the embedded default on %s -> %s", world_path, path)
         # 20 passes over the default world's 6,000 pairs (the quick world's 1,000 get 30): sized for `make demo`'s
         # time budget on 2 cores; `zscir pretrain --epochs` trains longer.
-        pretrain(PretrainConfig(world=str(world_path), out=str(path), seed=seed, epochs=30 if quick else 20))
+        extra = {} if init_temperature is None else {"init_temperature": init_temperature}
+        pretrain(PretrainConfig(world=str(world_path), out=str(path), seed=seed, epochs=30 if quick else 20, **extra))
+    if suffix:
+        return path
     # `load_backbone("default")` uses models/default; give it the first (or the full-size) model made here.
     target = default_model_path()
     if not target.exists() or (not quick and size == "default"):
@@ -71,9 +79,15 @@ def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool) ->
     return path
 
 
-def build_context(size: str, seed: int, quick: bool, device: str = "", progress: bool = True) -> DemoContext:
+def _variant_suffix(init_temperature: float | None) -> str:
+    return "" if init_temperature is None else f"-T{init_temperature:g}"
+
+
+def build_context(size: str, seed: int, quick: bool, device: str = "", progress: bool = True,
+                  init_temperature: float | None = None) -> DemoContext:
     """The world, the pre-trained default backbone and the evaluator that the recipes work in, built or reused
-    under $ZSCIR_HOME: shared by `zscir demo` and the benchmark scripts so they train and cache the same things."""
+    under $ZSCIR_HOME: shared by `zscir demo` and the benchmark scripts so they train and cache the same things.
+    `init_temperature` selects a pre-training variant (see `ensure_default_model`) with a workdir of its own."""
     from zscir.backbones.default import DefaultBackbone
     from zscir.demo.recipes import DemoContext
     from zscir.eval.world import WorldEvaluator
@@ -83,9 +97,11 @@ def build_context(size: str, seed: int, quick: bool, device: str = "", progress:
     dev = pick_device(device or None)
     world_path = ensure_world(size, seed)
     world = load_world(world_path)
-    backbone = DefaultBackbone.load(ensure_default_model(world_path, size, seed, quick)).to(dev).eval()
+    model = ensure_default_model(world_path, size, seed, quick, init_temperature)
+    backbone = DefaultBackbone.load(model).to(dev).eval()
+    workdir = models_dir() / f"demo-{size}-s{seed}{_variant_suffix(init_temperature)}"
     return DemoContext(world=world, backbone=backbone, evaluator=WorldEvaluator(world, progress=progress),
-                       workdir=models_dir() / f"demo-{size}-s{seed}", quick=quick, seed=seed, device=str(dev))
+                       workdir=workdir, quick=quick, seed=seed, device=str(dev))
 
 
 def run_demo(cfg: DemoConfig) -> dict:

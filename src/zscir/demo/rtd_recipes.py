@@ -102,12 +102,15 @@ def _two_stage_rtd(ctx: DemoContext) -> CompositionMethod | None:
     from dataclasses import replace
 
     from zscir.demo.pseudo_token import default_settings, pseudo_token_variant
-    from zscir.methods.mapped import TwoStage, TwoStageMappingOnly
+    from zscir.methods.mapped import TwoStage
     from zscir.methods.rtd import RTDMethod
 
-    s = default_settings(ctx.quick, ctx.seed, ctx.device)
-    stage1 = TwoStageMappingOnly(ctx.backbone, checkpoint=pseudo_token_variant(ctx, "mapping", mapping=s["mapping"]))
+    stage1 = _base_method(ctx, "two-stage/mapping-only")  # the very stage-1 mapper `two-stage` is built on
+    if stage1 is None:
+        log.info("RTD: two-stage/mapping-only not available, two-stage+rtd skipped")
+        return None
     rtd = rtd_checkpoint_for(ctx, stage1)
+    s = default_settings(ctx.quick, ctx.seed, ctx.device)
     path = pseudo_token_variant(ctx, "two-stage", mapping=s["mapping"],
                                 composing=replace(s["composing"], text_init=str(rtd)))
     method = TwoStage(ctx.backbone, checkpoint=path)
