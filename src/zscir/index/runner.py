@@ -23,7 +23,8 @@ from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
 from zscir.index.reader import read_source
-from zscir.index.writer import SHARDS, read_shard_embeddings, read_shard_items, verify_shard, write_shard
+from zscir.index.writer import (SHARDS, file_identity, read_shard_embeddings, read_shard_items, verify_shard,
+                                write_shard)
 from zscir.utils.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,20 @@ def build_index(
         if man is not None and man.complete and not add:
             raise InputError(f"{out}: already a complete index of {man.count} images; pass --add to append, "
                              "or choose another --out")
-        spec = backbone if man is None or backbone else man.backbone_spec
+        indexed: dict[str, str] = {}  # id -> path of every image already in the index
+        if man is not None:
+            for rec in man.shards:
+                verify_shard(out, rec)
+                indexed.update((r["id"], r["path"]) for r in read_shard_items(out, rec))
+            _refuse_id_collisions(items, indexed, source)
+        if man is None or not backbone:
+            spec = backbone if man is None else man.backbone_spec
+            if spec.startswith("py:") and man is not None:
+                from zscir.backbones import refuse_code_spec
+
+                refuse_code_spec(spec, f"{out}/{MANIFEST}")
+        else:
+            spec = backbone
         from zscir.index.mapper import load_gallery_encoder
 
         bb, m = load_gallery_encoder(spec, method if man is None else man.gallery_method, device)
@@ -100,8 +114,10 @@ def build_index(
         elif bb.fingerprint() != man.backbone_fingerprint or m.gallery_id != man.gallery_id:
             raise CheckpointError(f"{out}: made with backbone {man.backbone_spec} (fingerprint "
                                   f"{man.backbone_fingerprint}); {spec} has fingerprint {bb.fingerprint()}")
-        for rec in man.shards:
-            verify_shard(out, rec)
+        expected = len(indexed) + len([it for it in items if it.id not in indexed])
+        if kind != "auto" or man.faiss is None:  # pre-flight: a kind faiss cannot build fails now, not after embedding
+            factory = kinds.factory_for(kind, expected, man.dim)[0]
+            kinds.check_buildable(factory, expected, man.dim)
         for stale in (out / SHARDS).glob(".*.tmp") if (out / SHARDS).is_dir() else []:
             stale.unlink()  # a write interrupted before its rename
         done: set[str] = set()
@@ -135,7 +151,8 @@ def build_index(
                 kept = [chunk[i] for i in ok]
                 failed = [{"id": chunk[i].id, "path": chunk[i].path, "error": e} for i, e in sorted(errors.items())]
                 number = len(man.shards)
-                man.shards.append(write_shard(out, number, emb, kept, failed))
+                files = [file_identity(it.path) for it in kept]
+                man.shards.append(write_shard(out, number, emb, kept, failed, files))
                 man.save(out)  # the commit point
                 n_done += len(chunk)
                 bar.update(len(chunk))
@@ -153,6 +170,19 @@ def build_index(
         if failures:
             log.warning("%d unreadable file(s) listed in %s", failures, out / FAILURES)
         return man
+
+
+def _refuse_id_collisions(items, indexed: dict[str, str], source) -> None:
+    """An id already in the index for another file would be skipped as "already indexed", and that file
+    could never be found: refuse the whole source, loudly, before anything is embedded. (The same id for
+    the same file is a resume or a repeated --add, and is skipped.)"""
+    clashes = [it for it in items if it.id in indexed and indexed[it.id] != it.path]
+    if clashes:
+        ex = clashes[0]
+        raise InputError(
+            f"{source}: {len(clashes)} of its {len(items)} image id(s) are already in the index for other files "
+            f"(e.g. id {ex.id!r}); ids of a folder are its relative paths, so give this source distinct ids "
+            "(a .csv/.jsonl listing with an 'id' column) or index it into another --out")
 
 
 def _write_failures(out: Path, man: Manifest) -> int:
