@@ -30,6 +30,7 @@ from zscir.utils.io import atomic_path, sha256_file
 log = logging.getLogger(__name__)
 
 FAISS_FILE = "gallery.faiss"
+FAISS_FILE_ALT = "gallery-next.faiss"
 FAILURES = "failures.jsonl"
 LOCK = ".lock"
 DEFAULT_SHARD_SIZE = 4096
@@ -203,14 +204,18 @@ def _write_failures(out: Path, man: Manifest) -> int:
 
 def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | None) -> None:
     n, dim = man.count, man.dim
-    path = out / FAISS_FILE
+    old_path = out / previous.file if previous is not None else None
+    # The new index never overwrites the one the manifest still names: a reader that opened the old manifest
+    # (a search during `--add`) still finds its file. Two names alternate; the older is overwritten next time.
+    name = FAISS_FILE if previous is None or previous.file != FAISS_FILE else FAISS_FILE_ALT
+    path = out / name
     arrays = [read_shard_embeddings(out, rec) for rec in man.shards]
-    if previous is not None and kind == "auto" and path.is_file() and sha256_file(path) == previous.sha256 \
+    if previous is not None and kind == "auto" and old_path.is_file() and sha256_file(old_path) == previous.sha256 \
             and previous.count <= n:
         # Append to the existing index (same factory, trained quantizers kept).
         import faiss
 
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(old_path))
         skip = previous.count
         for a in arrays:
             if skip >= len(a):
@@ -233,7 +238,7 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
         log.info("faiss %s over %d vectors built in %.1f s", factory, n, time.perf_counter() - t0)
     with atomic_path(path) as tmp:
         kinds.write(index, str(tmp))
-    man.faiss = FaissRecord(factory=factory, metric="ip", search=params, file=FAISS_FILE,
+    man.faiss = FaissRecord(factory=factory, metric="ip", search=params, file=name,
                             sha256=sha256_file(path), count=int(index.ntotal), rerank=rerank)
 
 

@@ -25,6 +25,13 @@ def run(args: argparse.Namespace) -> int:
     from zscir.index.search import Searcher
     from zscir.utils.io import load_image
 
+    from zscir.errors import InputError
+    from zscir.utils.io import check_utf8
+
+    if args.text is not None:
+        check_utf8(args.text, "--text")
+    if args.k < 1:
+        raise InputError(f"-k {args.k}: must be at least 1")
     s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify)
     images = [load_image(p) for p in args.image]
     images += [load_image(s.index.items[s.index.lookup(i)]["path"]) for i in args.gallery_id]

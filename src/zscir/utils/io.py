@@ -23,13 +23,31 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 from zscir.errors import ImageTooLargeError, InputError
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which would
+    race with other threads creating files); falls back to that where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it over `path`, on failure delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 whatever the umask; outputs follow it
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -45,6 +63,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700 whatever the umask
     try:
         yield tmp
         if path.exists():
@@ -273,10 +292,39 @@ _malloc_trim = _find_malloc_trim()
 
 
 def check_text(text: str, what: str = "text") -> str:
-    """Return the stripped text, or raise InputError if it is empty or whitespace-only."""
+    """Return the stripped text, or raise InputError if it is empty, whitespace-only or not valid UTF-8
+    (a command-line argument with undecodable bytes arrives as lone surrogates)."""
     if not isinstance(text, str):
         raise InputError(f"{what}: expected a string, got {type(text).__name__}")
+    check_utf8(text, what)
     stripped = text.strip()
     if not stripped:
         raise InputError(f"{what}: empty or whitespace-only text {text!r}")
     return stripped
+
+
+def check_utf8(text: str, what: str) -> str:
+    """Raise InputError if `text` holds characters that are not valid Unicode text (e.g. undecodable bytes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what}: not valid UTF-8 text (undecodable byte at position {e.start})") from None
+    return text
+
+
+def check_output_file(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse, before any work, an output path that is a folder or cannot be written (its folder, or the
+    nearest existing folder above it, is not writable)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path}: is a folder; give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{what} {path}: not writable")
+    parent = path.parent if str(path.parent) else Path(".")
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{what} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: cannot write in {parent}")
+    return path
