@@ -137,9 +137,10 @@ _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_18
                 8: Image.Transpose.ROTATE_90}
 BACKGROUND = (255, 255, 255)  # transparency is composited onto this, by every entry point
 
-# Pillow refuses only above 2 * MAX_IMAGE_PIXELS (and merely warns above it); we check the header ourselves
-# with the caller's limit, so Pillow's own check is a backstop at the hard maximum and its warning is noise.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow refuses only above 2 * MAX_IMAGE_PIXELS (and merely warns above it). We check the header ourselves,
+# with the caller's limit, right after Image.open; Pillow's own check stays as a backstop for code that opens
+# images directly, far enough above ours that our message (which names the size and the limit) is the one seen.
+Image.MAX_IMAGE_PIXELS = 4 * MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -184,8 +185,9 @@ def decode_image(fp: BinaryIO, name: str, max_pixels: int = MAX_PIXELS) -> Image
     except UnidentifiedImageError:
         raise InputError(f"{name}: unreadable image (not a valid file of an accepted format: "
                          f"{', '.join(ALLOWED_FORMATS)})") from None
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{name}: image too large ({e})") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: image is over {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is "
+                                 f"{max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None
     w, h = im.size
