@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
         final = rounds[-1]["after_mb"]
         doc = {
-            "benchmark": "upload_memory", "src": args.src, "backbone": args.backbone,
+            "benchmark": "upload_memory", "src": "this tree" if Path(args.src) == SRC else args.src,
+            "tag": args.tag, "backbone": args.backbone,
             "upload": {"declared": f"{args.side}x{args.side}", "pixels": args.side * args.side,
                        "file_bytes": len(upload), "format": "PNG RGB"},
             "concurrency": args.concurrency, "idle_mb": round(idle, 1), "rounds": rounds,
