@@ -63,11 +63,14 @@ class BodyLimitMiddleware:
                 await _send_json(send, 413, self._too_large(int(value)))
                 return
         received = 0
+        body_done = False
         started = time.monotonic()
         lim = self.limits
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, body_done
+            if body_done:  # after the body, receive() only waits for a disconnect: no deadline on that
+                return await receive()
             left = lim.body_timeout_s - (time.monotonic() - started)
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.001, min(lim.read_timeout_s, left)))
@@ -75,6 +78,7 @@ class BodyLimitMiddleware:
                 raise HTTPException(408, f"request body not received in time (a pause over {lim.read_timeout_s:g} s "
                                          f"or over {lim.body_timeout_s:g} s in all)") from None
             if message.get("type") == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     # raised inside the route's body parsing: FastAPI re-raises HTTPException as is
