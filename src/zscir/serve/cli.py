@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(e).replace("Limits.", "--").replace("_", "-")) from None
     from zscir.index.search import Searcher
     from zscir.serve.app import create_app
+    from zscir.utils.io import return_large_allocations_promptly
+
+    return_large_allocations_promptly()  # a burst of large uploads must not leave the service at its peak
 
     searcher = Searcher.open(args.index, backbone=args.backbone, device=args.device, verify=not args.no_verify)
     print(f"zscir serve: {len(searcher.index)} images ({searcher.index.kind}) on http://{args.host}:{args.port}/")

@@ -281,6 +281,19 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
+def return_large_allocations_promptly(threshold: int = 4 * 1024 * 1024) -> None:
+    """For long-running processes (the service): allocations over `threshold` bytes get their own memory
+    mapping, returned to the OS the moment they are freed. glibc's default threshold adapts upwards (to
+    32 MB) after the first large free, after which decoded images land in the heap and fragment it. No-op
+    where mallopt does not exist."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD (fixed: no adaptation)
+    except (OSError, AttributeError):
+        pass
+
+
 def _find_malloc_trim():
     try:
         import ctypes
