@@ -227,6 +227,8 @@ def _decode_open(im: Image.Image, name: str) -> Image.Image:
         return rgb.transpose(method) if method is not None else rgb
     except ImageTooLargeError:
         raise
+    except InputError as e:  # from to_rgb, which does not know the name
+        raise InputError(f"{name}: {e}") from None
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(f"{name}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, ZeroDivisionError) as e:
