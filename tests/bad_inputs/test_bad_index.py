@@ -17,7 +17,7 @@ import pytest
 
 from bad_helpers import no_temporaries, one_line_error, run_cli, run_zscir
 from index_helpers import SPEC, contents
-from zscir.errors import CheckpointError, InputError
+from zscir.errors import CheckpointError
 from zscir.index import GalleryIndex, Manifest
 from zscir.index.runner import build_index, index_lock
 from zscir.index.search import Searcher

@@ -115,7 +115,8 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
             images.append(_read_upload(image, limits))
         elif gallery_id:
             item = _item(searcher, gallery_id)
-            images.append(load_image_bytes(read_indexed_file(item), f"gallery image {gallery_id!r}", limits.max_pixels))
+            # an indexed file was accepted under the files' limit (80 MP), not the uploads'
+            images.append(load_image_bytes(read_indexed_file(item), f"gallery image {gallery_id!r}"))
             exclude.append(gallery_id)
         large = any(im.width * im.height > 4_000_000 for im in images)
         t0 = time.perf_counter()
