@@ -1,0 +1,104 @@
+"""The frozen-feature cache: computed once, memory-mapped, a new key for any change that alters the values,
+never a half-written entry."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from datalayer_helpers import write_shards
+from zscir_fakes import make, make_other, write_gallery
+
+from zscir.data import CacheKey, FeatureCache, PathsSource, image_features, open_source, text_features
+
+
+class Counting:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, pixels):
+        self.calls += 1
+        return self.fn(pixels)
+
+
+def test_hit_miss_and_invalidation(tmp_path):
+    bb = make()
+    write_shards(tmp_path / "s", 2, 5, corrupt={3})
+    src = open_source(str(tmp_path / "s"))
+    cache = FeatureCache(tmp_path / "cache")
+    fn = Counting(bb.image_tokens)
+    a = image_features(bb, src, "image_tokens", cache=cache, fn=fn)
+    assert fn.calls > 0 and len(a) == 9 and a.meta["failures"] == 1
+    assert a.shape == (16, 24) and a.dtype == np.float16
+    assert all(isinstance(x, np.memmap) for x in a.arrays)  # memory-mapped, not loaded
+    assert a.keys[0] == "00000/000000000" and a.captions[0] == "a red circle"
+    rec0 = next(iter(src))
+    with torch.inference_mode():
+        want = bb.image_tokens(bb.preprocess([rec0.load()])).half().numpy()[0]
+    np.testing.assert_array_equal(a[0], want)
+    np.testing.assert_array_equal(a.gather([4, 0])[1], want)
+
+    calls = fn.calls
+    b = image_features(bb, open_source(str(tmp_path / "s")), "image_tokens", cache=cache, fn=fn)
+    assert fn.calls == calls and b.folder == a.folder  # hit: nothing recomputed
+
+    other = image_features(make_other(), src, "image_tokens", cache=cache)  # other weights: a new entry
+    assert other.folder != a.folder
+    emb = image_features(bb, src, "image_embedding", cache=cache)  # another feature: a new entry
+    assert emb.folder != a.folder and emb.shape == (32,)
+    st = os.stat(tmp_path / "s" / "00001.tar")
+    os.utime(tmp_path / "s" / "00001.tar", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the data changed
+    changed = image_features(bb, open_source(str(tmp_path / "s")), "image_tokens", cache=cache, fn=fn)
+    assert fn.calls > calls and changed.folder != a.folder
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+    assert not list((tmp_path / "cache").glob(".*"))  # no build folder left behind
+
+
+def test_paths_and_text_features(tmp_path):
+    bb = make()
+    paths = write_gallery(tmp_path / "g", 5)
+    f = image_features(bb, [str(p) for p in paths], "image_embedding", cache=tmp_path / "c")
+    assert f.locations == [str(p) for p in paths] and f.shape == (32,)
+    np.testing.assert_allclose(np.linalg.norm(f.tensor().float().numpy(), axis=1), 1, atol=1e-2)
+    t = text_features(bb, ["a red circle", "a blue square"], cache=tmp_path / "c")
+    t2 = text_features(bb, ["a red circle", "a blue square"], cache=tmp_path / "c")
+    assert t2.folder == t.folder and t.captions == ["a red circle", "a blue square"]
+    np.testing.assert_allclose(t[1], bb.text_trunk(["a blue square"]).detach().numpy()[0], rtol=1e-6)
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    bb = make()
+    paths = write_gallery(tmp_path / "g", 6)
+
+    def boom(pixels):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        image_features(bb, PathsSource(paths), "x", cache=tmp_path / "c", fn=boom)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_ranks_write_their_parts_and_rank0_commits(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    key = CacheKey("bb", "pre", "src", "feat")
+    barrier = threading.Barrier(2)
+    results = {}
+
+    def rank(r):
+        rows = [(f"k{r}-{i}", f"/x/{r}/{i}", None, np.full((1, 3), 10 * r + i, np.float32)) for i in range(3)]
+        batches = (([k], [loc], [c], a) for k, loc, c, a in rows)
+        results[r] = cache.build(key, batches, rank=r, world_size=2, barrier=barrier.wait)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    e = results[0]
+    assert results[1].folder == e.folder and len(e) == 6
+    assert e.keys == ["k0-0", "k0-1", "k0-2", "k1-0", "k1-1", "k1-2"]
+    assert e.gather(range(6))[:, 0].tolist() == [0, 1, 2, 10, 11, 12]
+    assert cache.get(key) is not None and cache.get(CacheKey("bb", "pre", "src", "other")) is None
