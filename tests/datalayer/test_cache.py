@@ -102,3 +102,47 @@ def test_ranks_write_their_parts_and_rank0_commits(tmp_path):
     assert e.keys == ["k0-0", "k0-1", "k0-2", "k1-0", "k1-1", "k1-2"]
     assert e.gather(range(6))[:, 0].tolist() == [0, 1, 2, 10, 11, 12]
     assert cache.get(key) is not None and cache.get(CacheKey("bb", "pre", "src", "other")) is None
+
+
+def test_feature_cache_under_torchrun(tmp_path):
+    """2 processes (gloo): each computes its half, rank 0 commits one entry with every item exactly once."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    if not Path(torchrun).exists():
+        pytest.skip("torchrun not found")
+    write_shards(tmp_path / "shards", 3, 4, corrupt={5})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    worker = Path(__file__).with_name("ddp_cache_worker.py")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == 2 and rows[0]["folder"] == rows[1]["folder"] == rows[0]["again"]
+    want = sorted(rec.key for rec in open_source(str(tmp_path / "shards")) if not rec.key.endswith("0005"))
+    assert sorted(rows[0]["keys"]) == want and rows[0]["keys"] == rows[1]["keys"]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_cached_batches_split_ranks_evenly(tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    key = CacheKey("bb", "pre", "src", "feat")
+    rows = np.arange(23, dtype=np.float32)[:, None].repeat(2, 1)
+    e = cache.build(key, [([str(i) for i in range(10)], [""] * 10, [None] * 10, rows[:10]),
+                          ([str(i) for i in range(10, 23)], [""] * 13, [None] * 13, rows[10:])])
+    seen = []
+    counts = []
+    for rank in range(2):
+        got = list(e.batches(4, seed=1, epoch=0, rank=rank, world_size=2))
+        counts.append(len(got))
+        for idx, t in got:
+            assert t[:, 0].tolist() == idx.astype(np.float32).tolist()  # rows match their indices
+            seen += idx.tolist()
+    assert counts == [2, 2] and len(seen) == len(set(seen)) == 16  # equal steps per rank, no row twice
+    first = [i for idx, _ in e.batches(4, seed=1, epoch=0) for i in idx]
+    assert first == [i for idx, _ in e.batches(4, seed=1, epoch=0) for i in idx]
+    assert first != [i for idx, _ in e.batches(4, seed=1, epoch=1) for i in idx]

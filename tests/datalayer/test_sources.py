@@ -177,3 +177,22 @@ def test_iter_texts_reads_by_column_and_refuses_jsonl_named_txt(tmp_path):
         list(iter_texts(bad))
     write_shards(tmp_path / "shards", 1, 3)
     assert list(iter_texts(tmp_path / "shards" / "00000.tar")) == [caption(i) for i in range(3)]
+
+
+def test_urls_and_non_utf8_tar_members_are_reported(tmp_path):
+    import io
+
+    p = tmp_path / "urls.csv"
+    p.write_text("url,caption\nhttp://example.com/a.jpg,a cat\n")
+    rec = next(iter(open_source(str(p), image_column="url")))
+    with pytest.raises(InputError, match="a URL; images are not downloaded here"):
+        rec.load()
+    with tarfile.open(tmp_path / "n.tar", "w", encoding="utf-8", errors="surrogateescape") as tf:
+        for name in (os.fsdecode(b"caf\xe9.png"), "ok.png"):
+            data = (tmp_path / "urls.csv").read_bytes()
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    src = open_source(str(tmp_path / "n.tar"))
+    assert [r.key for r in src] == ["n/ok"]
+    assert "not valid UTF-8" in src.failures[0]["error"] and src.failures[0]["id"].encode("utf-8")

@@ -133,6 +133,27 @@ class CachedFeatures:
         idx = np.arange(len(self)) if indices is None else indices
         return torch.from_numpy(self.gather(idx))
 
+    def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1, drop_last: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """One epoch of (row indices, rows as a tensor) batches, read from the memory map batch by batch.
+
+        Rows are permuted with (seed, epoch) and dealt to ranks round-robin, cut to the same count on every
+        rank (DDP needs equal step counts), so each row is used at most once per epoch over all ranks."""
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size}: must be at least 1")
+        n = len(self)
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        per_rank = n // world_size
+        mine = order[rank::world_size][:per_rank]
+        stop = len(mine) - len(mine) % batch_size if drop_last else len(mine)
+        for i in range(0, stop, batch_size):
+            idx = mine[i : i + batch_size]
+            # sorted reads are sequential on disk; the batch keeps the shuffled order
+            srt = np.argsort(idx, kind="stable")
+            rows = np.empty((len(idx), *self.shape), self.dtype)
+            rows[srt] = self.gather(idx[srt])
+            yield idx, torch.from_numpy(rows)
+
     def position(self, key: str) -> int:
         if self._position is None:
             self._position = {k: i for i, k in enumerate(self.keys)}
@@ -293,11 +314,18 @@ def image_features(
     pre = backbone.preprocess_config
     key = CacheKey(backbone.fingerprint(), pre.digest(), f"{source.fingerprint()}", feature,
                    extra=str(dtype).replace("torch.", ""))
+    rank, world, barrier = _dist()
     hit = store.get(key)
+    if world > 1:  # every rank must take the same branch (a build has barriers): build unless all hit
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, hit is not None)
+        if not all(flags):
+            hit = None
     if hit is not None:
         log.info("feature cache hit: %s (%d rows)", hit.folder, len(hit))
         return hit
-    rank, world, barrier = _dist()
     compute = fn or _image_fn(backbone, feature)
     cfg = config or StreamConfig(batch_size=64, workers=0, shuffle=False, max_bad_fraction=1.0)
     loader = stream(source, pre, cfg, rank=rank, world_size=world, failures_path=failures_path)

@@ -99,6 +99,7 @@ def read_location(location: str) -> bytes:
     table for uncompressed tars; compressed tars are scanned)."""
     path, member = split_location(location)
     if member is None:
+        _no_url(path)
         p = Path(path)
         if not p.is_file():
             raise InputError(f"{path}: image not found")
@@ -125,8 +126,15 @@ def load_location(location: str) -> Image.Image:
     """Decode the image at a location as RGB (zscir.utils.io.load_image for files)."""
     path, member = split_location(location)
     if member is None:
+        _no_url(path)
         return load_image(path)
     return load_image_bytes(read_location(location), location)
+
+
+def _no_url(path: str) -> None:
+    if "://" in path:
+        raise InputError(f"{path}: a URL; images are not downloaded here (fetch them first, e.g. with img2dataset, "
+                         "and give the shards or a listing of local files)")
 
 
 @functools.lru_cache(maxsize=16)
@@ -514,6 +522,10 @@ class TarSource(Source):
                     if not ti.isfile():
                         continue
                     name = ti.name
+                    if not _is_utf8(name):
+                        self._fail(_printable(f"{stem}/{name}"), _printable(f"{tar}{TAR_SEP}{name}"),
+                                   "member name is not valid UTF-8; skipped")
+                        continue
                     base = name.rsplit("/", 1)[-1]
                     if base.startswith(".") or "." not in base:
                         continue
