@@ -196,3 +196,15 @@ def test_urls_and_non_utf8_tar_members_are_reported(tmp_path):
     src = open_source(str(tmp_path / "n.tar"))
     assert [r.key for r in src] == ["n/ok"]
     assert "not valid UTF-8" in src.failures[0]["error"] and src.failures[0]["id"].encode("utf-8")
+
+
+def test_cli_inspect(tmp_path, capsys):
+    from zscir.cli import main
+
+    write_shards(tmp_path / "shards", 2, 3, corrupt={4})
+    assert main(["data", "inspect", str(tmp_path / "shards/{00000..00001}.tar"), "-n", "1", "--decode"]) == 0
+    out = capsys.readouterr().out
+    assert "webdataset source, 2 shard(s)" in out and "caption='a red circle'" in out
+    assert "6 record(s), 6 with a caption, 1 problem(s) (1 unreadable image(s))" in out
+    assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
+    assert "no such folder or file" in capsys.readouterr().err

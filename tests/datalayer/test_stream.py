@@ -100,3 +100,18 @@ def test_rejects_bad_settings():
         StreamConfig(batch_size=0)
     with pytest.raises(InputError, match="max bad fraction"):
         StreamConfig(max_bad_fraction=float("nan"))
+
+
+def test_listing_problems_reported_once_over_epochs(tmp_path):
+    import os
+
+    write_gallery(tmp_path / "g", 4)
+    os.symlink(tmp_path / "g" / "gone.png", tmp_path / "g" / "a-dangling.png")  # sorts before every image
+    src = open_source(str(tmp_path / "g"))
+    out = tmp_path / "f.jsonl"
+    loader = stream(src, PRE, StreamConfig(batch_size=2, workers=2, max_bad_fraction=0.5), failures_path=out)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert sum(len(b) for b in loader) == 4
+    assert [f["id"] for f in loader.failures] == ["a-dangling.png"]
+    assert out.read_text().count("dangling symbolic link") == 1

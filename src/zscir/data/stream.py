@@ -134,7 +134,7 @@ class StreamingDataset(IterableDataset):
             units = list(units)
             random.Random(f"{cfg.seed}/{epoch}/units").shuffle(units)
         by_unit = len(units) > 1 and len(units) >= nparts
-        reported = len(src.failures)
+        reported = 0  # from the start: problems met while the source was opened belong to the report too
 
         def new_failures() -> Iterator[dict[str, str]]:
             nonlocal reported
@@ -249,6 +249,7 @@ class StreamingLoader:
                                  pin_memory=cfg.pin_memory, **kwargs)
         self.failures_path = Path(failures_path) if failures_path else None
         self.failures: list[dict[str, str]] = []
+        self._reported: set[tuple[str, str]] = set()
         self.seen = 0
         self.ok = 0
         if self.failures_path is not None:
@@ -262,6 +263,14 @@ class StreamingLoader:
         return f"; see {self.failures_path}" if self.failures_path else ""
 
     def _record(self, failures: list[dict[str, str]]) -> None:
+        # Each distinct problem once, although every epoch (and every worker of an item split) meets it again.
+        fresh = []
+        for row in failures:
+            ident = (row.get("id", ""), row.get("error", ""))
+            if ident not in self._reported:
+                self._reported.add(ident)
+                fresh.append(row)
+        failures = fresh
         self.failures += failures
         if self.failures_path is not None:
             with open(self.failures_path, "a", encoding="utf-8") as f:
@@ -286,9 +295,9 @@ class StreamingLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
+            self.seen += len(batch) + len(batch.failures)
             if batch.failures:
                 self._record(batch.failures)
-            self.seen += len(batch) + len(batch.failures)
             self.ok += len(batch)
             self.check()
             if len(batch):
