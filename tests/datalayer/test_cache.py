@@ -12,7 +12,8 @@ import torch
 from datalayer_helpers import write_shards
 from zscir_fakes import make, make_other, write_gallery
 
-from zscir.data import CacheKey, FeatureCache, PathsSource, image_features, open_source, text_features
+from zscir.data import CacheKey, FeatureCache, PathsSource, StreamConfig, image_features, open_source, text_features
+from zscir.errors import InputError
 
 
 class Counting:
@@ -69,15 +70,41 @@ def test_paths_and_text_features(tmp_path):
     np.testing.assert_allclose(t[1], bb.text_trunk(["a blue square"]).detach().numpy()[0], rtol=1e-6)
 
 
-def test_failed_build_leaves_nothing(tmp_path):
+def test_interrupted_build_is_invisible_then_resumed(tmp_path):
     bb = make()
-    paths = write_gallery(tmp_path / "g", 6)
+    paths = write_gallery(tmp_path / "g", 10)
+    cache = FeatureCache(tmp_path / "c")
+    seen = []
 
-    def boom(pixels):
-        raise RuntimeError("out of memory")
+    def crash_after_two_batches(pixels):
+        if len(seen) == 2:
+            raise RuntimeError("killed")
+        seen.append(len(pixels))
+        return bb.image_tokens(pixels)
 
-    with pytest.raises(RuntimeError, match="out of memory"):
-        image_features(bb, PathsSource(paths), "x", cache=tmp_path / "c", fn=boom)
+    cfg = StreamConfig(batch_size=3, workers=0, max_bad_fraction=1.0)
+    with pytest.raises(RuntimeError, match="killed"):
+        # 1-byte shards: every batch is flushed (committed) as soon as it is computed
+        image_features(bb, PathsSource(paths), "image_tokens", cache=cache, fn=crash_after_two_batches,
+                       config=cfg, shard_bytes=1)
+    assert [p.name.endswith(".building") for p in (tmp_path / "c").iterdir()] == [True]  # hidden partial build
+    key = CacheKey(bb.fingerprint(), bb.preprocess_config.digest(), PathsSource(paths).fingerprint(), "image_tokens",
+                   extra="float16")
+    assert cache.get(key) is None  # a reader never sees it
+    counting = Counting(bb.image_tokens)
+    done = image_features(bb, PathsSource(paths), "image_tokens", cache=cache, fn=counting, config=cfg)
+    assert len(done) == 10 and sorted(done.keys) == sorted(str(p.resolve()) for p in paths)
+    assert counting.calls == 2  # the 4 missing images in 2 batches: the 6 already written were not recomputed
+    full = image_features(bb, PathsSource(paths), "image_tokens", cache=FeatureCache(tmp_path / "fresh"), config=cfg)
+    for k in full.keys:
+        np.testing.assert_array_equal(done[done.position(k)], full[full.position(k)])
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name.startswith(".")]
+
+
+def test_refused_build_leaves_nothing(tmp_path):
+    write_shards(tmp_path / "s", 1, 3, corrupt={0, 1, 2})
+    with pytest.raises(InputError, match="none of the 3"):
+        image_features(make(), open_source(str(tmp_path / "s")), cache=tmp_path / "c")
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
 
 

@@ -25,10 +25,12 @@ Streaming (zscir.data.stream) - decode + preprocess in DataLoader worker process
     (after min_seen items) or nothing readable raises InputError. loader.set_epoch(e) reshuffles.
 
 Frozen-feature cache (zscir.data.cache) - memory-mapped, keyed by backbone fingerprint + preprocessing
-digest + source fingerprint + feature name (+ dtype); built in a hidden sibling and renamed; DDP-aware:
+digest + source fingerprint + feature name (+ dtype); built in a hidden sibling and renamed; a killed build
+resumes where it stopped; DDP-aware (every rank computes its share, rank 0 commits):
     feats = image_features(backbone, src_or_paths, "image_tokens"|"image_embedding", cache=root_or_None)
     texts = text_features(backbone, captions, "text_trunk"|"text_embedding", cache=root_or_None)
     len(feats), feats.keys/.locations/.captions, feats[i] (numpy), feats.gather(idx), feats.tensor(idx)
+    for idx, rows in feats.batches(256, seed=0, epoch=e, rank=r, world_size=w): ...   # equal steps per rank
     FeatureCache(root).get(CacheKey(...)) / .build(key, batches, rank=, world_size=, barrier=)
 
 Synthetic CIR triplets from a user's image-caption pairs (zscir.data.triplets; CLI `zscir data make-triplets`):

@@ -100,12 +100,14 @@ class StreamingDataset(IterableDataset):
     """Yields `Batch`es of the source's records, decoded by `transform` (a PreprocessConfig, a callable
     PIL image -> tensor, or None for PIL images), split across DataLoader workers and DDP ranks.
 
-    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1."""
+    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1. Records whose key
+    is in `skip_keys` are passed over without decoding."""
 
     def __init__(self, source: Source | str, transform: PreprocessConfig | Transform | None,
                  config: StreamConfig = StreamConfig(), rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, skip_keys: frozenset[str] = frozenset()) -> None:
         super().__init__()
+        self.skip_keys = skip_keys  # records already handled (a resumed feature-cache build): not decoded
         self.source = open_source(source) if isinstance(source, str) else source
         self.transform = transform
         self.config = config
@@ -207,6 +209,8 @@ class StreamingDataset(IterableDataset):
             for x in self._shuffled(self._records(part, nparts, epoch), part, epoch):
                 if isinstance(x, dict):
                     failures.append(x)
+                    continue
+                if self.skip_keys and x.key in self.skip_keys:
                     continue
                 if cfg.need_captions and not x.caption:
                     failures.append({"id": x.key, "path": x.location, "error": "no caption"})
