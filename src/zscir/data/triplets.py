@@ -7,7 +7,8 @@ text, edited caption) - the edit function is passed in (the CLI passes zscir.tra
 is nearest to the edited caption's text embedding (the reference excluded), kept only when that cosine is at
 least `min_similarity` and, with `min_margin` set, the target matches the edited caption better than the
 original caption by that margin (otherwise the "target" is just another picture of the reference). Image
-embeddings come from the frozen-feature cache, so a second run (or a trainer) does not recompute them.
+and text embeddings come from the frozen-feature cache, so a second run (another floor, or a trainer) does
+not recompute them.
 
 File format (JSONL, one object per line): {"reference": path, "modification": text, "target": path, ...};
 paths relative to the file's folder (absolute ones allowed); a path may name a tar member
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir.data.cache import CachedFeatures, FeatureCache, image_features
+from zscir.data.cache import CachedFeatures, FeatureCache, image_features, text_features
 from zscir.data.sources import Source, iter_jsonl, split_location
 from zscir.data.stream import StreamConfig
 from zscir.errors import InputError
@@ -100,12 +101,6 @@ def _nearest(feats: CachedFeatures, queries: torch.Tensor, exclude: Sequence[int
     return best_s.numpy(), best_i.numpy()
 
 
-@torch.inference_mode()
-def _encode_texts(backbone, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
-    return torch.cat([backbone.encode_text(list(texts[i : i + batch])).float().cpu()
-                      for i in range(0, len(texts), batch)]) if texts else torch.zeros(0, backbone.embed_dim)
-
-
 def _rel(location: str, base: Path) -> str:
     try:
         return os.path.relpath(location, base)
@@ -147,10 +142,12 @@ def make_cir_triplets(
     if not edits:
         raise InputError(f"{source.spec}: the caption editor made no edit of these captions")
     refs = [caption_row[t.reference] for t in edits]
-    target_emb = _encode_texts(backbone, [t.target for t in edits])
+    # text embeddings are cached too: another floor or margin on the same pairs recomputes nothing
+    target_emb = text_features(backbone, [t.target for t in edits], "text_embedding", cache=cache).tensor().float()
     scores, rows = _nearest(feats, target_emb, refs, k=1)
     if min_margin is not None:
-        ref_cap_emb = _encode_texts(backbone, [t.reference for t in edits])
+        ref_cap_emb = text_features(backbone, [t.reference for t in edits], "text_embedding",
+                                    cache=cache).tensor().float()
     kept: list[dict[str, Any]] = []
     below_floor = below_margin = 0
     base = out.resolve().parent
