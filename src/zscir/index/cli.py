@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from zscir.data.cli import add_source_arguments
 from zscir.index.kinds import KINDS
 from zscir.index.runner import DEFAULT_SHARD_SIZE
 
@@ -11,12 +12,15 @@ from zscir.index.runner import DEFAULT_SHARD_SIZE
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index",
-        help="embed a folder / glob / CSV / JSONL of images into a searchable index",
+        help="embed a folder / glob / CSV / JSONL / WebDataset shards of images into a searchable index",
         description="Embed images into INDEX (float16 shards + manifest + faiss index). Re-running the same "
         "command after an interruption resumes it; --add appends the images of a new SOURCE.",
     )
-    p.add_argument("source", help="a folder (recursive), a glob pattern, or a .csv/.jsonl with a 'path' column "
-                   "(optional 'id'; other columns become metadata)")
+    p.add_argument("source", help="a folder (recursive), a glob pattern, a .csv/.tsv/.jsonl listing (image column "
+                   "'path'/'image'/'filepath'/... or --image-column; optional id and caption columns; other columns "
+                   "become metadata), or WebDataset tar shards: a .tar, a folder of tars, or a brace pattern such "
+                   "as 'shards/{00000..00331}.tar' (quote it); see docs/data.md")
+    add_source_arguments(p, failures=False)  # --image-column, --caption-column, --id-column
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--backbone", default="", help="backbone spec (default: 'default', or the index's own on resume/--add)")
     p.add_argument("--add", action="store_true", help="append to a complete index")
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.out, args.backbone or ("" if _exists(args.out) else "default"), add=args.add,
         kind=args.kind, method=args.method, engine=args.engine, shard_size=args.shard_size,
         batch_size=args.batch_size, workers=args.workers, device=args.device, ray_address=args.ray_address,
-        ray_actors=args.ray_actors, progress=not args.no_progress,
+        ray_actors=args.ray_actors, progress=not args.no_progress, image_column=args.image_column,
+        caption_column=args.caption_column, id_column=args.id_column,
     )
     failed = sum(1 for _ in open(f"{args.out}/failures.jsonl", encoding="utf-8"))
     print(f"{args.out}: {man.count} images, {man.dim}-d, {man.faiss.factory}; {failed} unreadable "
