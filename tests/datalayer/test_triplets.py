@@ -62,6 +62,12 @@ def test_targets_are_nearest_images_and_floor_sets_kept_fraction(tmp_path):
     with pytest.raises(InputError, match=r"no edit clears the similarity floor 1.01 \(best "):
         make_cir_triplets(bb, src, tmp_path / "none.jsonl", edit, min_similarity=1.01, cache=tmp_path / "cache")
     assert not (tmp_path / "none.jsonl").exists()
+    with pytest.raises(InputError, match=r"below the margin 2; lower --min-margin"):
+        make_cir_triplets(bb, src, tmp_path / "none.jsonl", edit, min_similarity=-1, min_margin=2.0,
+                          cache=tmp_path / "cache")
+    margin0 = make_cir_triplets(bb, src, tmp_path / "m.jsonl", edit, min_similarity=-1, min_margin=0.0,
+                                cache=tmp_path / "cache")
+    assert margin0.kept + margin0.below_margin == margin0.candidates and margin0.below_margin > 0
 
 
 def test_cli_make_triplets_reports_kept_fraction(tmp_path, capsys):

@@ -66,6 +66,8 @@ class TripletReport:
     mean_similarity_kept: float
     out: str
     unreadable: int
+    #: 10th, 50th and 90th percentile of the best target similarity over all edits (to choose a floor)
+    similarity_quantiles: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def kept_fraction(self) -> float:
@@ -78,7 +80,8 @@ class TripletReport:
         margin = f", {self.below_margin} closer to the original caption" if self.min_margin is not None else ""
         return (f"{self.out}: kept {self.kept} of {self.candidates} edited captions ({self.kept_fraction:.1%}; "
                 f"{self.below_floor} below similarity {self.min_similarity:g}{margin}) from {self.pairs} pairs, "
-                f"{self.images} images" + (f", {self.unreadable} unreadable" if self.unreadable else ""))
+                f"{self.images} images" + (f", {self.unreadable} unreadable" if self.unreadable else "")
+                + "; best-target similarity p10/p50/p90 " + "/".join(f"{q:.2f}" for q in self.similarity_quantiles))
 
 
 def _nearest(feats: CachedFeatures, queries: torch.Tensor, exclude: Sequence[int], k: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +119,7 @@ def make_cir_triplets(
     *,
     per_caption: int = 2,
     min_similarity: float = 0.2,
-    min_margin: float | None = 0.0,
+    min_margin: float | None = None,
     seed: int = 0,
     max_triplets: int | None = None,
     cache: FeatureCache | str | Path | None = None,
@@ -169,6 +172,10 @@ def make_cir_triplets(
         if max_triplets is not None and len(kept) >= max_triplets:
             break
     if not kept:
+        if below_margin:
+            raise InputError(f"{source.spec}: {below_floor} of {len(edits)} edits fall below the similarity floor "
+                             f"{min_similarity:g} and the other {below_margin} below the margin {min_margin:g}; "
+                             "lower --min-margin (or leave it out)")
         raise InputError(f"{source.spec}: no edit clears the similarity floor {min_similarity:g} (best "
                          f"{best_seen:.3f} over {len(edits)} edits); lower --min-similarity")
     write_text(out, "".join(json.dumps(row, ensure_ascii=True) + "\n" for row in kept))
@@ -176,7 +183,8 @@ def make_cir_triplets(
                            below_floor=below_floor, below_margin=below_margin, min_similarity=min_similarity,
                            min_margin=min_margin,
                            mean_similarity_kept=round(float(np.mean([k["similarity"] for k in kept])), 4),
-                           out=str(out), unreadable=int(feats.meta.get("failures", 0)))
+                           out=str(out), unreadable=int(feats.meta.get("failures", 0)),
+                           similarity_quantiles=tuple(round(float(q), 4) for q in np.quantile(scores[:, 0], [0.1, 0.5, 0.9])))
     log.info(report.summary())
     return report
 
