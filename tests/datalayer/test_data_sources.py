@@ -208,3 +208,15 @@ def test_cli_inspect(tmp_path, capsys):
     assert "6 record(s), 6 with a caption, 1 problem(s) (1 unreadable image(s))" in out
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
     assert "no such folder or file" in capsys.readouterr().err
+
+
+def test_gzipped_shards_stream_and_reopen(tmp_path):
+    import gzip
+
+    write_shards(tmp_path / "s", 1, 3)
+    gz = tmp_path / "s" / "00000.tar.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "s" / "00000.tar").read_bytes()))
+    src = open_source(str(gz))
+    recs = list(src)
+    assert [r.key for r in recs] == ["00000/000000000", "00000/000000001", "00000/000000002"]
+    assert read_location(recs[2].location) == recs[2].data  # no random access in gzip: found by a scan
