@@ -23,9 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zscir.data.sources import load_location
+    from zscir.errors import InputError
     from zscir.index.search import Searcher
-    from zscir.utils.io import load_image
+    from zscir.utils.io import check_utf8, load_image
 
+    if args.text is not None:
+        check_utf8(args.text, "--text")
+    if args.k < 1:
+        raise InputError(f"-k {args.k}: must be at least 1")
     s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify)
     images = [load_image(p) for p in args.image]
     # a gallery item's location is a file or an image inside a WebDataset tar (`<tar>#<member>`)
