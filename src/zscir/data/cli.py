@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the input of `zscir train composing --cir-triplets`) and prints the kept fraction.")
     t.add_argument("source", help="image-caption pairs: a listing with a caption column, or WebDataset shards")
     t.add_argument("--out", required=True, help="the triplets JSONL to write")
+    t.add_argument("--targets", default=None, metavar="SOURCE",
+                   help="more candidate target images (e.g. unlabelled ones; same columns as SOURCE), besides the "
+                   "pairs' own images")
     t.add_argument("--backbone", default="default", help="backbone whose embeddings pick the targets")
     add_source_arguments(t)
     t.add_argument("--per-caption", type=int, default=2, help="edits tried per caption (default 2)")
@@ -157,6 +160,7 @@ def run_make_triplets(args: argparse.Namespace) -> int:
         backbone, src, out, lambda caps, k, seed: generate_triplets(caps, per_caption=k, seed=seed),
         per_caption=args.per_caption, min_similarity=args.min_similarity, min_margin=margin, seed=args.seed,
         max_triplets=args.max_triplets, cache=args.cache,
+        targets=source_from_args(args.targets, args) if args.targets else None,
         config=StreamConfig(batch_size=args.batch_size, workers=args.workers, max_bad_fraction=args.max_bad_fraction),
     )
     print(report.summary())

@@ -124,8 +124,12 @@ def make_cir_triplets(
     max_triplets: int | None = None,
     cache: FeatureCache | str | Path | None = None,
     config: StreamConfig | None = None,
+    targets: Source | None = None,
 ) -> TripletReport:
     """Write synthetic CIR triplets made from `source`'s image-caption pairs to `out` (JSONL) and report.
+
+    Targets are chosen among the pairs' images and, when given, the images of `targets` (e.g. unlabelled
+    images: a larger pool holds more right targets); the reference image is never its own target.
 
     Refused (InputError) when the source has no captions, or when no edit clears the floor (the message
     gives the best similarity seen, so the floor can be chosen)."""
@@ -148,6 +152,18 @@ def make_cir_triplets(
     # text embeddings are cached too: another floor or margin on the same pairs recomputes nothing
     target_emb = text_features(backbone, [t.target for t in edits], "text_embedding", cache=cache).tensor().float()
     scores, rows = _nearest(feats, target_emb, refs, k=1)
+    pools = [feats] * len(edits)  # which cache entry each chosen target row belongs to
+    if targets is not None:
+        extra = image_features(backbone, targets, "image_embedding", cache=cache, dtype=torch.float16,
+                               config=config or StreamConfig(batch_size=64, workers=0, max_bad_fraction=1.0))
+        xs, xr = _nearest(extra, target_emb, [], k=2)
+        for j in range(len(edits)):
+            ref_loc = feats.locations[refs[j]]
+            for c in range(xs.shape[1]):  # the reference may be in the extra pool too: never its own target
+                if xr[j, c] >= 0 and extra.locations[int(xr[j, c])] != ref_loc:
+                    if xs[j, c] > scores[j, 0]:
+                        scores[j, 0], rows[j, 0], pools[j] = xs[j, c], xr[j, c], extra
+                    break
     if min_margin is not None:
         ref_cap_emb = text_features(backbone, [t.reference for t in edits], "text_embedding",
                                     cache=cache).tensor().float()
@@ -160,14 +176,15 @@ def make_cir_triplets(
         if r < 0 or s < min_similarity:
             below_floor += 1
             continue
+        pool = pools[j]
         if min_margin is not None:
-            img = torch.from_numpy(np.asarray(feats[r], np.float32))
+            img = torch.from_numpy(np.asarray(pool[r], np.float32))
             img = F.normalize(img, dim=0)
             if s - float(F.normalize(ref_cap_emb[j], dim=0) @ img) < min_margin:
                 below_margin += 1
                 continue
         kept.append({"reference": _rel(feats.locations[refs[j]], base), "modification": t.modification,
-                     "target": _rel(feats.locations[r], base), "similarity": round(s, 4),
+                     "target": _rel(pool.locations[r], base), "similarity": round(s, 4),
                      "reference_caption": t.reference, "target_caption": t.target})
         if max_triplets is not None and len(kept) >= max_triplets:
             break
@@ -179,7 +196,7 @@ def make_cir_triplets(
         raise InputError(f"{source.spec}: no edit clears the similarity floor {min_similarity:g} (best "
                          f"{best_seen:.3f} over {len(edits)} edits); lower --min-similarity")
     write_text(out, "".join(json.dumps(row, ensure_ascii=True) + "\n" for row in kept))
-    report = TripletReport(images=len(feats), pairs=len(pair_rows), candidates=len(edits), kept=len(kept),
+    report = TripletReport(images=len(feats) + (len(extra) if targets is not None else 0), pairs=len(pair_rows), candidates=len(edits), kept=len(kept),
                            below_floor=below_floor, below_margin=below_margin, min_similarity=min_similarity,
                            min_margin=min_margin,
                            mean_similarity_kept=round(float(np.mean([k["similarity"] for k in kept])), 4),
