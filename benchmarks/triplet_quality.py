@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--margins", type=float, nargs="+", default=[-1.0, 0.0, 0.05],
                     help="--min-margin values (negative: no margin check)")
     ap.add_argument("--per-caption", type=int, default=2)
+    ap.add_argument("--unlabelled-targets", action="store_true",
+                    help="also offer the world's unlabelled images as targets (make-triplets --targets)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -65,12 +67,19 @@ def main(argv: list[str] | None = None) -> int:
                                                "caption": p["caption"]}) + "\n" for p in world.pairs))
         src = open_source(str(listing))
         pool = [world.scene(p["image"]).combos() for p in world.pairs]  # what the targets are chosen from
+        targets = None
+        if args.unlabelled_targets:
+            from zscir.data import PathsSource
+
+            targets = PathsSource([world.image_path(i).resolve() for i in world.unlabelled])
+            pool += [world.scene(i).combos() for i in world.unlabelled]
         for margin, floor in [(m, f) for m in args.margins for f in args.floors]:
             out = Path(tmp) / f"t{floor}-{margin}.jsonl"
             try:
                 rep = make_cir_triplets(backbone, src, out, lambda c, k, s: generate_triplets(c, per_caption=k, seed=s),
                                         per_caption=args.per_caption, min_similarity=floor,
-                                        min_margin=None if margin < 0 else margin, cache=Path(tmp) / "cache")
+                                        min_margin=None if margin < 0 else margin, cache=Path(tmp) / "cache",
+                                        targets=targets)
             except Exception as e:  # noqa: BLE001 - a floor nothing clears is a row too
                 rows.append({"floor": floor, "margin": margin, "kept": 0, "error": str(e)})
                 continue
@@ -93,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                          "mean_similarity_kept": rep.mean_similarity_kept})
             print(rows[-1], file=sys.stderr)
     doc = {"benchmark": "triplet_quality", "world": world.meta.get("size"), "seed": world.meta.get("seed"),
-           "pairs": len(world.pairs), "backbone": args.backbone,
+           "pairs": len(world.pairs), "backbone": args.backbone, "unlabelled_targets": args.unlabelled_targets,
            "per_caption": args.per_caption, "rows": rows}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "triplet_quality.json").write_text(json.dumps(doc, indent=1) + "\n")
+    stem = "triplet_quality" + ("_unlabelled_targets" if args.unlabelled_targets else "")
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = ["| min margin | floor | kept / edits | kept fraction | precision (checked) | ceiling | random target |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -108,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {m} | {r['floor']:g} | {r['kept']} / {r['candidates']} | {r['kept_fraction']:.1%} | "
                      f"{r['precision']:.1%} ({r['checked']}) | {r['ceiling']:.1%} | {r['random_target_precision']:.1%} |")
     table = "\n".join(lines) + "\n"
-    (out_dir / "triplet_quality.md").write_text(table)
+    (out_dir / f"{stem}.md").write_text(table)
     print(table)
     return 0
 
