@@ -19,6 +19,7 @@ feats = image_features(make(), open_source(os.path.join(root, "shards")), "image
 again = image_features(make(), open_source(os.path.join(root, "shards")), "image_embedding",
                        cache=os.path.join(root, "cache"))
 texts = text_features(make(), ["a red circle", "a blue square"], cache=os.path.join(root, "cache"))
-print(json.dumps({"rank": dist.get_rank(), "keys": feats.keys, "folder": str(feats.folder),
-                  "again": str(again.folder), "texts": str(texts.folder), "n_texts": len(texts)}), flush=True)
+with open(os.path.join(root, f"rank{dist.get_rank()}.json"), "w") as f:  # not stdout: ranks' lines interleave
+    json.dump({"rank": dist.get_rank(), "keys": feats.keys, "folder": str(feats.folder),
+               "again": str(again.folder), "texts": str(texts.folder), "n_texts": len(texts)}, f)
 dist.destroy_process_group()
