@@ -144,8 +144,10 @@ def run_make_triplets(args: argparse.Namespace) -> int:
     from zscir.data.triplets import make_cir_triplets
     from zscir.train.triplets import generate_triplets
 
-    out = Path(args.out)
-    if out.is_dir() or (out.exists() and out.stat().st_size and not _triplets_file(out)):
+    from zscir.utils.io import check_output_file
+
+    out = check_output_file(args.out, "--out")  # a folder, an unwritable place: refused before any work
+    if out.exists() and out.stat().st_size and not _triplets_file(out):
         raise InputError(f"{out}: exists and is not a triplets file; refusing to replace it")
     if args.per_caption < 1:
         raise InputError(f"--per-caption {args.per_caption}: must be at least 1")
