@@ -1,13 +1,14 @@
 """How good are the synthetic CIR triplets `zscir data make-triplets` makes from image-caption pairs? Measured on
 a synthetic world, whose scenes say what each image holds.
 
-    python benchmarks/triplet_quality.py --world W --backbone M [--floors -1 0.1 0.2 0.3 0.4] [--out benchmarks/results]
+    python benchmarks/triplet_quality.py --world W --backbone M [--floors ...] [--margins ...] [--out benchmarks/results]
 
 The world's pairs are written as a JSONL listing (what a user has); for each similarity floor the command's
 function makes triplets, and each kept triplet is checked against the target's scene: every (colour, shape)
 named together in the edited caption ("a red star", "a large red star") must be an object of the target
-scene. `precision` is the fraction of checkable triplets that pass; `random target` is the same check for a
-random image (chance). Writes triplet_quality.json and .md."""
+scene. `precision` is the fraction of checkable triplets that pass; `ceiling` the fraction for which some
+image of the pool (the pairs' images) would pass at all; `random target` is the same check for a random image
+(chance). Writes triplet_quality.json and .md."""
 
 from __future__ import annotations
 
@@ -40,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", required=True)
     ap.add_argument("--backbone", required=True, help="a pre-trained backbone (zscir pretrain --world W --out M)")
-    ap.add_argument("--floors", type=float, nargs="+", default=[-1.0, 0.1, 0.2, 0.3, 0.4, 0.5])
-    ap.add_argument("--margin", type=float, default=0.0)
+    ap.add_argument("--floors", type=float, nargs="+", default=[-1.0, 0.5, 0.6, 0.7, 0.75])
+    ap.add_argument("--margins", type=float, nargs="+", default=[-1.0, 0.0, 0.05],
+                    help="--min-margin values (negative: no margin check)")
     ap.add_argument("--per-caption", type=int, default=2)
+    ap.add_argument("--unlabelled-targets", action="store_true",
+                    help="also offer the world's unlabelled images as targets (make-triplets --targets)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -62,19 +66,26 @@ def main(argv: list[str] | None = None) -> int:
         listing.write_text("".join(json.dumps({"image": str(world.image_path(p["image"]).resolve()),
                                                "caption": p["caption"]}) + "\n" for p in world.pairs))
         src = open_source(str(listing))
-        for floor in args.floors:
-            out = Path(tmp) / f"t{floor}.jsonl"
+        pool = [world.scene(p["image"]).combos() for p in world.pairs]  # what the targets are chosen from
+        targets = None
+        if args.unlabelled_targets:
+            from zscir.data import PathsSource
+
+            targets = PathsSource([world.image_path(i).resolve() for i in world.unlabelled])
+            pool += [world.scene(i).combos() for i in world.unlabelled]
+        for margin, floor in [(m, f) for m in args.margins for f in args.floors]:
+            out = Path(tmp) / f"t{floor}-{margin}.jsonl"
             try:
                 rep = make_cir_triplets(backbone, src, out, lambda c, k, s: generate_triplets(c, per_caption=k, seed=s),
                                         per_caption=args.per_caption, min_similarity=floor,
-                                        min_margin=None if args.margin < 0 else args.margin,
-                                        cache=Path(tmp) / "cache")
+                                        min_margin=None if margin < 0 else margin, cache=Path(tmp) / "cache",
+                                        targets=targets)
             except Exception as e:  # noqa: BLE001 - a floor nothing clears is a row too
-                rows.append({"floor": floor, "kept": 0, "error": str(e)})
+                rows.append({"floor": floor, "margin": margin, "kept": 0, "error": str(e)})
                 continue
             raw = [json.loads(line) for line in out.read_text().splitlines()]
             trips = read_cir_triplets(out)
-            checked = ok = chance = 0
+            checked = ok = chance = possible = 0
             for t, r in zip(trips, raw):
                 combos = named_combos(r["target_caption"])
                 if not combos:
@@ -82,27 +93,32 @@ def main(argv: list[str] | None = None) -> int:
                 checked += 1
                 ok += combos <= scene_of[str(Path(t.target).resolve())].combos()
                 chance += combos <= scene_of[rng.choice(locations)].combos()
-            rows.append({"floor": floor, "candidates": rep.candidates, "kept": rep.kept,
+                possible += any(combos <= c for c in pool)  # some image of the pool could be a right target
+            rows.append({"floor": floor, "margin": margin, "candidates": rep.candidates, "kept": rep.kept,
                          "kept_fraction": round(rep.kept_fraction, 4), "checked": checked,
                          "precision": round(ok / checked, 4) if checked else None,
                          "random_target_precision": round(chance / checked, 4) if checked else None,
+                         "ceiling": round(possible / checked, 4) if checked else None,
                          "mean_similarity_kept": rep.mean_similarity_kept})
             print(rows[-1], file=sys.stderr)
     doc = {"benchmark": "triplet_quality", "world": world.meta.get("size"), "seed": world.meta.get("seed"),
-           "pairs": len(world.pairs), "backbone": args.backbone, "margin": args.margin,
+           "pairs": len(world.pairs), "backbone": args.backbone, "unlabelled_targets": args.unlabelled_targets,
            "per_caption": args.per_caption, "rows": rows}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "triplet_quality.json").write_text(json.dumps(doc, indent=1) + "\n")
-    lines = ["| floor | kept / edits | kept fraction | precision (checked) | random target |", "|---|---|---|---|---|"]
+    stem = "triplet_quality" + ("_unlabelled_targets" if args.unlabelled_targets else "")
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    lines = ["| min margin | floor | kept / edits | kept fraction | precision (checked) | ceiling | random target |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        m = "none" if r["margin"] < 0 else f"{r['margin']:g}"
         if "error" in r:
-            lines.append(f"| {r['floor']:g} | 0 | 0 | - | - |")
+            lines.append(f"| {m} | {r['floor']:g} | 0 | 0 | - | - | - |")
             continue
-        lines.append(f"| {r['floor']:g} | {r['kept']} / {r['candidates']} | {r['kept_fraction']:.1%} | "
-                     f"{r['precision']:.1%} ({r['checked']}) | {r['random_target_precision']:.1%} |")
+        lines.append(f"| {m} | {r['floor']:g} | {r['kept']} / {r['candidates']} | {r['kept_fraction']:.1%} | "
+                     f"{r['precision']:.1%} ({r['checked']}) | {r['ceiling']:.1%} | {r['random_target_precision']:.1%} |")
     table = "\n".join(lines) + "\n"
-    (out_dir / "triplet_quality.md").write_text(table)
+    (out_dir / f"{stem}.md").write_text(table)
     print(table)
     return 0
 

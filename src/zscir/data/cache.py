@@ -21,6 +21,7 @@ served."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -202,11 +203,30 @@ class FeatureCache:
         With world_size > 1 every rank calls build with its own part of the stream and the same key;
         `barrier` (e.g. torch.distributed.barrier) separates the writing from rank 0's commit."""
         final = self.path(key)
-        work = final.parent / f".{final.name}.building"
         if world_size > 1 and barrier is None:
             raise ValueError("build with world_size > 1 needs a barrier")
+        # One builder per entry across processes (two trainers started at once): the second waits for the
+        # lock, then finds the entry made. Under DDP rank 0 holds it for all ranks.
+        lock = self._lock(final) if rank == 0 else None
+        try:
+            return self._build_locked(key, final, batches, rank, world_size, barrier, failures, shard_bytes)
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+    @staticmethod
+    def _lock(final: Path) -> int:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(final.parent / f".{final.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _build_locked(self, key: CacheKey, final: Path, batches: Any, rank: int, world_size: int,
+                      barrier: Callable[[], None] | None, failures: Callable[[], list[dict[str, str]]] | None,
+                      shard_bytes: int) -> CachedFeatures:
+        work = final.parent / f".{final.name}.building"
         state = {"key": key.digest(), "world_size": world_size}
-        if rank == 0:
+        if rank == 0 and self.get(key) is None:
             try:
                 resumable = json.loads((work / BUILD).read_text(encoding="utf-8")) == state
             except (OSError, ValueError):
@@ -220,6 +240,11 @@ class FeatureCache:
                 os.replace(tmp, work)
         if barrier is not None:
             barrier()
+        if not (work / BUILD).is_file():  # rank 0 found the entry complete (made while it waited for the lock)
+            entry = self.get(key)
+            if entry is None:
+                raise CheckpointError(f"{final}: the feature cache entry is neither built nor being built")
+            return entry
         done, next_shard = self._resume_part(work, rank)
         if done:
             log.info("feature cache: resuming %s (%d rows already written by rank %d)", final.name, len(done), rank)
@@ -437,7 +462,14 @@ def text_features(
     for t in texts:
         h.update(t.encode("utf-8", "surrogateescape") + b"\0")
     key = CacheKey(backbone.fingerprint(), "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
+    rank, world, barrier = _dist()
     hit = store.get(key)
+    if world > 1:
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, hit is not None)
+        hit = hit if all(flags) else None
     if hit is not None:
         return hit
     if fn is None:
@@ -456,4 +488,19 @@ def text_features(
                 yield ([str(j) for j in range(i, i + len(chunk))], [""] * len(chunk), chunk,
                        out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
 
-    return store.build(key, batches())  # texts are cheap next to images: one process computes them
+    if world == 1:
+        return store.build(key, batches())
+    # texts are cheap next to images: under DDP rank 0 computes them all while the others wait
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            store.build(key, batches())
+        except BaseException as e:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
+            error = e
+    barrier()
+    if error is not None:
+        raise error
+    entry = store.get(key)
+    if entry is None:
+        raise CheckpointError(f"{store.path(key)}: rank 0 could not build the text features")
+    return entry

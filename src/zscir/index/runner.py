@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from zscir.data.sources import split_location
 from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
@@ -155,7 +156,8 @@ def build_index(
                 kept = [chunk[i] for i in ok]
                 failed = [{"id": chunk[i].id, "path": chunk[i].path, "error": e} for i, e in sorted(errors.items())]
                 number = len(man.shards)
-                files = [file_identity(it.path) for it in kept]
+                # an image inside a WebDataset tar is identified by its tar file
+                files = [file_identity(split_location(it.path)[0]) for it in kept]
                 man.shards.append(write_shard(out, number, emb, kept, failed, files))
                 man.save(out)  # the commit point
                 n_done += len(chunk)

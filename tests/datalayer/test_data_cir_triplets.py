@@ -62,6 +62,12 @@ def test_targets_are_nearest_images_and_floor_sets_kept_fraction(tmp_path):
     with pytest.raises(InputError, match=r"no edit clears the similarity floor 1.01 \(best "):
         make_cir_triplets(bb, src, tmp_path / "none.jsonl", edit, min_similarity=1.01, cache=tmp_path / "cache")
     assert not (tmp_path / "none.jsonl").exists()
+    with pytest.raises(InputError, match=r"below the margin 2; lower --min-margin"):
+        make_cir_triplets(bb, src, tmp_path / "none.jsonl", edit, min_similarity=-1, min_margin=2.0,
+                          cache=tmp_path / "cache")
+    margin0 = make_cir_triplets(bb, src, tmp_path / "m.jsonl", edit, min_similarity=-1, min_margin=0.0,
+                                cache=tmp_path / "cache")
+    assert margin0.kept + margin0.below_margin == margin0.candidates and margin0.below_margin > 0
 
 
 def test_cli_make_triplets_reports_kept_fraction(tmp_path, capsys):
@@ -98,3 +104,26 @@ def test_read_cir_triplets_missing_images(tmp_path):
     f.write_text('{"reference": "img/000.png", "modification": "", "target": "img/001.png"}\n')
     with pytest.raises(InputError, match=r"t.jsonl:1: 'modification' must be a non-empty string"):
         read_cir_triplets(f)
+
+
+def test_extra_target_pool(tmp_path):
+    from zscir_fakes import write_gallery
+
+    bb = make()
+    write_shards(tmp_path / "shards", 1, 10)
+    src = open_source(str(tmp_path / "shards"))
+    kw = dict(min_similarity=-1.0, cache=tmp_path / "cache")
+    alone = make_cir_triplets(bb, src, tmp_path / "a.jsonl", edit, **kw)
+    # the pairs' own images as the extra pool: the same triplets (the reference is still never its own target)
+    same = make_cir_triplets(bb, src, tmp_path / "b.jsonl", edit, targets=open_source(str(tmp_path / "shards")), **kw)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert same.kept == alone.kept and same.images == 20
+    write_gallery(tmp_path / "more", 30)
+    more = make_cir_triplets(bb, src, tmp_path / "c.jsonl", edit, targets=open_source(str(tmp_path / "more")), **kw)
+    rows = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert more.images == 40 and any(r["target"].startswith("more/") for r in rows)
+    old = {(r["reference"], r["modification"]): r["similarity"] for r in
+           map(json.loads, (tmp_path / "a.jsonl").read_text().splitlines())}
+    for r in rows:  # a larger pool can only find a closer target
+        assert r["similarity"] >= old[(r["reference"], r["modification"])] - 1e-6
+        assert r["reference"] != r["target"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,11 @@ def test_index_webdataset_brace_pattern_end_to_end(tmp_path, monkeypatch, capsys
     with torch.inference_mode():
         want = bb.encode_image(bb.preprocess([rec.load()])).numpy()[0]
     np.testing.assert_allclose(emb[0].astype(np.float32), want, atol=2e-3)  # float16 shards
+    # a gallery image inside a tar as the reference of a search
+    assert main(["search", "idx", "--gallery-id", "00000/000000001", "--text", "but blue", "-k", "3", "--json",
+                 "--backbone", SPEC]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 3 and "00000/000000001" not in [h["id"] for h in hits]
 
 
 def test_index_csv_with_named_columns(tmp_path, capsys):

@@ -208,3 +208,28 @@ def test_cli_inspect(tmp_path, capsys):
     assert "6 record(s), 6 with a caption, 1 problem(s) (1 unreadable image(s))" in out
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
     assert "no such folder or file" in capsys.readouterr().err
+
+
+def test_gzipped_shards_stream_and_reopen(tmp_path):
+    import gzip
+
+    write_shards(tmp_path / "s", 1, 3)
+    gz = tmp_path / "s" / "00000.tar.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "s" / "00000.tar").read_bytes()))
+    src = open_source(str(gz))
+    recs = list(src)
+    assert [r.key for r in recs] == ["00000/000000000", "00000/000000001", "00000/000000002"]
+    assert read_location(recs[2].location) == recs[2].data  # no random access in gzip: found by a scan
+
+
+def test_folder_follows_links_that_are_not_loops(tmp_path):
+    write_gallery(tmp_path / "elsewhere", 2, sub=False)
+    root = tmp_path / "g"
+    write_gallery(root, 3, sub=False)
+    os.symlink(tmp_path / "elsewhere", root / "linked")  # a folder outside: followed
+    os.symlink(root / "img0001.png", root / "alias.png")  # a file link: an image like any other
+    os.symlink(root, root / "self")  # itself: a loop
+    src = open_source(str(root))
+    keys = [r.key for r in src]
+    assert keys == ["alias.png", "img0000.jpg", "img0001.png", "img0002.png", "linked/img0000.jpg", "linked/img0001.png"]
+    assert [f["id"] for f in src.failures] == ["self"] and "loop" in src.failures[0]["error"]
