@@ -181,10 +181,27 @@ def is_main_process() -> bool:
 def check_out_dir(out: str | os.PathLike[str], kinds: str | Sequence[str], what: str = "checkpoint") -> Path:
     """Refuse an --out that training would destroy: the current folder or one of its parents, a file, or a
     non-empty folder that is not a zscir checkpoint of one of `kinds`. Returns the path. Nothing is written."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+
+    def ours(path: Path) -> str | None:
+        kind = _checkpoint_kind(path)
+        if kind is None:
+            return f"is not empty and is not a zscir {what}"
+        if kind not in kinds:
+            return f"holds a {kind} checkpoint, not a {' or '.join(kinds)}"
+        return None
+
+    return check_replaceable(out, ours, what)
+
+
+def check_replaceable(out: str | os.PathLike[str], refuse_reason: Callable[[Path], str | None],
+                      what: str = "output") -> Path:
+    """The rule for every command that replaces a folder: refuse the current folder, its parents, the home
+    folder, a file, and a non-empty folder for which `refuse_reason(path)` names a reason (None: it is one of
+    ours, e.g. an earlier checkpoint of the same kind, and may be replaced). Nothing is written."""
     if not str(out).strip():
         raise InputError("--out is required")
     path = Path(out)
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     resolved = path.resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents or resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
@@ -193,13 +210,10 @@ def check_out_dir(out: str | os.PathLike[str], kinds: str | Sequence[str], what:
     if path.exists() and not path.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder; name a new folder")
     if path.is_dir() and any(path.iterdir()):
-        kind = _checkpoint_kind(path)
-        if kind is None:
-            raise InputError(f"--out {out}: folder exists, is not empty and is not a zscir {what}; refusing to "
-                             "replace it (name a new folder or remove it yourself)")
-        if kind not in kinds:
-            raise InputError(f"--out {out}: holds a {kind} checkpoint, not a {' or '.join(kinds)}; refusing to replace "
-                             "it (name a new folder)")
+        reason = refuse_reason(path)
+        if reason:
+            raise InputError(f"--out {out}: folder {reason}; refusing to replace it (name a new folder or remove it "
+                             "yourself)")
     return path
 
 
