@@ -11,12 +11,19 @@ from zscir.index.runner import DEFAULT_SHARD_SIZE
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index",
-        help="embed a folder / glob / CSV / JSONL of images into a searchable index",
+        help="embed a folder / glob / CSV / JSONL / WebDataset shards of images into a searchable index",
         description="Embed images into INDEX (float16 shards + manifest + faiss index). Re-running the same "
         "command after an interruption resumes it; --add appends the images of a new SOURCE.",
     )
-    p.add_argument("source", help="a folder (recursive), a glob pattern, or a .csv/.jsonl with a 'path' column "
-                   "(optional 'id'; other columns become metadata)")
+    p.add_argument("source", help="a folder (recursive), a glob pattern, a .csv/.tsv/.jsonl listing (image column "
+                   "'path'/'image'/'filepath'/... or --image-column; optional id and caption columns; other columns "
+                   "become metadata), or WebDataset tar shards: a .tar, a folder of tars, or a brace pattern such "
+                   "as 'shards/{00000..00331}.tar' (quote it); see docs/data.md")
+    p.add_argument("--image-column", default=None, help="listing column holding the image path (default: auto)")
+    p.add_argument("--caption-column", default=None,
+                   help="listing column (or key of the shards' .json) holding the caption, kept as metadata")
+    p.add_argument("--id-column", default=None, help="listing column holding a unique id (default: 'id' if "
+                   "present, else the image path as written)")
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--backbone", default="", help="backbone spec (default: 'default', or the index's own on resume/--add)")
     p.add_argument("--add", action="store_true", help="append to a complete index")
@@ -40,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.out, args.backbone or ("" if _exists(args.out) else "default"), add=args.add,
         kind=args.kind, method=args.method, engine=args.engine, shard_size=args.shard_size,
         batch_size=args.batch_size, workers=args.workers, device=args.device, ray_address=args.ray_address,
-        ray_actors=args.ray_actors, progress=not args.no_progress,
+        ray_actors=args.ray_actors, progress=not args.no_progress, image_column=args.image_column,
+        caption_column=args.caption_column, id_column=args.id_column,
     )
     failed = sum(1 for _ in open(f"{args.out}/failures.jsonl", encoding="utf-8"))
     print(f"{args.out}: {man.count} images, {man.dim}-d, {man.faiss.factory}; {failed} unreadable "

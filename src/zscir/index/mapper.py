@@ -1,6 +1,7 @@
 """Mapper: a batch of image paths -> gallery embeddings, with unreadable files reported, not raised.
 
-Decoding runs in a thread pool one batch ahead of the model (the retrieval engine's tolerant reader)."""
+Decoding runs in a thread pool one batch ahead of the model (the data layer's tolerant reader, which opens
+files and WebDataset tar members alike)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from zscir.eval.engine import iter_pixel_batches_tolerant
+from zscir.data.stream import iter_location_batches
 
 
 def load_gallery_encoder(backbone_spec: str, method: str = "slerp", device: str | None = None):
@@ -23,7 +24,7 @@ def load_gallery_encoder(backbone_spec: str, method: str = "slerp", device: str 
 
 
 class Mapper:
-    """Callable: paths -> (float32 embeddings of the readable ones (n_ok, D), ok positions, {pos: error})."""
+    """Callable: locations (file paths or `<tar>#<member>`) -> (float32 embeddings of the readable ones (n_ok, D), ok positions, {pos: error})."""
 
     def __init__(self, method, batch_size: int = 64, workers: int = 4) -> None:
         self.method = method
@@ -38,7 +39,7 @@ class Mapper:
         ok: list[int] = []
         errors: dict[int, str] = {}
         start = 0
-        for pixels, ok_b, err_b in iter_pixel_batches_tolerant(paths, self.cfg, self.batch_size, self.workers):
+        for pixels, ok_b, err_b in iter_location_batches([str(p) for p in paths], self.cfg, self.batch_size, self.workers):
             if pixels is not None:
                 embs.append(self.method.encode_gallery(pixels.to(dev)).float().cpu().numpy())
             ok += [start + j for j in ok_b]

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
-from zscir.index.reader import read_source
+from zscir.index.reader import read_items
 from zscir.index.writer import SHARDS, read_shard_embeddings, read_shard_items, verify_shard, write_shard
-from zscir.utils.io import atomic_path, sha256_file
+from zscir.utils.io import atomic_path, check_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,18 @@ def build_index(
     ray_actors: int = 2,
     ray_cpus: int | None = None,
     progress: bool = True,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    id_column: str | None = None,
 ) -> Manifest:
     out = Path(out)
     if shard_size < 1 or batch_size < 1:
         raise InputError("--shard-size and --batch-size must be at least 1")
-    items = read_source(source)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and not (out / MANIFEST).exists() and any(p.name != LOCK for p in out.iterdir()):
-        raise InputError(f"{out}: a non-empty folder that is not a zscir index; refusing to write into it")
+    # The shared --out rule, before any work: only a previous index (or a folder holding nothing but the lock
+    # of an interrupted first run) may be written into; anything else is refused and left untouched.
+    check_output_dir(out, is_index_folder, "a zscir index")
+    items, listing_failures = read_items(source, image_column=image_column, caption_column=caption_column,
+                                         id_column=id_column)
     with index_lock(out):
         man = Manifest.load(out) if (out / MANIFEST).exists() else None
         if man is not None and man.complete and not add:
@@ -143,7 +146,7 @@ def build_index(
                 log.info("shard %d: %d image(s), %d unreadable; %d/%d, %.1f img/s, ETA %s", number, len(kept),
                          len(failed), n_done, len(todo), rate, _eta((len(todo) - n_done) / max(rate, 1e-9)))
 
-        failures = _write_failures(out, man)
+        failures = _write_failures(out, man, listing_failures)
         if man.count == 0:
             raise InputError(f"{source}: none of the {len(items)} file(s) could be read as an image; "
                              f"see {out / FAILURES}")
@@ -155,7 +158,12 @@ def build_index(
         return man
 
 
-def _write_failures(out: Path, man: Manifest) -> int:
+def is_index_folder(folder: Path) -> bool:
+    """An index (complete or interrupted: it has a manifest), or a folder holding only an index lock."""
+    return (folder / MANIFEST).is_file() or all(p.name == LOCK for p in folder.iterdir())
+
+
+def _write_failures(out: Path, man: Manifest, listing: list[dict[str, str]] = ()) -> int:
     indexed: set[str] = set()
     for rec in man.shards:
         indexed.update(r["id"] for r in read_shard_items(out, rec))
@@ -164,6 +172,9 @@ def _write_failures(out: Path, man: Manifest) -> int:
         for f in rec.failed:
             if f["id"] not in indexed:
                 last[f["id"]] = f
+    for f in listing:  # found while listing the source (dangling links, truncated tars, ...): never embedded
+        if f["id"] not in indexed:
+            last.setdefault(f["id"], f)
     with atomic_path(out / FAILURES) as tmp:
         with open(tmp, "w", encoding="utf-8") as fh:
             for f in last.values():

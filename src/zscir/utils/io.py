@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -120,6 +121,21 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
 
 
+def load_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an image held in memory (e.g. a member of a WebDataset tar) as RGB, or raise InputError naming
+    `name` (where the bytes came from) and what is wrong, exactly as `load_image` does for a file."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return _to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: image too large ({e})") from e
+    except UnidentifiedImageError as e:
+        raise InputError(f"{name}: unreadable image (not a format PIL can identify)") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{name}: unreadable image ({type(e).__name__}: {e})") from e
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im.copy()
@@ -140,3 +156,37 @@ def check_text(text: str, what: str = "text") -> str:
     if not stripped:
         raise InputError(f"{what}: empty or whitespace-only text {text!r}")
     return stripped
+
+
+def check_output_dir(path: str | os.PathLike[str], is_ours: Callable[[Path], bool], what: str) -> Path:
+    """The shared `--out` rule: `path` may be missing, an empty folder, or a folder `is_ours` recognises (a
+    previous output of the same kind, e.g. an index or a checkpoint of the same trainer). Anything else is
+    refused with an InputError naming it: a file, a non-empty folder of other things (hidden files count), the
+    current folder or one of its parents, the home folder or the filesystem root. Returns `path` as a Path.
+    `what` names the output in the message ("an index", "a pic2word checkpoint")."""
+    path = Path(path)
+    full = Path(os.path.abspath(path.expanduser()))
+    cwd = Path(os.getcwd())
+    if full == Path(full.anchor) or full == Path.home() or full == cwd or full in cwd.parents:
+        raise InputError(f"{path}: refusing to write {what} there (the current folder, one of its parents, "
+                         "the home folder or /); choose a new folder")
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path}: a dangling symbolic link; refusing to write {what} through it")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: exists and is not a folder; refusing to replace it with {what}")
+    if path.is_dir() and any(path.iterdir()) and not is_ours(path):
+        raise InputError(f"{path}: a non-empty folder that is not {what}; refusing to write into or replace it "
+                         "(choose a new or empty folder)")
+    return path
+
+
+@contextlib.contextmanager
+def safe_output_dir(path: str | os.PathLike[str], is_ours: Callable[[Path], bool], what: str) -> Iterator[Path]:
+    """`atomic_dir` behind the `check_output_dir` rule: refuse a foreign `path` before any work, yield a
+    temporary sibling folder to write into, and on success rename it into place (replacing only a previous
+    output that `is_ours` recognises, checked again at commit time); on failure the sibling is removed and
+    `path` is left untouched."""
+    path = check_output_dir(path, is_ours, what)
+    with atomic_dir(path) as tmp:
+        yield tmp
+        check_output_dir(path, is_ours, what)  # something else may have appeared there while we worked

@@ -1,0 +1,355 @@
+"""Frozen-feature cache on disk: a frozen tower's output for a data set is computed once, stored as
+memory-mapped shards, and reused by every trainer, recipe and the demo.
+
+An entry is a folder `<root>/<feature>-<key digest>/`:
+
+    meta.json             the key (backbone fingerprint, preprocessing digest, source fingerprint, feature
+                          name), row shape and dtype, shard list with row counts, failures count
+    rows.jsonl            one line per row, in shard order: key, location, caption
+    features-NNNNN.npy    (rows, *shape) arrays, opened with numpy's mmap (never read whole into RAM)
+    failures.jsonl        the items that could not be decoded (not cached; a later source change retries)
+
+An entry is built in a hidden sibling folder and renamed into place when complete, so a reader never sees a
+half-written entry; a build interrupted or refused (too many unreadable items) leaves nothing behind. Under
+DDP every rank computes its own part of the stream into the same build folder, and rank 0 commits.
+
+Keys: a different backbone (weights), preprocessing, source content (file sizes and mtimes, listing
+bytes, tar stats; see each Source.fingerprint) or feature name is a different entry: a stale feature is never
+served."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+import zscir
+from zscir.data.sources import PathsSource, Source
+from zscir.data.stream import StreamConfig, stream
+from zscir.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+ROWS = "rows.jsonl"
+FAILURES = "failures.jsonl"
+CACHE_FORMAT = "zscir.feature-cache"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a cached feature depends on. `extra` holds anything else that changes the values (e.g. the
+    dtype, a layer index)."""
+
+    backbone: str  # Backbone.fingerprint()
+    preprocess: str  # PreprocessConfig.digest() ("" for text features)
+    source: str  # Source.fingerprint() (or a digest of the texts)
+    feature: str  # "image_tokens", "image_embedding", "text_trunk", ...
+    extra: str = ""
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]
+
+    @property
+    def dirname(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.feature)[:40]
+        return f"{safe}-{self.digest()}"
+
+
+class CachedFeatures:
+    """A complete cache entry, memory-mapped: `len()`, `keys`, `locations`, `captions`, `shape` (per row),
+    `dtype`, `[i]` (one row, numpy), `gather(indices)` (rows, numpy), `tensor(indices)` (a torch tensor),
+    `position(key)`. Rows are in the order they were computed (the source order when streamed with one
+    worker; otherwise use `keys` to align)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        meta_path = self.folder / META
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{self.folder}: not a complete feature-cache entry ({e})") from e
+        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
+            raise CheckpointError(f"{self.folder}: feature-cache format {self.meta.get('version')} is not "
+                                  f"{CACHE_VERSION}; delete the entry to rebuild it")
+        self.shape = tuple(self.meta["shape"])
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.arrays = []
+        for sh in self.meta["shards"]:
+            a = np.load(self.folder / sh["file"], mmap_mode="r", allow_pickle=False)
+            if a.shape != (sh["rows"], *self.shape):
+                raise CheckpointError(f"{self.folder / sh['file']}: shape {a.shape}, meta.json says "
+                                      f"{(sh['rows'], *self.shape)}; delete the entry to rebuild it")
+            self.arrays.append(a)
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+        self.keys: list[str] = []
+        self.locations: list[str] = []
+        self.captions: list[str | None] = []
+        with open(self.folder / ROWS, encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                self.keys.append(r["key"])
+                self.locations.append(r["location"])
+                self.captions.append(r.get("caption"))
+        if len(self.keys) != self.offsets[-1]:
+            raise CheckpointError(f"{self.folder}: {len(self.keys)} rows listed for {self.offsets[-1]} features")
+        self._position: dict[str, int] | None = None
+
+    @property
+    def key(self) -> CacheKey:
+        return CacheKey(**self.meta["key"])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self.arrays[s][i - self.offsets[s]]
+
+    def gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows at `indices` (any order) as one array: reads only those rows from disk."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx), *self.shape), self.dtype)
+        shard = np.searchsorted(self.offsets, idx, side="right") - 1
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.arrays[s][idx[sel] - self.offsets[s]]
+        return out
+
+    def tensor(self, indices: Sequence[int] | np.ndarray | None = None) -> torch.Tensor:
+        """Rows as a CPU tensor (all rows when `indices` is None: only for small entries)."""
+        idx = np.arange(len(self)) if indices is None else indices
+        return torch.from_numpy(self.gather(idx))
+
+    def position(self, key: str) -> int:
+        if self._position is None:
+            self._position = {k: i for i, k in enumerate(self.keys)}
+        return self._position[key]
+
+
+class FeatureCache:
+    """A folder of cache entries (default: $ZSCIR_HOME/cache/features)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        from zscir.paths import cache_dir
+
+        self.root = Path(root) if root is not None else cache_dir() / "features"
+
+    def path(self, key: CacheKey) -> Path:
+        return self.root / key.dirname
+
+    def get(self, key: CacheKey) -> CachedFeatures | None:
+        """The entry for `key`, or None (a damaged entry is logged and treated as missing)."""
+        folder = self.path(key)
+        if not (folder / META).is_file():
+            return None
+        try:
+            entry = CachedFeatures(folder)
+        except (CheckpointError, OSError, ValueError, KeyError) as e:
+            log.warning("ignoring a damaged feature-cache entry %s (%s)", folder, e)
+            return None
+        return entry if entry.key == key else None
+
+    def build(self, key: CacheKey, batches: Iterable[tuple[Sequence[str], Sequence[str], Sequence[str | None], np.ndarray]],
+              *, rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None,
+              failures: Callable[[], list[dict[str, str]]] | None = None) -> CachedFeatures:
+        """Write an entry from `batches` of (keys, locations, captions, features (B, *shape)) and return it.
+
+        With world_size > 1 every rank calls build with its own part of the stream and the same key;
+        `barrier` (e.g. torch.distributed.barrier) separates the writing from rank 0's commit."""
+        final = self.path(key)
+        work = final.parent / f".{final.name}.building"
+        if world_size > 1 and barrier is None:
+            raise ValueError("build with world_size > 1 needs a barrier")
+        if rank == 0:
+            if work.exists():
+                shutil.rmtree(work)  # a build that died; ours starts over
+            work.mkdir(parents=True)
+        if barrier is not None:
+            barrier()
+        try:
+            self._write_part(work, rank, batches)
+            if failures is not None:
+                with open(work / f"failures-r{rank:03d}.jsonl", "w", encoding="utf-8") as f:
+                    for row in failures():
+                        f.write(json.dumps(row, ensure_ascii=True) + "\n")
+        except BaseException:
+            if world_size == 1:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if barrier is not None:
+            barrier()
+        if rank == 0:
+            self._commit(work, final, key, world_size)
+        if barrier is not None:
+            barrier()
+        entry = self.get(key)
+        if entry is None:
+            raise CheckpointError(f"{final}: the feature cache entry was not written")
+        return entry
+
+    @staticmethod
+    def _write_part(work: Path, rank: int, batches: Iterable) -> None:
+        n_shard = 0
+        with open(work / f"rows-r{rank:03d}.jsonl", "w", encoding="utf-8") as rows:
+            for keys, locations, captions, feats in batches:
+                arr = np.ascontiguousarray(feats)
+                if len(arr) == 0:
+                    continue
+                if not (len(keys) == len(locations) == len(captions) == len(arr)):
+                    raise ValueError("keys, locations, captions and features differ in length")
+                np.save(work / f"features-r{rank:03d}-{n_shard:05d}.npy", arr, allow_pickle=False)
+                n_shard += 1
+                for k, loc, c in zip(keys, locations, captions):
+                    rows.write(json.dumps({"key": k, "location": loc, "caption": c}, ensure_ascii=True) + "\n")
+
+    @staticmethod
+    def _commit(work: Path, final: Path, key: CacheKey, world_size: int) -> None:
+        shards, shape, dtype = [], None, None
+        with open(work / ROWS, "w", encoding="utf-8") as rows_out, open(work / FAILURES, "w", encoding="utf-8") as fails:
+            for r in range(world_size):
+                for f in sorted(work.glob(f"features-r{r:03d}-*.npy")):
+                    a = np.load(f, mmap_mode="r", allow_pickle=False)
+                    if shape is None:
+                        shape, dtype = a.shape[1:], a.dtype
+                    elif a.shape[1:] != shape or a.dtype != dtype:
+                        raise ValueError(f"{f.name}: rows {a.shape[1:]} {a.dtype}, expected {shape} {dtype}")
+                    shards.append({"file": f.name, "rows": int(a.shape[0])})
+                part_rows = work / f"rows-r{r:03d}.jsonl"
+                if part_rows.is_file():
+                    rows_out.write(part_rows.read_text(encoding="utf-8"))
+                    part_rows.unlink()
+                part_fail = work / f"failures-r{r:03d}.jsonl"
+                if part_fail.is_file():
+                    fails.write(part_fail.read_text(encoding="utf-8"))
+                    part_fail.unlink()
+        if shape is None:
+            shutil.rmtree(work, ignore_errors=True)
+            raise InputError("no features to cache: every item was unreadable or the source is empty")
+        n_fail = sum(1 for _ in open(work / FAILURES, encoding="utf-8"))
+        meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "zscir_version": zscir.__version__,
+                "key": asdict(key), "shape": list(shape), "dtype": str(dtype), "rows": sum(s["rows"] for s in shards),
+                "shards": shards, "failures": n_fail}
+        (work / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        if final.exists():  # an entry of the same key (a concurrent build, or a damaged one): replace it
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(work, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, final)
+
+
+# --- the helpers trainers call ---------------------------------------------------------------------------
+
+def _image_fn(backbone, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if feature == "image_tokens":
+        return backbone.image_tokens
+    if feature == "image_embedding":
+        return backbone.encode_image
+    raise InputError(f"unknown image feature {feature!r} (image_tokens, image_embedding, or pass fn=)")
+
+
+def _dist() -> tuple[int, int, Callable[[], None] | None]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return 0, 1, None
+
+
+def image_features(
+    backbone,
+    source: Source | Sequence[str | os.PathLike[str]],
+    feature: str = "image_tokens",
+    *,
+    cache: FeatureCache | str | Path | None = None,
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float16,
+    config: StreamConfig | None = None,
+    failures_path: str | Path | None = None,
+) -> CachedFeatures:
+    """A frozen image feature of every readable item of `source` (a Source or a list of image paths), from
+    the cache when an entry with the same key exists, else computed by streaming the source through
+    `backbone` (`feature`: "image_tokens" -> (L, C) local features, "image_embedding" -> (D,) normalised
+    embedding, or any name with a custom `fn(pixels) -> (B, ...)`), stored as `dtype`, and cached.
+
+    Under torch.distributed every rank computes its share; all ranks get the same complete entry."""
+    if not isinstance(source, Source):
+        source = PathsSource(source)
+    store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    pre = backbone.preprocess_config
+    key = CacheKey(backbone.fingerprint(), pre.digest(), f"{source.fingerprint()}", feature,
+                   extra=str(dtype).replace("torch.", ""))
+    hit = store.get(key)
+    if hit is not None:
+        log.info("feature cache hit: %s (%d rows)", hit.folder, len(hit))
+        return hit
+    rank, world, barrier = _dist()
+    compute = fn or _image_fn(backbone, feature)
+    cfg = config or StreamConfig(batch_size=64, workers=0, shuffle=False, max_bad_fraction=1.0)
+    loader = stream(source, pre, cfg, rank=rank, world_size=world, failures_path=failures_path)
+
+    def batches() -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+        dev = backbone.device
+        with torch.inference_mode():
+            for b in loader:
+                out = compute(b.pixels.to(dev)).to("cpu", dtype)
+                yield b.keys, b.locations, b.captions, out.numpy() if dtype != torch.bfloat16 else \
+                    out.float().numpy()
+
+    log.info("feature cache miss: computing %s for %s", feature, source)
+    return store.build(key, batches(), rank=rank, world_size=world, barrier=barrier,
+                       failures=lambda: loader.failures)
+
+
+def text_features(
+    backbone,
+    texts: Sequence[str],
+    feature: str = "text_trunk",
+    *,
+    cache: FeatureCache | str | Path | None = None,
+    fn: Callable[[list[str]], torch.Tensor] | None = None,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+) -> CachedFeatures:
+    """A frozen text feature of each text ("text_trunk": pooled trunk features; "text_embedding": the
+    normalised embedding; or a custom `fn(texts) -> (B, ...)`), cached like image_features. Row i is text i
+    (keys are the positions as strings; `captions` holds the texts)."""
+    store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogateescape") + b"\0")
+    key = CacheKey(backbone.fingerprint(), "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
+    hit = store.get(key)
+    if hit is not None:
+        return hit
+    if fn is None:
+        if feature == "text_trunk":
+            fn = backbone.text_trunk
+        elif feature == "text_embedding":
+            fn = backbone.encode_text
+        else:
+            raise InputError(f"unknown text feature {feature!r} (text_trunk, text_embedding, or pass fn=)")
+
+    def batches() -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                chunk = list(texts[i : i + batch_size])
+                out = fn(chunk).to("cpu", dtype)
+                yield ([str(j) for j in range(i, i + len(chunk))], [""] * len(chunk), chunk,
+                       out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
+
+    return store.build(key, batches())  # texts are cheap next to images: one process computes them
