@@ -54,6 +54,8 @@ class ISATrainConfig:
 
     world: str = ""
     out: str = ""
+    images: str = ""  # a SOURCE of unlabelled images (zscir.data) instead of the world's
+    image_column: str = ""
     backbone: str = "default"
     mode: str = "asymmetric"
     n_tokens: int = 4
@@ -285,12 +287,19 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
 
     configure_threads()
     _check(cfg)
-    if world is None and not cfg.world:
-        raise InputError("no training images: give --world DIR (or --images SOURCE)")
+    if cfg.images and (world is not None or cfg.world):
+        raise InputError("give either --world or --images SOURCE, not both")
+    if world is None and not cfg.world and not cfg.images:
+        raise InputError("no training images: give --images SOURCE or --world DIR")
     if backbone is None:
         from zscir.backbones import load_backbone
 
         backbone = load_backbone(cfg.backbone).to(pick_device(cfg.device or None))
+    if cfg.images:
+        from zscir.train.data import Location, source_locations
+
+        locs, _ = source_locations(cfg.images, cfg.image_column)
+        return train_isa_on_paths(backbone, [Location(x) for x in locs], cfg, images=cfg.images)
     world = world if world is not None else load_world(cfg.world)
     paths = [world.image_path(i) for i in world.unlabelled]
     return train_isa_on_paths(backbone, paths, cfg, world=str(cfg.world), world_seed=world.meta.get("seed"),
@@ -326,6 +335,9 @@ def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> IS
 def add_args(p: argparse.ArgumentParser) -> None:
     d = ISATrainConfig()
     p.add_argument("--world", default="", help="a world folder made by `zscir world` (its unlabelled images are used)")
+    p.add_argument("--images", default="", metavar="SOURCE",
+                   help="your unlabelled images: a folder, a glob, a CSV/TSV/JSONL listing or WebDataset shards")
+    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
     p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
     p.add_argument("--mode", choices=("asymmetric", "symmetric"), default=d.mode,
                    help="asymmetric: light query CNN (default); symmetric: token learner on the large tower")
@@ -342,7 +354,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ISATrainConfig:
     return ISATrainConfig(
-        **engine_args(args, min_batch=2), world=args.world, backbone=args.backbone, mode=args.mode,
+        **engine_args(args, min_batch=2), world=args.world, images=args.images, image_column=args.image_column,
+        backbone=args.backbone, mode=args.mode,
         n_tokens=args.tokens, light_lr=args.light_lr, distill_epochs=args.distill_epochs, distill_lr=args.distill_lr,
         w_global=args.w_global, w_local=args.w_local, temperature=args.temperature, max_images=args.max_images,
     )

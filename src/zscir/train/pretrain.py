@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,10 @@ class PretrainConfig:
 
     world: str = ""
     out: str = ""
+    pairs: str = ""  # a SOURCE of image-caption pairs (zscir.data) instead of the world's
+    image_column: str = ""
+    caption_column: str = ""
+    feature_cache: str = ""  # frozen-feature cache folder for --pairs ("" = $ZSCIR_HOME/cache/features)
     epochs: float = 40
     batch_size: int = 256
     lr: float = 2e-3
@@ -81,8 +86,8 @@ def pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None = None) -> 
     check_batch_size(cfg.batch_size, 2)
     engine_config(cfg).check()
     check_out_dir(cfg.out, KIND, what="default-backbone checkpoint")
-    if not cfg.world:
-        raise InputError("no training pairs: give --world DIR")
+    if bool(cfg.world) == bool(cfg.pairs):
+        raise InputError("give the training pairs: --world DIR or --pairs SOURCE (one of them)")
     t0 = time.time()
     configure_threads()
     seed_everything(cfg.seed)
@@ -94,17 +99,34 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
     from zscir.world import load_world
 
     device = device_for(dist, cfg.device)
-    world = load_world(cfg.world)
     model = DefaultBackbone(arch).to(device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
-    pairs = world.pairs
-    paths = [world.image_path(p["image"]) for p in pairs]
-    captions = [p["caption"] for p in pairs]
-    img = image_token_features(model, paths, desc="image features")
-    txt = text_trunk_features(model, captions, desc="caption features")
+    img: Any
+    txt: Any
+    if cfg.pairs:  # the user's pairs: frozen features streamed into the memory-mapped cache, read per batch
+        from zscir.data import text_features
+        from zscir.train.data import FeatureRows, source_image_features
 
-    n = len(pairs)
+        sf = source_image_features(model, cfg.pairs, "image_tokens", image_column=cfg.image_column,
+                                   caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=True)
+        img = sf.rows
+        txt = FeatureRows(text_features(model, [str(c) for c in sf.captions], "text_trunk",
+                                        cache=cfg.feature_cache or None))
+        n = len(img)
+        trained_on = {"pairs": cfg.pairs, "items": n, "skipped": sf.failures}
+    else:
+        world = load_world(cfg.world)
+        pairs = world.pairs
+        paths = [world.image_path(p["image"]) for p in pairs]
+        captions = [p["caption"] for p in pairs]
+        img = image_token_features(model, paths, desc="image features")
+        txt = text_trunk_features(model, captions, desc="caption features")
+        n = len(pairs)
+        trained_on = {"world": str(cfg.world), "world_seed": world.meta.get("seed"), "world_size": world.meta.get("size")}
+    if n < 3:
+        raise InputError(f"pre-training needs at least 3 pairs, got {n}")
+
     split_gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(n, generator=split_gen)
     n_val = max(1, int(n * cfg.val_fraction))
@@ -135,8 +157,7 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
     ecfg = engine_config(cfg, epochs=float(cfg.epochs))
-    sig = {**config_signature(cfg), "arch": asdict(arch) if arch else None, "pairs": n,
-           "world_seed": world.meta.get("seed"), "world_size": world.meta.get("size")}
+    sig = {**config_signature(cfg), "arch": asdict(arch) if arch else None, "n_pairs": n, **trained_on}
     task = Task("pretrain", model, batches, loss_fn, steps_per_epoch=steps_per_epoch, after_step=clamp, signature=sig)
     fit(task, ecfg, dist)
     model.eval()
@@ -153,8 +174,7 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
         logit_scale=model.logit_scale.exp().item(), seconds=time.time() - t0,
     )
     if dist.is_main:
-        model.save(cfg.out, trained_on={"world": str(cfg.world), "world_seed": world.meta.get("seed"),
-                                        "world_size": world.meta.get("size")},
+        model.save(cfg.out, trained_on=trained_on,
                    pretrain=asdict(cfg), val={"t2i_R@1": t2i, "i2t_R@1": i2t, "matched_cosine": matched})
         log.info("pre-trained default backbone -> %s (held-out t2i R@1 %.1f, i2t R@1 %.1f, matched cosine %.3f, %.0f s)",
                  cfg.out, t2i, i2t, matched, result.seconds)
@@ -172,7 +192,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default backbone: frozen EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads. Writes a checkpoint "
         "folder (model.safetensors + config.json with a fingerprint).",
     )
-    p.add_argument("--world", required=True, help="world folder made by `zscir world`")
+    p.add_argument("--world", default="", help="world folder made by `zscir world` (its image-caption pairs)")
+    p.add_argument("--pairs", default="", metavar="SOURCE",
+                   help="your image-caption pairs: a CSV/TSV/JSONL listing, a folder or WebDataset shards with .txt")
+    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
+    p.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
+    p.add_argument("--feature-cache", default="", metavar="DIR",
+                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
     d = PretrainConfig()
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
                     out_help="checkpoint folder", out_default=str(default_model_path()))
@@ -181,7 +207,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> int:
         eng = engine_args(args, min_batch=2)
-        res = pretrain(PretrainConfig(**eng, world=args.world, init_temperature=args.init_temperature))
+        res = pretrain(PretrainConfig(**eng, world=args.world, pairs=args.pairs, image_column=args.image_column,
+                                      caption_column=args.caption_column, feature_cache=args.feature_cache,
+                                      init_temperature=args.init_temperature))
         if is_main_process():
             print(f"saved {res.path}: held-out text->image R@1 {res.val_t2i_r1:.1f}, image->text R@1 "
                   f"{res.val_i2t_r1:.1f}, matched cosine {res.matched_cosine:.3f}, {res.seconds:.0f} s")

@@ -46,6 +46,7 @@ from zscir.train.engine import (
     EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
     engine_args, engine_config, finish, fit, is_main_process, total_steps,
 )
+from zscir.train.data import add_source_args, source_args
 from zscir.train.features import image_token_features
 from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -78,6 +79,12 @@ class MapperTrainConfig:
     seed: int = 0
     device: str = ""
     cache_dir: str = ""
+    # your own data instead of --world (zscir.train.data): a SOURCE of images / image-caption pairs
+    images: str = ""
+    pairs: str = ""
+    image_column: str = ""
+    caption_column: str = ""
+    feature_cache: str = ""  # frozen-feature cache folder for SOURCE data ("" = $ZSCIR_HOME/cache/features)
     # the engine's shared settings (see zscir.train.engine)
     epochs: float = 0.0  # > 0 and steps == 0: passes over the images instead of a step count
     precision: str = "fp32"
@@ -119,6 +126,8 @@ class ComposingConfig:
     seed: int = 0
     device: str = ""
     cache_dir: str = ""
+    cir_triplets: str = ""  # JSONL of {reference, modification, target} image paths, instead of --world
+    feature_cache: str = ""  # frozen-feature cache folder for --cir-triplets ("" = $ZSCIR_HOME/cache/features)
     epochs: float = 0.0  # > 0 and steps == 0: passes over the triplets instead of a step count
     precision: str = "fp32"
     grad_clip: float = 0.0
@@ -163,7 +172,16 @@ def _check_common(cfg: Any, kind: str) -> None:
     engine_config(cfg).check()
 
 
+class _SourceData:
+    """What the trainers read of a world, for a user's SOURCE (features come from the data layer's cache)."""
+
+    def __init__(self, spec: str) -> None:
+        self.root, self.meta, self.key = spec, {}, spec
+
+
 def _world_key(world: Any) -> str:
+    if isinstance(world, _SourceData):
+        return json.dumps({"source": world.key})
     meta = getattr(world, "meta", {}) or {}
     return json.dumps({"root": str(getattr(world, "root", "")), "seed": meta.get("seed"), "size": meta.get("size")},
                       sort_keys=True)
@@ -246,10 +264,27 @@ def train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None = None, world
 
 def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any, method: str, dist: DistInfo,
                   t0: float) -> TrainResult:
+    use_pairs = cfg.soft_weight > 0 or method != "pic2word"
+    spec = cfg.pairs if use_pairs else (cfg.images or cfg.pairs)
+    if (cfg.images or cfg.pairs) and (cfg.world or world is not None):
+        raise InputError("give either --world or your own data (--images / --pairs), not both")
+    if use_pairs and cfg.images and not cfg.pairs:
+        raise InputError(f"{method} trains on image-caption pairs: give --pairs SOURCE, not --images")
+    if spec:
+        world = _SourceData(spec)
     gen, world, backbone = _setup(cfg, backbone, world, dist)
     dev = backbone.device
-    use_pairs = cfg.soft_weight > 0 or method != "pic2word"
-    if use_pairs:
+    if spec:
+        from zscir.train.data import source_image_features
+
+        sf = source_image_features(backbone, spec, "image_tokens", image_column=cfg.image_column,
+                                   caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=use_pairs)
+        n_keep = min(len(sf.keys), cfg.max_images or len(sf.keys))
+        ids = sf.keys[:n_keep]
+        captions = [str(c) for c in sf.captions[:n_keep]] if use_pairs else []
+        local: Any = sf.rows if n_keep == len(sf.keys) else type(sf.rows)(sf.rows.feats, sf.rows.rows[:n_keep])
+        world.key = f"{sf.source}|{sf.rows.feats.key.digest()}"
+    elif use_pairs:
         items = list(world.pairs)
         if cfg.max_images:
             items = items[: cfg.max_images]
@@ -260,7 +295,8 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
         captions = []
     if len(ids) < 2:
         raise InputError(f"need at least 2 training images, the data has {len(ids)}")
-    local = cached_image_tokens(backbone, world, ids, cfg.cache_dir, "pairs" if use_pairs else "unlabelled")
+    if not spec:
+        local = cached_image_tokens(backbone, world, ids, cfg.cache_dir, "pairs" if use_pairs else "unlabelled")
     pooled = _pooled(backbone, local)
     cap = _text_embeddings(backbone, captions) if captions else None
 
@@ -390,6 +426,14 @@ def train_composing(cfg: ComposingConfig, backbone: Backbone | None = None, worl
 
 def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any, dist: DistInfo,
                      t0: float) -> TrainResult:
+    if cfg.cir_triplets and (cfg.world or world is not None):
+        raise InputError("give either --world or --cir-triplets, not both")
+    if cfg.cir_triplets:
+        from zscir.data import read_cir_triplets
+
+        world = _SourceData(cfg.cir_triplets)
+        world.cir_train = [{"reference": t.reference, "modification": t.modification, "target": t.target}
+                           for t in read_cir_triplets(cfg.cir_triplets)]
     gen, world, backbone = _setup(cfg, backbone, world, dist)
     mapper, _ = load_mapper(cfg.mapper, backbone.fingerprint(), kind=("zscir.token-mapper", TWO_STAGE_KIND))
     dev = backbone.device
@@ -397,8 +441,26 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
     triplets = select_triplets(list(world.cir_train), cfg.fraction, cfg.noise, gen)
     after_select = gen.get_state()
     image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
+    if cfg.cir_triplets:
+        from zscir.data import PathsSource, image_features
+        from zscir.train.data import FeatureRows
+
+        feats = image_features(backbone, PathsSource(image_ids, keys=image_ids, spec=cfg.cir_triplets),
+                               "image_tokens", cache=cfg.feature_cache or None)
+        pos = {k: i for i, k in enumerate(feats.keys)}
+        unreadable = [i for i in image_ids if i not in pos]
+        if unreadable:  # the data layer reported them; their triplets cannot be used
+            triplets = [t for t in triplets if t["reference"] in pos and t["target"] in pos]
+            log.warning("%d triplet images unreadable (e.g. %s); %d triplets left", len(unreadable), unreadable[0],
+                        len(triplets))
+            if len(triplets) < 2:
+                raise InputError(f"{cfg.cir_triplets}: fewer than 2 triplets with readable images")
+            image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
+        local: Any = FeatureRows(feats, [pos[i] for i in image_ids])
+        world.key = f"{cfg.cir_triplets}|{feats.key.digest()}"
+    else:
+        local = cached_image_tokens(backbone, world, image_ids, cfg.cache_dir, "cir_train")
     col = {i: k for k, i in enumerate(image_ids)}
-    local = cached_image_tokens(backbone, world, image_ids, cfg.cache_dir, "cir_train")
     pooled = _pooled(backbone, local)
     ref_idx = torch.tensor([col[t["reference"]] for t in triplets])
     tgt_idx = torch.tensor([col[t["target"]] for t in triplets])
@@ -487,6 +549,8 @@ def _add_common(p: argparse.ArgumentParser, d: Any) -> None:
 def _mapper_args(defaults: MapperTrainConfig):
     def add(p: argparse.ArgumentParser) -> None:
         _add_common(p, defaults)
+        pairs_method = defaults.injection or defaults.soft_weight > 0
+        add_source_args(p, images=not pairs_method, pairs=pairs_method)
         p.add_argument("--hidden", type=int, default=defaults.hidden)
         p.add_argument("--tokens", type=int, default=defaults.n_tokens, help="pseudo tokens per image")
         p.add_argument("--max-images", type=int, default=0)
@@ -500,8 +564,8 @@ def _mapper_args(defaults: MapperTrainConfig):
 
 def _mapper_cfg(args: argparse.Namespace, base: MapperTrainConfig) -> MapperTrainConfig:
     return MapperTrainConfig(
-        **engine_args(args, min_batch=2), world=args.world, backbone=args.backbone, template=args.template,
-        cache_dir=args.cache_dir, hidden=args.hidden, n_tokens=args.tokens, max_images=args.max_images,
+        **engine_args(args, min_batch=2), **source_args(args), world=args.world, backbone=args.backbone,
+        template=args.template, cache_dir=args.cache_dir, hidden=args.hidden, n_tokens=args.tokens, max_images=args.max_images,
         injection=base.injection and not getattr(args, "no_injection", False),
         soft_weight=getattr(args, "soft_weight", base.soft_weight),
     )
@@ -526,7 +590,10 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
     _add_common(p, d)
     p.add_argument("--mapper", required=True, help="stage-1 checkpoint made by `zscir train mapping`")
     p.add_argument("--cir-triplets", default="", metavar="FILE",
-                   help="JSONL of {reference, modification, target} image paths (relative to the file)")
+                   help="JSONL of {reference, modification, target} image paths (relative to the file), e.g. made "
+                        "from your pairs by `zscir data make-triplets`")
+    p.add_argument("--feature-cache", default="", metavar="DIR",
+                   help="frozen-feature cache folder for --cir-triplets (default: $ZSCIR_HOME/cache/features)")
     p.add_argument("--fraction", type=float, default=d.fraction, help="share of the training triplets used")
     p.add_argument("--noise", type=float, default=d.noise, help="share of modification texts shuffled")
     p.add_argument("--max-epochs", type=float, default=d.max_epochs,
@@ -544,7 +611,8 @@ def _run_composing(args: argparse.Namespace) -> int:
         **engine_args(args, min_batch=2), world=args.world, mapper=args.mapper, backbone=args.backbone,
         template=args.template, cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
         per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
-        text_init=args.text_init, max_epochs=args.max_epochs,
+        text_init=args.text_init, max_epochs=args.max_epochs, cir_triplets=args.cir_triplets,
+        feature_cache=args.feature_cache,
     ))
     if is_main_process():
         print(f"saved {res.path}: two-stage (stage 2) on {res.info['triplets']} triplets, LoRA {res.info['trainable']} / "

@@ -431,9 +431,11 @@ def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.M
 
 # --- triplet sources -------------------------------------------------------------------------------------
 def load_triplet_source(world: str = "", triplets: str = "", captions: str = "", per_caption: int = 2,
-                        seed: int = 0, max_bad_fraction: float = 0.05) -> tuple[list[Triplet], str]:
-    """(triplets, description) from exactly one of: a world folder, a JSONL file, a caption list."""
-    from zscir.train.triplets import generate_triplets, read_captions, read_triplets_jsonl, triplets_from_dicts
+                        seed: int = 0, max_bad_fraction: float = 0.05,
+                        caption_column: str = "") -> tuple[list[Triplet], str]:
+    """(triplets, description) from exactly one of: a world folder, a JSONL file, captions (plain text one per
+    line, a JSONL/CSV/TSV column, a JSON list, or WebDataset shards' .txt; read by the data layer)."""
+    from zscir.train.triplets import generate_triplets, read_triplets_jsonl, triplets_from_dicts
 
     given = [x for x in (world, triplets, captions) if x]
     if len(given) != 1:
@@ -444,7 +446,12 @@ def load_triplet_source(world: str = "", triplets: str = "", captions: str = "",
         return triplets_from_dicts(load_world(world).text_triplets), f"world:{world}"
     if triplets:
         return read_triplets_jsonl(triplets, max_bad_fraction), f"jsonl:{triplets}"
-    return generate_triplets(read_captions(captions), per_caption, seed), f"rules:{captions}"
+    from zscir.data import iter_texts
+
+    caps = list(dict.fromkeys(iter_texts(captions, caption_column or None)))
+    if not caps:
+        raise InputError(f"{captions}: no captions")
+    return generate_triplets(caps, per_caption, seed), f"rules:{captions}"
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -455,7 +462,9 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("triplet source (exactly one)")
     src.add_argument("--world", default="", help="a world folder: use its text_triplets.json")
     src.add_argument("--triplets", default="", help="a JSONL file of {reference, modification, target}")
-    src.add_argument("--captions", default="", help="a caption list (.txt one per line, or .json): rule-based triplets")
+    src.add_argument("--captions", default="", help="captions for rule-based triplets: plain text (one per line), "
+                     "a JSONL/CSV/TSV file (see --caption-column), a JSON list, or WebDataset shards")
+    src.add_argument("--caption-column", default="", help="column of --captions holding the caption (default: guessed)")
     src.add_argument("--per-caption", type=int, default=2, help="rule-based triplets per caption")
     src.add_argument("--max-bad-fraction", type=float, default=0.05, help="refuse a JSONL with more malformed lines")
     add_engine_args(p, lr=None, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay,
@@ -487,7 +496,7 @@ def _run(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.backbone, str(pick_device(args.device or None)))
     source = load_mapper_source(args.mapper, backbone)
     trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
-                                      args.max_bad_fraction)
+                                      args.max_bad_fraction, args.caption_column)
     res = train_rtd(cfg, backbone, source.mapper, trips, meta={"triplet_source": desc, "mapper": source.info},
                     text_encoder=source.text_encoder)
     if is_main_process():

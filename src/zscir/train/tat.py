@@ -64,6 +64,9 @@ class TATConfig:
     world: str = ""
     images: str = ""  # folder of images (with --captions)
     captions: str = ""  # JSONL or CSV with image + caption per row
+    pairs: str = ""  # a SOURCE of image-caption pairs (zscir.data: listing, folder, WebDataset shards)
+    image_column: str = ""
+    caption_column: str = ""
     out: str = ""
     rank: int = 16
     alpha: float = 16.0
@@ -97,7 +100,7 @@ class TATConfig:
 
     def signature(self) -> dict:
         """What must match for a resumed run to continue the same training."""
-        keep = ("backbone", "world", "images", "captions", "rank", "alpha", "dropout", "trunk_blocks", "head", "head_out",
+        keep = ("backbone", "world", "images", "captions", "pairs", "image_column", "caption_column", "rank", "alpha", "dropout", "trunk_blocks", "head", "head_out",
                 "temperature", "lr", "weight_decay", "warmup", "epochs", "batch_size", "seed", "val_fraction", "max_val")
         return {k: getattr(self, k) for k in keep}
 
@@ -182,8 +185,13 @@ def read_caption_file(captions: str | Path, images: str | Path, max_missing: flo
 
 
 def load_pairs(cfg: TATConfig) -> PairSet:
-    if cfg.world and (cfg.images or cfg.captions):
-        raise InputError("give either --world or --images + --captions, not both")
+    if sum(bool(x) for x in (cfg.world, cfg.images or cfg.captions, cfg.pairs)) > 1:
+        raise InputError("give one of --world, --pairs SOURCE, or --images + --captions")
+    if cfg.pairs:
+        from zscir.train.data import Location, source_locations
+
+        locs, caps = source_locations(cfg.pairs, cfg.image_column, cfg.caption_column, need_captions=True)
+        return PairSet([Location(x) for x in locs], [str(c) for c in caps], source=str(cfg.pairs))
     if cfg.world:
         from zscir.world import load_world
 
@@ -192,7 +200,7 @@ def load_pairs(cfg: TATConfig) -> PairSet:
                        source=str(cfg.world))
     if cfg.images and cfg.captions:
         return read_caption_file(cfg.captions, cfg.images, cfg.max_missing)
-    raise InputError("no training data: give --world DIR, or --images DIR --captions FILE.jsonl|.csv")
+    raise InputError("no training data: give --pairs SOURCE, --world DIR, or --images DIR --captions FILE.jsonl|.csv")
 
 
 def split_val(n: int, cfg: TATConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +366,8 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
         from zscir.utils.io import load_image
         from zscir.backbones.preprocess import preprocess_batch
 
-        return preprocess_batch([load_image(paths[i]) for i in rows.tolist()], tuned.preprocess_config).to(device)
+        ims = [paths[i].load() if hasattr(paths[i], "load") else load_image(paths[i]) for i in rows.tolist()]
+        return preprocess_batch(ims, tuned.preprocess_config).to(device)
 
     n = len(train_idx)
     scale = 1.0 / cfg.temperature
@@ -408,6 +417,11 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", default="", help="train on this world's image-caption pairs")
     p.add_argument("--images", default="", help="image folder (with --captions)")
     p.add_argument("--captions", default="", help="JSONL ({'image','caption'} per line) or CSV (image,caption) file")
+    p.add_argument("--pairs", default="", metavar="SOURCE",
+                   help="image-caption pairs through the data layer: a CSV/TSV/JSONL listing (see --image-column, "
+                        "--caption-column), a folder or WebDataset shards with .txt captions")
+    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
+    p.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
     p.add_argument("--dropout", type=float, default=d.dropout)
@@ -427,7 +441,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     cfg = TATConfig(
         **engine_args(args, min_batch=2), backbone=args.backbone, world=args.world, images=args.images,
-        captions=args.captions, rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks,
+        captions=args.captions, pairs=args.pairs, image_column=args.image_column, caption_column=args.caption_column, rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks,
         head=not args.no_head, head_out=args.head_out, temperature=args.temperature, max_missing=args.max_missing,
         merge=args.merge,
     )
