@@ -178,42 +178,19 @@ def is_main_process() -> bool:
 
 
 # --- --out safety -------------------------------------------------------------------------------------------
-def check_out_dir(out: str | os.PathLike[str], kinds: str | Sequence[str], what: str = "checkpoint") -> Path:
-    """Refuse an --out that training would destroy: the current folder or one of its parents, a file, or a
-    non-empty folder that is not a zscir checkpoint of one of `kinds`. Returns the path. Nothing is written."""
-    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+def check_out_dir(out: str | os.PathLike[str], kinds: str | Sequence[str], what: str = "") -> Path:
+    """Refuse an --out that training would destroy (the shared rule, zscir.utils.io.check_output_dir): the
+    current folder or one of its parents, the home folder, a file, or a non-empty folder that is not a zscir
+    checkpoint of one of `kinds`. Also refuses a foreign OUT.partial (where the resume state goes). Returns the
+    path. Nothing is written."""
+    from zscir.utils.io import check_output_dir
 
-    def ours(path: Path) -> str | None:
-        kind = _checkpoint_kind(path)
-        if kind is None:
-            return f"is not empty and is not a zscir {what}"
-        if kind not in kinds:
-            return f"holds a {kind} checkpoint, not a {' or '.join(kinds)}"
-        return None
-
-    return check_replaceable(out, ours, what)
-
-
-def check_replaceable(out: str | os.PathLike[str], refuse_reason: Callable[[Path], str | None],
-                      what: str = "output") -> Path:
-    """The rule for every command that replaces a folder: refuse the current folder, its parents, the home
-    folder, a file, and a non-empty folder for which `refuse_reason(path)` names a reason (None: it is one of
-    ours, e.g. an earlier checkpoint of the same kind, and may be replaced). Nothing is written."""
     if not str(out).strip():
         raise InputError("--out is required")
-    path = Path(out)
-    resolved = path.resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents or resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
-        raise InputError(f"--out {out}: refusing to write a {what} over the current folder, its parents or your home "
-                         "folder; name a new folder")
-    if path.exists() and not path.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder; name a new folder")
-    if path.is_dir() and any(path.iterdir()):
-        reason = refuse_reason(path)
-        if reason:
-            raise InputError(f"--out {out}: folder {reason}; refusing to replace it (name a new folder or remove it "
-                             "yourself)")
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    what = what or f"a {' or '.join(kinds)} checkpoint"
+    path = check_output_dir(out, lambda p: _checkpoint_kind(p) in kinds, what)
+    check_output_dir(partial_dir(out), lambda p: (p / STATE_NAME).is_file(), "a resumable training state")
     return path
 
 
@@ -379,7 +356,6 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
     bar = tqdm(total=total, initial=step, desc=task.name, unit="step", disable=not progress, leave=False)
     losses: list[float] = []
     seen, t0 = 0, time.time()
-    crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
     (task.train_mode or task.module.train)()
     while step < total:
         it: Iterator[Any] = iter(task.batches(epoch))
@@ -421,8 +397,7 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
                 bar.update(1)
             if partial is not None and cfg.save_every and step % cfg.save_every == 0 and step < total:
                 _save_state(partial, signature, state_module, opt, sched, scaler, step, epoch, pos, dist)
-                if crash_at and step == crash_at:
-                    os._exit(137)  # the test hook: die like `kill -9` right after this save
+                after_save(step)
         else:
             epoch += 1
             pos = 0
@@ -437,6 +412,14 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
                                "saved (try a lower --lr or --grad-clip)")
     seconds = time.time() - t0
     return FitResult(step, losses, seconds, seen / max(1e-6, seconds), resumed_from)
+
+
+def after_save(step: int) -> None:
+    """Called after each resume state is written. With ZSCIR_TRAIN_CRASH_AFTER_SAVE=k the process dies at
+    step k as under `kill -9` (no clean-up runs): what the resume tests simulate."""
+    crash_at = int(os.environ.get(CRASH_ENV, "0") or 0)
+    if crash_at and step == crash_at:
+        os._exit(137)
 
 
 def finish(cfg: EngineConfig, dist: DistInfo) -> None:

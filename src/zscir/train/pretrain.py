@@ -85,7 +85,7 @@ def pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None = None) -> 
         raise InputError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
     check_batch_size(cfg.batch_size, 2)
     engine_config(cfg).check()
-    check_out_dir(cfg.out, KIND, what="default-backbone checkpoint")
+    check_out_dir(cfg.out, KIND)
     if bool(cfg.world) == bool(cfg.pairs):
         raise InputError("give the training pairs: --world DIR or --pairs SOURCE (one of them)")
     t0 = time.time()

@@ -8,17 +8,17 @@ from pathlib import Path
 from zscir.errors import InputError
 
 
-def _not_a_world(path: Path) -> str | None:
-    return None if (path / "world.json").is_file() else "is not empty and is not a zscir world (no world.json)"
+def _is_world(path: Path) -> bool:
+    return (path / "world.json").is_file()
 
 
 def _run(args: argparse.Namespace) -> int:
-    from zscir.train.engine import check_replaceable
+    from zscir.utils.io import check_output_dir
     from zscir.world.generate import generate_world
 
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
-    check_replaceable(args.out, _not_a_world, "world")  # before any rendering: never replace someone's folder
+    check_output_dir(args.out, _is_world, "a zscir world")  # before any rendering: never replace someone's folder
     out = generate_world(Path(args.out), seed=args.seed, size=args.size, workers=args.workers)
     print(out)
     return 0
