@@ -28,9 +28,10 @@ from train_data import make_user_data, trainer_commands  # noqa: E402
 
 TRAINERS = ("mapping", "pic2word", "composing", "rtd", "isa", "tat", "pretrain")
 STEPS = 3
-#: max |single - DDP| over every tensor of every checkpoint after STEPS steps (float reductions differ in order;
-#: Adam's first steps amplify tiny gradient differences of near-zero gradients up to about lr)
-DDP_ATOL = 2e-3
+#: max |single - DDP| over every tensor of every checkpoint after STEPS steps. Float reductions run in another
+#: order; measured: pic2word 3e-8, tat 2e-7, mapping/composing 1e-5, isa 6e-5, rtd 1.3e-4, pretrain 6.3e-4 (the
+#: attention's key bias, whose true gradient is 0: Adam turns the rounding noise into steps of up to lr = 2e-3)
+DDP_ATOL = 1e-3
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -60,18 +60,19 @@ def make_user_data(root: Path) -> dict[str, str]:
 
 def trainer_commands(d: dict[str, str], out: Path, steps: int = 2, extra: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """`zscir` argument lists that train every trainer on the user's data (mapping first: composing and rtd
-    start from its checkpoint, which must exist under `out` before they run)."""
+    start from its checkpoint, which must exist under `out` before they run). Dropout and RTD's noise are off:
+    their random draws differ per torchrun process, and the DDP test compares with one process."""
     clip = d["clip"]
     common = ["--steps", str(steps), "--no-progress", "--feature-cache", str(out / "fcache"), *extra]
     plain = ["--steps", str(steps), "--no-progress", *extra]
     return {
         "mapping": ["train", "mapping", "--backbone", clip, "--pairs", d["pairs"], "--image-column", "filepath",
-                    "--caption-column", "title", "--hidden", "32", "--batch-size", "8", "--out", str(out / "mapping"),
+                    "--caption-column", "title", "--hidden", "32", "--dropout", "0", "--batch-size", "8", "--out", str(out / "mapping"),
                     *common],
         "pic2word": ["train", "pic2word", "--backbone", clip, "--images", d["images"], "--hidden", "32",
-                     "--batch-size", "8", "--out", str(out / "pic2word"), *common],
+                     "--dropout", "0", "--batch-size", "8", "--out", str(out / "pic2word"), *common],
         "composing": ["train", "composing", "--backbone", clip, "--mapper", str(out / "mapping"), "--cir-triplets",
-                      d["cir"], "--batch-size", "8", "--rank", "2", "--out", str(out / "composing"), *common],
+                      d["cir"], "--batch-size", "8", "--rank", "2", "--dropout", "0", "--out", str(out / "composing"), *common],
         "rtd": ["train", "rtd", "--backbone", clip, "--mapper", str(out / "mapping"), "--triplets", d["text_triplets"],
                 "--batch-size", "8", "--noise", "0", "--lr", "1e-3", "--out", str(out / "rtd"), *plain],
         "isa": ["train", "isa", "--backbone", clip, "--images", d["images"], "--mode", "symmetric", "--tokens", "2",

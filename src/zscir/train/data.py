@@ -97,7 +97,9 @@ def source_image_features(backbone: Any, spec: str, feature: str = "image_tokens
         raise InputError(f"{spec}: no captions found (give a listing with a caption column, --caption-column, or "
                          "WebDataset shards with .txt files)")
     feats = image_features(backbone, src, feature, cache=cache or None, fn=fn, dtype=dtype)
-    keep = list(range(len(feats)))
+    # rows in key order: an entry built by several processes lists its rows in another order than one built by
+    # one process, and the data order (a permutation of the rows) must not depend on who built the cache
+    keep = sorted(range(len(feats)), key=lambda i: feats.keys[i])
     caps = list(feats.captions)
     if need_captions:
         keep = [i for i in keep if caps[i] and str(caps[i]).strip()]

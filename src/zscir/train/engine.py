@@ -431,14 +431,15 @@ def finish(cfg: EngineConfig, dist: DistInfo) -> None:
 
 @contextlib.contextmanager
 def distributed(device: str = "") -> Iterator[DistInfo]:
-    """init_distributed for one trainer run; the process group is destroyed at the end when we made it."""
+    """init_distributed for a trainer run. A process group made here lives until the process exits (several
+    trainers in one torchrun process reuse it: re-creating a group on torchrun's store can hang)."""
     made = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (tdist.is_available() and tdist.is_initialized())
     dist = init_distributed(device)
-    try:
-        yield dist
-    finally:
-        if made:
-            dist.close()
+    if made:
+        import atexit
+
+        atexit.register(dist.close)
+    yield dist
 
 
 # --- DDP helpers ------------------------------------------------------------------------------------------------

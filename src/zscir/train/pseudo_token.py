@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,6 +70,7 @@ class MapperTrainConfig:
     warmup: float = 0.1
     hidden: int = 512
     n_tokens: int = 1
+    dropout: float = 0.1  # the mapper's dropout (0: under torchrun, every process then matches one process exactly)
     injection: bool = False
     soft_weight: float = 0.0  # soft text alignment (KL) weight; 0 = contrastive only
     soft_temperature: float = 0.0  # temperature of the image's target distribution; 0 = the backbone's
@@ -300,7 +301,8 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
     pooled = _pooled(backbone, local)
     cap = _text_embeddings(backbone, captions) if captions else None
 
-    mcfg = mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden)
+    mcfg = replace(mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden),
+                   dropout=cfg.dropout)
     torch.manual_seed(cfg.seed)
     mapper = TokenMapper(mcfg).to(dev)
     mapper.init_output(backbone.word_embeddings().weight.detach().mean(0))
@@ -553,6 +555,7 @@ def _mapper_args(defaults: MapperTrainConfig):
         add_source_args(p, images=not pairs_method, pairs=pairs_method)
         p.add_argument("--hidden", type=int, default=defaults.hidden)
         p.add_argument("--tokens", type=int, default=defaults.n_tokens, help="pseudo tokens per image")
+        p.add_argument("--dropout", type=float, default=defaults.dropout, help="mapper dropout (default: %(default)s)")
         p.add_argument("--max-images", type=int, default=0)
         if defaults.injection or defaults.soft_weight:
             p.add_argument("--no-injection", action="store_true", help="ablation: MLP on the pooled embedding only")
@@ -565,8 +568,8 @@ def _mapper_args(defaults: MapperTrainConfig):
 def _mapper_cfg(args: argparse.Namespace, base: MapperTrainConfig) -> MapperTrainConfig:
     return MapperTrainConfig(
         **engine_args(args, min_batch=2), **source_args(args), world=args.world, backbone=args.backbone,
-        template=args.template, cache_dir=args.cache_dir, hidden=args.hidden, n_tokens=args.tokens, max_images=args.max_images,
-        injection=base.injection and not getattr(args, "no_injection", False),
+        template=args.template, cache_dir=args.cache_dir, hidden=args.hidden, n_tokens=args.tokens,
+        max_images=args.max_images, dropout=args.dropout, injection=base.injection and not getattr(args, "no_injection", False),
         soft_weight=getattr(args, "soft_weight", base.soft_weight),
     )
 
@@ -599,6 +602,7 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=float, default=d.max_epochs,
                    help="at most this many passes over the triplets, whatever --steps says (0: no cap; default: %(default)s)")
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout (default: %(default)s)")
     p.add_argument("--per-reference", type=int, default=d.per_reference,
                    help="triplets sharing a reference per batch (hard negatives)")
     p.add_argument("--no-reference-negatives", action="store_true", help="do not score the references as negatives")
@@ -610,7 +614,7 @@ def _run_composing(args: argparse.Namespace) -> int:
     res = train_composing(ComposingConfig(
         **engine_args(args, min_batch=2), world=args.world, mapper=args.mapper, backbone=args.backbone,
         template=args.template, cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
-        per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
+        dropout=args.dropout, per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
         text_init=args.text_init, max_epochs=args.max_epochs, cir_triplets=args.cir_triplets,
         feature_cache=args.feature_cache,
     ))
