@@ -134,6 +134,14 @@ def test_every_trainer_under_torchrun_matches_one_process(full, data, tmp_path):
     assert all(v <= DDP_ATOL for v in worst.values()), worst
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_precisions_train(data, full, tmp_path, precision):
+    cmds = trainer_commands(data, tmp_path, 2, ("--precision", precision))
+    for name in ("pic2word", "tat"):
+        assert _run(cmds[name]) == 0, name
+        assert json.loads((tmp_path / name / "config.json").read_text())["config"]["train"]["precision"] == precision
+
+
 # --- refusals ------------------------------------------------------------------------------------------------
 @pytest.fixture()
 def victim(tmp_path):
@@ -148,7 +156,7 @@ def test_out_that_is_not_a_checkpoint_of_that_kind_is_refused(data, victim, tmp_
     cmds = [
         ["train", "pic2word", "--world", world, "--steps", "2", "--backbone", data["clip"], "--out", str(victim)],
         ["pretrain", "--world", world, "--epochs", "1", "--out", str(victim)],
-        ["world", "--size", "tiny", "--out", str(victim)],
+        ["world", "--size", "quick", "--out", str(victim)],  # refused before any rendering
         ["train", "isa", "--backbone", data["clip"], "--images", data["images"], "--out", str(full / "pic2word")],
     ]
     for cmd in cmds:
