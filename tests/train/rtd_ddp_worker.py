@@ -13,6 +13,7 @@ from zscir.train.rtd import RTDConfig, train_rtd  # noqa: E402
 from zscir.train.triplets import generate_triplets  # noqa: E402
 
 out = sys.argv[1]
+tdist.init_process_group("gloo")  # ours: train_rtd leaves a process group it did not make in place
 caps = ["a small red circle on a white background", "a big blue star at the top left", "a green square",
         "a tiny purple hexagon on the right", "a large orange diamond", "a pink cross in the centre"]
 torch.manual_seed(1)
@@ -23,4 +24,6 @@ w = res.student.text_tower.state_dict()["encoder.encoder.layer.0.attention.self.
 ws = [torch.zeros_like(w) for _ in range(tdist.get_world_size())]
 tdist.all_gather(ws, w)
 assert all(torch.equal(ws[0], x) for x in ws), "ranks diverged"
+assert (res.path is None) == (tdist.get_rank() != 0), "only rank 0 writes"
 print(f"rank {tdist.get_rank()} ok losses={res.losses}")
+tdist.destroy_process_group()

@@ -104,6 +104,19 @@ def build_context(size: str, seed: int, quick: bool, device: str = "", progress:
                        workdir=workdir, quick=quick, seed=seed, device=str(dev))
 
 
+def _is_demo_output(path: Path) -> bool:
+    """A previous `zscir demo` output: results.json (+ report.html) and nothing else of note."""
+    names = {p.name for p in path.iterdir()}
+    return "results.json" in names and names <= {"results.json", "report.html"}
+
+
+def check_demo_out(out: str | Path) -> Path:
+    """The shared --out rule for the demo's folder (zscir.utils.io.check_output_dir)."""
+    from zscir.utils.io import check_output_dir
+
+    return check_output_dir(out, _is_demo_output, "a zscir demo output (results.json, report.html)")
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from zscir.demo.recipes import list_recipes
     from zscir.eval.world import format_table
@@ -111,6 +124,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from zscir.utils.runtime import configure_threads, seed_everything
 
     t0 = time.time()
+    check_demo_out(cfg.out)  # before any work: never write into someone else's folder
     configure_threads()
     seed_everything(cfg.seed)
     ctx = build_context(cfg.world_size, cfg.seed, cfg.quick, cfg.device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ from zscir.errors import InputError
 from zscir.eval.engine import iter_pixel_batches
 from zscir.methods.isa import ISA, ISASymmetric, isa_config_for, load_isa
 from zscir.objectives import info_nce
+from zscir.train.distributed import DistInfo
+from zscir.train.engine import (
+    StepContext, Task, add_engine_args, check_batch_size, check_out_dir, check_positive_lr, config_signature,
+    distributed, engine_args, engine_config, finish, fit, is_main_process, param_groups, partial_dir,
+)
 from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,8 @@ class ISATrainConfig:
 
     world: str = ""
     out: str = ""
+    images: str = ""  # a SOURCE of unlabelled images (zscir.data) instead of the world's
+    image_column: str = ""
     backbone: str = "default"
     mode: str = "asymmetric"
     n_tokens: int = 4
@@ -63,6 +71,15 @@ class ISATrainConfig:
     max_images: int = 0  # 0 = every unlabelled image
     seed: int = 0
     device: str = ""
+    # the engine's shared settings (see zscir.train.engine)
+    epochs: float = 0.0  # > 0 and steps == 0: passes over the images instead of a step count
+    weight_decay: float = 1e-4
+    warmup: float = 0.1
+    grad_clip: float = 0.0
+    precision: str = "fp32"
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -91,38 +108,45 @@ def cache_inputs(backbone: Backbone, paths: Sequence[Path | str], keep_pixels: b
 
 
 def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, embs: torch.Tensor, cfg: ISATrainConfig,
-                  gen: torch.Generator, device: torch.device) -> float:
+                  gen: torch.Generator | None, device: torch.device, dist: DistInfo | None = None) -> float:
     """Warm up the light CNN (no text tower, cheap): per-cell cosine to the large tower's local features and
-    pooled cosine to its embedding, each through a linear probe."""
+    pooled cosine to its embedding, each through a linear probe. Runs on the engine (phase `isa light distill`,
+    resumable from OUT.distill.partial)."""
     assert method.light is not None
+    dist = dist or DistInfo(device=device)
     probe = nn.Linear(method.light.out_dim, feats.shape[-1]).to(device)
     # and the pooled light map, through a second probe, to the large tower's embedding of the image
     emb_probe = nn.Linear(method.light.out_dim, embs.shape[-1]).to(device)
-    params = list(method.light.parameters()) + list(probe.parameters()) + list(emb_probe.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=1e-4)
+    module = nn.ModuleDict({"light": method.light, "probe": probe, "emb_probe": emb_probe})
     n = len(pixels)
     bs = min(cfg.batch_size * 2, n)
+    bs -= bs % dist.world
     steps = max(1, cfg.distill_epochs * (n // bs))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.distill_lr, total_steps=steps, pct_start=0.1)
-    method.light.train()
-    loss = torch.tensor(0.0)
-    for _ in tqdm(range(steps), desc="isa light distill", leave=False):
-        b = torch.randint(0, n, (bs,), generator=gen)
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 * epoch + 1)
+        perm = torch.randperm(n, generator=g)
+        return [perm[i : i + bs] for i in range(0, n - bs + 1, bs)]
+
+    def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         x = pixels[b].to(device, torch.float32)
         target = F.normalize(feats[b].to(device, torch.float32), dim=-1)
         light = method.light(x)
-        pred = F.normalize(probe(light), dim=-1)
-        emb = F.normalize(emb_probe(light.mean(dim=1)), dim=-1)
-        loss = (1 - (pred * target).sum(-1)).mean() + (1 - (emb * embs[b].to(device)).sum(-1)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return float(loss.detach())
+        pred = F.normalize(probe(light).float(), dim=-1)
+        emb = F.normalize(emb_probe(light.mean(dim=1)).float(), dim=-1)
+        return (1 - (pred * target).sum(-1)).mean() + (1 - (emb * embs[b].to(device)).sum(-1)).mean()
+
+    ecfg = engine_config(cfg, steps=steps, lr=cfg.distill_lr, out=cfg.out + ".distill" if cfg.out else "")
+    task = Task("isa light distill", module, batches, loss_fn, steps_per_epoch=n // bs,
+                signature={**config_signature(cfg), "phase": "distill", "images": n})
+    res = fit(task, ecfg, dist)
+    finish(ecfg, dist)
+    return res.losses[-1] if res.losses else float("nan")
 
 
 def isa_losses(method: ISA, inputs: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, probe: nn.Module,
-               cfg: ISATrainConfig, tok_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+               cfg: ISATrainConfig, tok_texts: list[str],
+               ctx: StepContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(global contrastive distillation loss, local alignment loss) for one batch.
 
     inputs: what the query side reads (pixels for asymmetric, large local features for symmetric);
@@ -130,9 +154,13 @@ def isa_losses(method: ISA, inputs: torch.Tensor, feats: torch.Tensor, target: t
     qfeat = method.light(inputs) if method.light is not None else inputs
     tokens, attn = method.learner(qfeat)
     sent = method.text_encoder.encode_text_with_tokens(tok_texts, tokens)
-    g = info_nce(sent, target, 1.0 / cfg.temperature)
-    pooled = F.normalize(attn @ F.normalize(feats, dim=-1), dim=-1)  # (B, M, C): large features under each map
-    local = (1 - (F.normalize(probe(tokens), dim=-1) * pooled).sum(-1)).mean()
+    if ctx is not None and ctx.dist.enabled:  # the global batch's negatives (exact under torchrun)
+        g = info_nce(sent, target, 1.0 / cfg.temperature, a_all=ctx.gather(sent), b_all=ctx.gather_frozen(target),
+                     offset=ctx.offset)
+    else:
+        g = info_nce(sent, target, 1.0 / cfg.temperature)
+    pooled = F.normalize(attn.float() @ F.normalize(feats, dim=-1), dim=-1)  # (B, M, C): large features under each map
+    local = (1 - (F.normalize(probe(tokens).float(), dim=-1) * pooled).sum(-1)).mean()
     return g, local
 
 
@@ -142,24 +170,47 @@ def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISA
     t0 = time.time()
     if not paths:
         raise InputError("ISA training needs unlabelled images; none were given")
+    _check(cfg)
     gen = seed_everything(cfg.seed)
-    device = backbone.device
     # the backbone stays frozen (and in eval mode: no dropout in the text tower) while ISA trains
     frozen = [p for p in backbone.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
-        return _train(backbone, paths, cfg, gen, device, t0, meta)
+        with distributed(cfg.device) as dist:
+            if dist.enabled:
+                backbone = backbone.to(dist.device)
+            return _train(backbone, paths, cfg, gen, backbone.device, t0, meta, dist)
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
+def _check(cfg: ISATrainConfig) -> None:
+    """Refuse impossible settings and an --out that would be destroyed, before any work."""
+    from zscir.methods.isa import KIND
+
+    if cfg.n_tokens < 1:
+        raise InputError(f"--tokens must be at least 1, got {cfg.n_tokens}")
+    if cfg.w_global < 0 or cfg.w_local < 0:
+        raise InputError("loss weights must be non-negative")
+    if cfg.temperature <= 0:
+        raise InputError(f"temperature must be > 0, got {cfg.temperature}")
+    check_batch_size(cfg.batch_size, 2)
+    for lr, what in ((cfg.light_lr, "--light-lr"), (cfg.distill_lr, "--distill-lr")):
+        check_positive_lr(lr, what)
+    if cfg.distill_epochs < 0:
+        raise InputError(f"--distill-epochs must be >= 0, got {cfg.distill_epochs}")
+    engine_config(cfg).check()
+    check_out_dir(cfg.out, KIND)
+
+
 def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig, gen: torch.Generator,
-           device: torch.device, t0: float, meta: dict) -> tuple[ISA, ISATrainResult]:
+           device: torch.device, t0: float, meta: dict, dist: DistInfo) -> tuple[ISA, ISATrainResult]:
     if cfg.max_images:
         paths = list(paths)[: cfg.max_images]
     icfg = isa_config_for(backbone, cfg.mode, cfg.n_tokens)
+    torch.manual_seed(cfg.seed)
     method = (ISA if cfg.mode == "asymmetric" else ISASymmetric)(backbone, icfg)
     key = (backbone.fingerprint(), str(device), tuple(str(p) for p in paths))
     if _CACHE.get("key") != key:  # the two variants (and an M sweep) share one pass of the large tower
@@ -169,45 +220,65 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     if cfg.mode != "asymmetric":
         pixels = None
     n = len(feats)
-    distill = float("nan")
-    if method.light is not None:
-        distill = distill_light(method, pixels, feats, embs, cfg, gen, device)
-
-    probe = nn.Linear(icfg.word_dim, feats.shape[-1]).to(device)
-    groups = [{"params": list(method.learner.parameters()) + list(probe.parameters()), "lr": cfg.lr}]
-    if method.light is not None:
-        groups.append({"params": list(method.light.parameters()), "lr": cfg.light_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, cfg.steps),
-                                                pct_start=0.1)
     bs = min(cfg.batch_size, n)
+    if bs % dist.world:
+        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    probe = nn.Linear(icfg.word_dim, feats.shape[-1]).to(device)
+    main_state = partial_dir(cfg.out) / "state.pt" if cfg.out else None
+    distill = float("nan")
+    if method.light is not None and cfg.distill_epochs > 0 and not (main_state and main_state.is_file()):
+        # (a resumable state of the main phase holds the distilled light encoder already)
+        distill = distill_light(method, pixels, feats, embs, cfg, gen, device, dist)
+
+    module = nn.ModuleDict({"learner": method.learner, "probe": probe})
+    groups = param_groups(module, cfg.weight_decay)
+    if method.light is not None:
+        module["light"] = method.light
+        groups += [{**g, "lr_scale": cfg.light_lr / cfg.lr} for g in param_groups(method.light, cfg.weight_decay)]
     texts = [TRAIN_TEMPLATE] * bs
-    method.train()
-    backbone.eval()
-    g_loss = l_loss = torch.tensor(float("nan"))
-    bar = tqdm(range(cfg.steps), desc=f"isa train ({cfg.mode}, M={cfg.n_tokens})", leave=False)
-    for _ in bar:
-        b = torch.randperm(n, generator=gen)[:bs]
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 * epoch)
+        perm = torch.randperm(n, generator=g)
+        return [perm[i : i + bs] for i in range(0, n - bs + 1, bs)]
+
+    last: dict[str, torch.Tensor] = {}
+
+    def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         f = feats[b].to(device, torch.float32)
         x = pixels[b].to(device, torch.float32) if pixels is not None else f
-        g_loss, l_loss = isa_losses(method, x, f, embs[b].to(device), probe, cfg, texts)
-        loss = cfg.w_global * g_loss + cfg.w_local * l_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(glob=f"{g_loss.item():.3f}", local=f"{l_loss.item():.3f}")
+        g_loss, l_loss = isa_losses(method, x, f, embs[b].to(device), probe, cfg, texts[: len(b)], ctx)
+        last["global"], last["local"] = g_loss.detach(), l_loss.detach()
+        return cfg.w_global * g_loss + cfg.w_local * l_loss
+
+    def train_mode() -> None:
+        method.train()
+        backbone.eval()
+
+    ecfg = engine_config(cfg)
+    task = Task(f"isa train ({cfg.mode}, M={cfg.n_tokens})", module, batches, loss_fn, steps_per_epoch=n // bs,
+                param_groups=groups, train_mode=train_mode,
+                signature={**config_signature(cfg), "images": n, "paths": _paths_digest(paths)})
+    fit(task, ecfg, dist)
     method.eval()
     seconds = time.time() - t0
-    g_loss, l_loss = g_loss.detach(), l_loss.detach()
-    result = ISATrainResult(Path(cfg.out), float(cfg.w_global * g_loss + cfg.w_local * l_loss), float(g_loss),
-                            float(l_loss), n, seconds)
-    method.save(cfg.out, train=asdict(cfg), trained_on=meta,
-                losses={"global": result.final_global, "local": result.final_local, "distill": distill},
-                seconds=round(seconds, 1))
-    log.info("ISA (%s, M=%d) trained on %d unlabelled images in %.0f s -> %s (global %.3f, local %.3f)",
-             cfg.mode, cfg.n_tokens, n, seconds, cfg.out, result.final_global, result.final_local)
+    g_loss, l_loss = float(dist.mean(float(last["global"]))), float(dist.mean(float(last["local"])))
+    result = ISATrainResult(Path(cfg.out), cfg.w_global * g_loss + cfg.w_local * l_loss, g_loss, l_loss, n, seconds)
+    if dist.is_main:
+        method.save(cfg.out, train=asdict(cfg), trained_on=meta,
+                    losses={"global": result.final_global, "local": result.final_local,
+                            "distill": None if math.isnan(distill) else distill},
+                    seconds=round(seconds, 1))
+        log.info("ISA (%s, M=%d) trained on %d unlabelled images in %.0f s -> %s (global %.3f, local %.3f)",
+                 cfg.mode, cfg.n_tokens, n, seconds, cfg.out, result.final_global, result.final_local)
+    finish(ecfg, dist)
     return method, result
+
+
+def _paths_digest(paths: Sequence[Path | str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None) -> tuple[ISA, ISATrainResult]:
@@ -215,10 +286,20 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
     from zscir.world import load_world
 
     configure_threads()
+    _check(cfg)
+    if cfg.images and (world is not None or cfg.world):
+        raise InputError("give either --world or --images SOURCE, not both")
+    if world is None and not cfg.world and not cfg.images:
+        raise InputError("no training images: give --images SOURCE or --world DIR")
     if backbone is None:
         from zscir.backbones import load_backbone
 
         backbone = load_backbone(cfg.backbone).to(pick_device(cfg.device or None))
+    if cfg.images:
+        from zscir.train.data import Location, source_locations
+
+        locs, _ = source_locations(cfg.images, cfg.image_column)
+        return train_isa_on_paths(backbone, [Location(x) for x in locs], cfg, images=cfg.images)
     world = world if world is not None else load_world(cfg.world)
     paths = [world.image_path(i) for i in world.unlabelled]
     return train_isa_on_paths(backbone, paths, cfg, world=str(cfg.world), world_seed=world.meta.get("seed"),
@@ -228,7 +309,8 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
 def _settings(train: dict) -> dict:
     """The training settings that change the result (not where it is written or run)."""
     light_only = ("distill_epochs", "distill_lr", "light_lr") if train.get("mode") == "symmetric" else ()
-    return {k: v for k, v in train.items() if k not in ("out", "device", "world", "backbone", *light_only)}
+    skip = ("out", "device", "world", "backbone", "progress", "save_every", "resume", *light_only)
+    return {k: v for k, v in train.items() if k not in skip}
 
 
 def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> ISA:
@@ -252,38 +334,40 @@ def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> IS
 
 def add_args(p: argparse.ArgumentParser) -> None:
     d = ISATrainConfig()
-    p.add_argument("--world", required=True, help="world folder made by `zscir world` (its unlabelled images are used)")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--world", default="", help="a world folder made by `zscir world` (its unlabelled images are used)")
+    p.add_argument("--images", default="", metavar="SOURCE",
+                   help="your unlabelled images: a folder, a glob, a CSV/TSV/JSONL listing or WebDataset shards")
+    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
     p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
     p.add_argument("--mode", choices=("asymmetric", "symmetric"), default=d.mode,
                    help="asymmetric: light query CNN (default); symmetric: token learner on the large tower")
     p.add_argument("--tokens", type=int, default=d.n_tokens, help="M, pseudo tokens per image (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)
     p.add_argument("--light-lr", type=float, default=d.light_lr)
     p.add_argument("--distill-epochs", type=int, default=d.distill_epochs)
+    p.add_argument("--distill-lr", type=float, default=d.distill_lr)
     p.add_argument("--w-global", type=float, default=d.w_global, help="global contrastive distillation weight")
     p.add_argument("--w-local", type=float, default=d.w_local, help="local alignment regularisation weight")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--max-images", type=int, default=0)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda if available)")
+
+
+def config_from_args(args: argparse.Namespace) -> ISATrainConfig:
+    return ISATrainConfig(
+        **engine_args(args, min_batch=2), world=args.world, images=args.images, image_column=args.image_column,
+        backbone=args.backbone, mode=args.mode,
+        n_tokens=args.tokens, light_lr=args.light_lr, distill_epochs=args.distill_epochs, distill_lr=args.distill_lr,
+        w_global=args.w_global, w_local=args.w_local, temperature=args.temperature, max_images=args.max_images,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tokens < 1:
-        raise InputError(f"--tokens must be at least 1, got {args.tokens}")
-    if args.w_global < 0 or args.w_local < 0:
-        raise InputError("loss weights must be non-negative")
-    _, res = train_isa(ISATrainConfig(
-        world=args.world, out=args.out, backbone=args.backbone, mode=args.mode, n_tokens=args.tokens,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, light_lr=args.light_lr,
-        distill_epochs=args.distill_epochs, w_global=args.w_global, w_local=args.w_local,
-        temperature=args.temperature, max_images=args.max_images, seed=args.seed, device=args.device,
-    ))
-    print(f"saved {res.path}: {res.images} unlabelled images, global loss {res.final_global:.3f}, "
-          f"local loss {res.final_local:.3f}, {res.seconds:.0f} s")
+    cfg = config_from_args(args)
+    _check(cfg)
+    _, res = train_isa(cfg)
+    if is_main_process():
+        print(f"saved {res.path}: {res.images} unlabelled images, global loss {res.final_global:.3f}, "
+              f"local loss {res.final_local:.3f}, {res.seconds:.0f} s")
     return 0
 
 

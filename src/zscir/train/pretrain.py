@@ -13,16 +13,21 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig
 from zscir.errors import InputError
 from zscir.objectives import info_nce
+from zscir.train.distributed import DistInfo
+from zscir.train.engine import (
+    EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for,
+    distributed, engine_args, engine_config, finish, fit, is_main_process,
+)
 from zscir.train.features import image_token_features, text_trunk_features
-from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,11 @@ class PretrainConfig:
 
     world: str = ""
     out: str = ""
-    epochs: int = 40
+    pairs: str = ""  # a SOURCE of image-caption pairs (zscir.data) instead of the world's
+    image_column: str = ""
+    caption_column: str = ""
+    feature_cache: str = ""  # frozen-feature cache folder for --pairs ("" = $ZSCIR_HOME/cache/features)
+    epochs: float = 40
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -46,6 +55,14 @@ class PretrainConfig:
     val_fraction: float = 0.05
     seed: int = 0
     device: str = ""
+    # the engine's shared settings (see zscir.train.engine)
+    steps: int = 0  # > 0: this many steps instead of `epochs` passes
+    warmup: float = 0.1
+    grad_clip: float = 0.0
+    precision: str = "fp32"
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -60,55 +77,94 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None = None) -> PretrainResult:
     """Train the default backbone's heads on `cfg.world`'s pairs and save the checkpoint to `cfg.out`."""
-    from zscir.world import load_world
+    from zscir.backbones.default import KIND
 
     if not 0.01 <= cfg.init_temperature <= 1.0:
         raise InputError(f"init_temperature {cfg.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
+    if not 0 < cfg.val_fraction < 1:
+        raise InputError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
+    check_batch_size(cfg.batch_size, 2)
+    engine_config(cfg).check()
+    check_out_dir(cfg.out, KIND)
+    if bool(cfg.world) == bool(cfg.pairs):
+        raise InputError("give the training pairs: --world DIR or --pairs SOURCE (one of them)")
     t0 = time.time()
     configure_threads()
-    gen = seed_everything(cfg.seed)
-    device = pick_device(cfg.device or None)
-    world = load_world(cfg.world)
+    seed_everything(cfg.seed)
+    with distributed(cfg.device) as dist:
+        return _pretrain(cfg, arch, dist, t0)
+
+
+def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: DistInfo, t0: float) -> PretrainResult:
+    from zscir.world import load_world
+
+    device = device_for(dist, cfg.device)
     model = DefaultBackbone(arch).to(device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
-    pairs = world.pairs
-    paths = [world.image_path(p["image"]) for p in pairs]
-    captions = [p["caption"] for p in pairs]
-    img = image_token_features(model, paths, desc="image features")
-    txt = text_trunk_features(model, captions, desc="caption features")
+    img: Any
+    txt: Any
+    if cfg.pairs:  # the user's pairs: frozen features streamed into the memory-mapped cache, read per batch
+        from zscir.data import text_features
+        from zscir.train.data import FeatureRows, source_image_features
 
-    n = len(pairs)
-    perm = torch.randperm(n, generator=gen)
+        sf = source_image_features(model, cfg.pairs, "image_tokens", image_column=cfg.image_column,
+                                   caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=True)
+        img = sf.rows
+        # text_features builds its cache entry in one process: rank 0 first, then the others read it
+        if dist.enabled and not dist.is_main:
+            dist.barrier()
+        txt = FeatureRows(text_features(model, [str(c) for c in sf.captions], "text_trunk",
+                                        cache=cfg.feature_cache or None))
+        if dist.enabled and dist.is_main:
+            dist.barrier()
+        n = len(img)
+        trained_on = {"pairs": cfg.pairs, "items": n, "skipped": sf.failures}
+    else:
+        world = load_world(cfg.world)
+        pairs = world.pairs
+        paths = [world.image_path(p["image"]) for p in pairs]
+        captions = [p["caption"] for p in pairs]
+        img = image_token_features(model, paths, desc="image features")
+        txt = text_trunk_features(model, captions, desc="caption features")
+        n = len(pairs)
+        trained_on = {"world": str(cfg.world), "world_seed": world.meta.get("seed"), "world_size": world.meta.get("size")}
+    if n < 3:
+        raise InputError(f"pre-training needs at least 3 pairs, got {n}")
+
+    split_gen = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(n, generator=split_gen)
     n_val = max(1, int(n * cfg.val_fraction))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
+    bs = min(cfg.batch_size, len(train_idx))
+    if bs % dist.world:
+        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    steps_per_epoch = max(1, len(train_idx) // bs)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    model.train()
-    bar = tqdm(total=total, desc="pretrain", unit="step")
-    seen = 0
-    for _epoch in range(cfg.epochs):
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-        for s in range(steps_per_epoch):
-            b = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            v = F.normalize(model.image_head(img[b].to(device, torch.float32)), dim=-1)
-            w = F.normalize(model.text_head(txt[b].to(device)), dim=-1)
-            loss = info_nce(v, w, model.logit_scale.exp())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            seen += len(b)
-            bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{1 / model.logit_scale.exp().item():.3f}",
-                            pairs_s=f"{seen / max(1e-6, bar.format_dict['elapsed']):.0f}")
-            bar.update(1)
-    bar.close()
+    def make_gen() -> torch.Generator:  # the generator as it stands after the validation split
+        g = torch.Generator().manual_seed(cfg.seed)
+        torch.randperm(n, generator=g)
+        return g
+
+    orders = EpochSequence(make_gen, lambda g: train_idx[torch.randperm(len(train_idx), generator=g)])
+
+    def batches(epoch: int):
+        order = orders(epoch)
+        return [order[s * bs : (s + 1) * bs] for s in range(steps_per_epoch)]
+
+    def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        v = F.normalize(model.image_head(img[b].to(device, torch.float32)), dim=-1)
+        w = F.normalize(model.text_head(txt[b].to(device)), dim=-1)
+        return info_nce(v, w, model.logit_scale.exp(), a_all=ctx.gather(v), b_all=ctx.gather(w), offset=ctx.offset)
+
+    def clamp() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    ecfg = engine_config(cfg, epochs=float(cfg.epochs))
+    sig = {**config_signature(cfg), "arch": asdict(arch) if arch else None, "n_pairs": n, **trained_on}
+    task = Task("pretrain", model, batches, loss_fn, steps_per_epoch=steps_per_epoch, after_step=clamp, signature=sig)
+    fit(task, ecfg, dist)
     model.eval()
     with torch.no_grad():
         v = F.normalize(model.image_head(img[val_idx].to(device, torch.float32)), dim=-1)
@@ -122,11 +178,12 @@ def pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None = None) -> 
         path=Path(cfg.out), val_t2i_r1=t2i, val_i2t_r1=i2t, matched_cosine=matched,
         logit_scale=model.logit_scale.exp().item(), seconds=time.time() - t0,
     )
-    model.save(cfg.out, trained_on={"world": str(cfg.world), "world_seed": world.meta.get("seed"),
-                                    "world_size": world.meta.get("size")},
-               pretrain=asdict(cfg), val={"t2i_R@1": t2i, "i2t_R@1": i2t, "matched_cosine": matched})
-    log.info("pre-trained default backbone -> %s (held-out t2i R@1 %.1f, i2t R@1 %.1f, matched cosine %.3f, %.0f s)",
-             cfg.out, t2i, i2t, matched, result.seconds)
+    if dist.is_main:
+        model.save(cfg.out, trained_on=trained_on,
+                   pretrain=asdict(cfg), val={"t2i_R@1": t2i, "i2t_R@1": i2t, "matched_cosine": matched})
+        log.info("pre-trained default backbone -> %s (held-out t2i R@1 %.1f, i2t R@1 %.1f, matched cosine %.3f, %.0f s)",
+                 cfg.out, t2i, i2t, matched, result.seconds)
+    finish(ecfg, dist)
     return result
 
 
@@ -140,25 +197,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default backbone: frozen EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads. Writes a checkpoint "
         "folder (model.safetensors + config.json with a fingerprint).",
     )
-    p.add_argument("--world", required=True, help="world folder made by `zscir world`")
-    p.add_argument("--out", default=str(default_model_path()), help="checkpoint folder (default: %(default)s)")
+    p.add_argument("--world", default="", help="world folder made by `zscir world` (its image-caption pairs)")
+    p.add_argument("--pairs", default="", metavar="SOURCE",
+                   help="your image-caption pairs: a CSV/TSV/JSONL listing, a folder or WebDataset shards with .txt")
+    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
+    p.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
+    p.add_argument("--feature-cache", default="", metavar="DIR",
+                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
     d = PretrainConfig()
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
+                    out_help="checkpoint folder", out_default=str(default_model_path()))
     p.add_argument("--init-temperature", type=float, default=d.init_temperature,
                    help="starting value of the learnable temperature (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
 
     def run(args: argparse.Namespace) -> int:
-        res = pretrain(PretrainConfig(
-            world=args.world, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, init_temperature=args.init_temperature, seed=args.seed, device=args.device,
-        ))
-        print(f"saved {res.path}: held-out text->image R@1 {res.val_t2i_r1:.1f}, image->text R@1 "
-              f"{res.val_i2t_r1:.1f}, matched cosine {res.matched_cosine:.3f}, {res.seconds:.0f} s")
+        eng = engine_args(args, min_batch=2)
+        res = pretrain(PretrainConfig(**eng, world=args.world, pairs=args.pairs, image_column=args.image_column,
+                                      caption_column=args.caption_column, feature_cache=args.feature_cache,
+                                      init_temperature=args.init_temperature))
+        if is_main_process():
+            print(f"saved {res.path}: held-out text->image R@1 {res.val_t2i_r1:.1f}, image->text R@1 "
+                  f"{res.val_i2t_r1:.1f}, matched cosine {res.matched_cosine:.3f}, {res.seconds:.0f} s")
         return 0
 
     p.set_defaults(func=run)

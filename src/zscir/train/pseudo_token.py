@@ -26,13 +26,12 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
@@ -41,8 +40,15 @@ from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
 from zscir.nn.lora import LoRAConfig, count_parameters, lora_state_dict
 from zscir.nn.mappers import MapperConfig, TokenMapper, load_mapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
+from zscir.nn.mappers import MAPPER_KIND
+from zscir.train.distributed import DistInfo
+from zscir.train.engine import (
+    EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
+    engine_args, engine_config, finish, fit, is_main_process, total_steps,
+)
+from zscir.train.data import add_source_args, source_args
 from zscir.train.features import image_token_features
-from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,7 @@ class MapperTrainConfig:
     warmup: float = 0.1
     hidden: int = 512
     n_tokens: int = 1
+    dropout: float = 0.1  # the mapper's dropout (0: under torchrun, every process then matches one process exactly)
     injection: bool = False
     soft_weight: float = 0.0  # soft text alignment (KL) weight; 0 = contrastive only
     soft_temperature: float = 0.0  # temperature of the image's target distribution; 0 = the backbone's
@@ -73,6 +80,19 @@ class MapperTrainConfig:
     seed: int = 0
     device: str = ""
     cache_dir: str = ""
+    # your own data instead of --world (zscir.train.data): a SOURCE of images / image-caption pairs
+    images: str = ""
+    pairs: str = ""
+    image_column: str = ""
+    caption_column: str = ""
+    feature_cache: str = ""  # frozen-feature cache folder for SOURCE data ("" = $ZSCIR_HOME/cache/features)
+    # the engine's shared settings (see zscir.train.engine)
+    epochs: float = 0.0  # > 0 and steps == 0: passes over the images instead of a step count
+    precision: str = "fp32"
+    grad_clip: float = 0.0
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -107,6 +127,14 @@ class ComposingConfig:
     seed: int = 0
     device: str = ""
     cache_dir: str = ""
+    cir_triplets: str = ""  # JSONL of {reference, modification, target} image paths, instead of --world
+    feature_cache: str = ""  # frozen-feature cache folder for --cir-triplets ("" = $ZSCIR_HOME/cache/features)
+    epochs: float = 0.0  # > 0 and steps == 0: passes over the triplets instead of a step count
+    precision: str = "fp32"
+    grad_clip: float = 0.0
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -119,27 +147,42 @@ class TrainResult:
 
 
 # --- shared helpers ---------------------------------------------------------------------------------------
-def _setup(cfg: Any, backbone: Backbone | None, world: Any):
+def _setup(cfg: Any, backbone: Backbone | None, world: Any, dist: DistInfo):
     configure_threads()
     gen = seed_everything(cfg.seed)
     if world is None:
         if not cfg.world:
-            raise InputError("--world is required")
+            raise InputError("no training data: give --world DIR (or the trainer's own data options)")
         from zscir.world import load_world
 
         world = load_world(cfg.world)
+    device = device_for(dist, cfg.device)
     if backbone is None:
         from zscir.backbones import load_backbone
 
-        backbone = load_backbone(cfg.backbone, cfg.device or None)
-    elif cfg.device:
-        backbone = backbone.to(pick_device(cfg.device))
-    if not cfg.out:
-        raise InputError("an output folder (--out) is required")
+        backbone = load_backbone(cfg.backbone, str(device))
+    elif cfg.device or dist.enabled:
+        backbone = backbone.to(device)
     return gen, world, backbone.eval()
 
 
+def _check_common(cfg: Any, kind: str) -> None:
+    """Refuse impossible settings and an --out that would be destroyed, before any work."""
+    check_out_dir(cfg.out, kind)
+    check_batch_size(cfg.batch_size, 2)
+    engine_config(cfg).check()
+
+
+class _SourceData:
+    """What the trainers read of a world, for a user's SOURCE (features come from the data layer's cache)."""
+
+    def __init__(self, spec: str) -> None:
+        self.root, self.meta, self.key = spec, {}, spec
+
+
 def _world_key(world: Any) -> str:
+    if isinstance(world, _SourceData):
+        return json.dumps({"source": world.key})
     meta = getattr(world, "meta", {}) or {}
     return json.dumps({"root": str(getattr(world, "root", "")), "seed": meta.get("seed"), "size": meta.get("size")},
                       sort_keys=True)
@@ -195,17 +238,6 @@ def _logit_scale(backbone: Backbone) -> float:
     return float(ls.detach().exp()) if isinstance(ls, torch.Tensor) else 1 / 0.07
 
 
-def _scheduler(opt: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    w = max(1, int(steps * warmup))
-
-    def f(s: int) -> float:
-        if s < w:
-            return (s + 1) / w
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - w) / max(1, steps - w))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
 def soft_alignment_loss(pseudo: torch.Tensor, image: torch.Tensor, captions: torch.Tensor, scale: float,
                         target_scale: float | None = None) -> torch.Tensor:
     """KL(image's similarity distribution over captions || pseudo sentence's), averaged over the batch.
@@ -225,11 +257,35 @@ def train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None = None, world
     if "$" not in cfg.train_template:
         raise InputError(f"training template {cfg.train_template!r} has no placeholder '$' for the pseudo token")
     check_template(cfg.template, "$")
-    gen, world, backbone = _setup(cfg, backbone, world)
     method = method or ("pic2word" if not cfg.injection and cfg.soft_weight == 0 else "two-stage/mapping-only")
-    dev = backbone.device
+    _check_common(cfg, MAPPER_KIND)
+    with distributed(cfg.device) as dist:
+        return _train_mapper(cfg, backbone, world, method, dist, t0)
+
+
+def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any, method: str, dist: DistInfo,
+                  t0: float) -> TrainResult:
     use_pairs = cfg.soft_weight > 0 or method != "pic2word"
-    if use_pairs:
+    spec = cfg.pairs if use_pairs else (cfg.images or cfg.pairs)
+    if (cfg.images or cfg.pairs) and (cfg.world or world is not None):
+        raise InputError("give either --world or your own data (--images / --pairs), not both")
+    if use_pairs and cfg.images and not cfg.pairs:
+        raise InputError(f"{method} trains on image-caption pairs: give --pairs SOURCE, not --images")
+    if spec:
+        world = _SourceData(spec)
+    gen, world, backbone = _setup(cfg, backbone, world, dist)
+    dev = backbone.device
+    if spec:
+        from zscir.train.data import source_image_features
+
+        sf = source_image_features(backbone, spec, "image_tokens", image_column=cfg.image_column,
+                                   caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=use_pairs)
+        n_keep = min(len(sf.keys), cfg.max_images or len(sf.keys))
+        ids = sf.keys[:n_keep]
+        captions = [str(c) for c in sf.captions[:n_keep]] if use_pairs else []
+        local: Any = sf.rows if n_keep == len(sf.keys) else type(sf.rows)(sf.rows.feats, sf.rows.rows[:n_keep])
+        world.key = f"{sf.source}|{sf.rows.feats.key.digest()}"
+    elif use_pairs:
         items = list(world.pairs)
         if cfg.max_images:
             items = items[: cfg.max_images]
@@ -239,53 +295,63 @@ def train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None = None, world
         ids = list(world.unlabelled)[: cfg.max_images or None]
         captions = []
     if len(ids) < 2:
-        raise InputError(f"need at least 2 training images, the world has {len(ids)}")
-    local = cached_image_tokens(backbone, world, ids, cfg.cache_dir, "pairs" if use_pairs else "unlabelled")
+        raise InputError(f"need at least 2 training images, the data has {len(ids)}")
+    if not spec:
+        local = cached_image_tokens(backbone, world, ids, cfg.cache_dir, "pairs" if use_pairs else "unlabelled")
     pooled = _pooled(backbone, local)
     cap = _text_embeddings(backbone, captions) if captions else None
 
-    mcfg = mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden)
+    mcfg = replace(mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden),
+                   dropout=cfg.dropout)
     torch.manual_seed(cfg.seed)
     mapper = TokenMapper(mcfg).to(dev)
     mapper.init_output(backbone.word_embeddings().weight.detach().mean(0))
-    opt = torch.optim.AdamW(mapper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _scheduler(opt, cfg.steps, cfg.warmup)
     scale = _logit_scale(backbone)
     target_scale = 1 / cfg.soft_temperature if cfg.soft_temperature > 0 else scale
     bs = min(cfg.batch_size, len(ids))
-    prompts = [cfg.train_template] * bs
-    mapper.train()
-    order = torch.randperm(len(ids), generator=gen)
-    pos = 0
-    losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc=f"train {method}", unit="step", leave=False)
-    for _ in bar:
-        if pos + bs > len(order):
-            order, pos = torch.randperm(len(ids), generator=gen), 0
-        b = order[pos : pos + bs]
-        pos += bs
+    if bs % dist.world:
+        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    n = len(ids)
+    # epoch e: the (e+1)-th permutation drawn from one generator seeded with --seed (as before the engine)
+    orders = EpochSequence(lambda: torch.Generator().manual_seed(cfg.seed), lambda g: torch.randperm(n, generator=g))
+
+    def batches(epoch: int):
+        order = orders(epoch)
+        return [order[s : s + bs] for s in range(0, n - bs + 1, bs)]
+
+    def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         v = pooled[b].to(dev)
         loc = local[b].to(dev, torch.float32) if mcfg.injection else None
         tokens = mapper(v, loc)
-        p = backbone.encode_text_with_tokens(prompts, tokens)
-        loss = info_nce(p, v, scale)
-        if cfg.soft_weight > 0 and cap is not None:
-            loss = loss + cfg.soft_weight * soft_alignment_loss(p, v, cap[b].to(dev), scale, target_scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    mapper.eval()
-    final = sum(losses[-10:]) / max(1, len(losses[-10:]))
-    save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(),
-                config={"method": method, "template": cfg.template, "train": asdict(cfg)},
-                trained_on={"world": _world_key(world), "images": len(ids)}, final_loss=final)
+        p = backbone.encode_text_with_tokens([cfg.train_template] * len(b), tokens)
+        loss = info_nce(p, v, scale, a_all=ctx.gather(p), b_all=ctx.gather_frozen(v), offset=ctx.offset)
+        if cfg.soft_weight > 0 and cap is not None:  # the global batch's captions (frozen: every rank has them)
+            loss = loss + cfg.soft_weight * soft_alignment_loss(p, v, cap[ctx.global_batch].to(dev), scale,
+                                                                target_scale)
+        return loss
+
+    sig = {**config_signature(cfg), "method": method, "data": _ids_digest(world, ids)}
+    task = Task(f"train {method}", mapper, batches, loss_fn, steps_per_epoch=n // bs, signature=sig)
+    fit_res = fit(task, engine_config(cfg), dist)
+    final = fit_res.final_loss
+    if dist.is_main:
+        save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(),
+                    config={"method": method, "template": cfg.template, "train": asdict(cfg)},
+                    trained_on={"world": _world_key(world), "images": len(ids)}, final_loss=final,
+                    steps=fit_res.steps)
+    finish(engine_config(cfg), dist)
     secs = time.time() - t0
-    log.info("trained %s mapper on %d images, %d steps, loss %.3f -> %s (%.0f s)", method, len(ids), cfg.steps,
-             final, cfg.out, secs)
-    return TrainResult(Path(cfg.out), cfg.steps, secs, final, {"images": len(ids), "method": method})
+    if dist.is_main:
+        log.info("trained %s mapper on %d images, %d steps, loss %.3f -> %s (%.0f s)", method, len(ids),
+                 fit_res.steps, final, cfg.out, secs)
+    return TrainResult(Path(cfg.out), fit_res.steps, secs, final,
+                       {"images": len(ids), "method": method, "items_per_s": fit_res.items_per_s})
+
+
+def _ids_digest(world: Any, ids: Sequence[str]) -> str:
+    h = hashlib.sha256(_world_key(world).encode())
+    h.update("\n".join(ids).encode())
+    return h.hexdigest()[:16]
 
 
 def pic2word_config(**kw: Any) -> MapperTrainConfig:
@@ -353,16 +419,50 @@ def train_composing(cfg: ComposingConfig, backbone: Backbone | None = None, worl
     """Stage 2: LoRA on the text tower over the world's CIR training triplets; the stage-1 mapper frozen."""
     t0 = time.time()
     check_template(cfg.template, "$")
-    gen, world, backbone = _setup(cfg, backbone, world)
+    _check_common(cfg, TWO_STAGE_KIND)
     if not cfg.mapper:
         raise InputError("stage 2 needs the stage-1 mapper checkpoint (--mapper)")
+    with distributed(cfg.device) as dist:
+        return _train_composing(cfg, backbone, world, dist, t0)
+
+
+def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any, dist: DistInfo,
+                     t0: float) -> TrainResult:
+    if cfg.cir_triplets and (cfg.world or world is not None):
+        raise InputError("give either --world or --cir-triplets, not both")
+    if cfg.cir_triplets:
+        from zscir.data import read_cir_triplets
+
+        world = _SourceData(cfg.cir_triplets)
+        world.cir_train = [{"reference": t.reference, "modification": t.modification, "target": t.target}
+                           for t in read_cir_triplets(cfg.cir_triplets)]
+    gen, world, backbone = _setup(cfg, backbone, world, dist)
     mapper, _ = load_mapper(cfg.mapper, backbone.fingerprint(), kind=("zscir.token-mapper", TWO_STAGE_KIND))
     dev = backbone.device
     mapper = mapper.to(dev).eval()
     triplets = select_triplets(list(world.cir_train), cfg.fraction, cfg.noise, gen)
+    after_select = gen.get_state()
     image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
+    if cfg.cir_triplets:
+        from zscir.data import PathsSource, image_features
+        from zscir.train.data import FeatureRows
+
+        feats = image_features(backbone, PathsSource(image_ids, keys=image_ids, spec=cfg.cir_triplets),
+                               "image_tokens", cache=cfg.feature_cache or None)
+        pos = {k: i for i, k in enumerate(feats.keys)}
+        unreadable = [i for i in image_ids if i not in pos]
+        if unreadable:  # the data layer reported them; their triplets cannot be used
+            triplets = [t for t in triplets if t["reference"] in pos and t["target"] in pos]
+            log.warning("%d triplet images unreadable (e.g. %s); %d triplets left", len(unreadable), unreadable[0],
+                        len(triplets))
+            if len(triplets) < 2:
+                raise InputError(f"{cfg.cir_triplets}: fewer than 2 triplets with readable images")
+            image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
+        local: Any = FeatureRows(feats, [pos[i] for i in image_ids])
+        world.key = f"{cfg.cir_triplets}|{feats.key.digest()}"
+    else:
+        local = cached_image_tokens(backbone, world, image_ids, cfg.cache_dir, "cir_train")
     col = {i: k for k, i in enumerate(image_ids)}
-    local = cached_image_tokens(backbone, world, image_ids, cfg.cache_dir, "cir_train")
     pooled = _pooled(backbone, local)
     ref_idx = torch.tensor([col[t["reference"]] for t in triplets])
     tgt_idx = torch.tensor([col[t["target"]] for t in triplets])
@@ -383,71 +483,79 @@ def train_composing(cfg: ComposingConfig, backbone: Backbone | None = None, worl
         text_init = {"path": str(cfg.text_init), "fingerprint": start.rtd_checkpoint["fingerprint"]}
     enc, wrapped = lora_text_encoder(start, lcfg)
     trainable, total = count_parameters(enc.text_tower)
-    params = [p for p in enc.text_tower.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch_size, len(triplets))
-    steps = cfg.steps
-    if cfg.max_epochs > 0:
-        steps = min(steps, max(1, math.ceil(cfg.max_epochs * len(triplets) / batch)))
-    sched = _scheduler(opt, steps, cfg.warmup)
+    if batch < dist.world:
+        raise InputError(f"batch size {batch} is too small for {dist.world} processes")
     scale = _logit_scale(backbone)
     mods = [t["modification"] for t in triplets]
     refs = [t["reference"] for t in triplets]
-    enc.train()
-    losses: list[float] = []
-    batches: list[list[int]] = []
-    bar = tqdm(range(steps), desc="train composing", unit="step", leave=False)
-    for _ in bar:
-        if not batches:
-            batches = grouped_batches(refs, batch, cfg.per_reference, gen)
-        b = torch.tensor(batches.pop())
+
+    def make_gen() -> torch.Generator:
+        g = torch.Generator()
+        g.set_state(after_select)
+        return g
+
+    # epoch e: the (e+1)-th grouping drawn after the triplet selection, consumed last batch first (as before)
+    groupings = EpochSequence(make_gen, lambda g: grouped_batches(refs, batch, cfg.per_reference, g)[::-1])
+
+    def batches(epoch: int):
+        return [torch.tensor(b) for b in groupings(epoch)]
+
+    def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         prompts = [cfg.template.replace("{text}", mods[i].strip()) for i in b.tolist()]
         q = enc.encode_text_with_tokens(prompts, toks[ref_idx[b]].to(dev))
-        cols = torch.cat([tgt_idx[b], ref_idx[b]]) if cfg.reference_negatives else tgt_idx[b]
+        gb = ctx.global_batch  # the gallery columns of the whole global batch (frozen: every rank has them)
+        cols = torch.cat([tgt_idx[gb], ref_idx[gb]]) if cfg.reference_negatives else tgt_idx[gb]
         cols = cols.unique()
         g = pooled[cols].to(dev)
         labels = torch.searchsorted(cols, tgt_idx[b]).to(dev)
-        loss = F.cross_entropy(scale * q @ g.T, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    enc.eval()
-    final = sum(losses[-10:]) / max(1, len(losses[-10:]))
-    extra = {f"text.{k}": v for k, v in lora_state_dict(enc.text_tower).items()}
-    save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(), kind=TWO_STAGE_KIND, extra_tensors=extra,
-                config={"method": "two-stage", "template": cfg.template, "lora": asdict(lcfg),
-                        "lora_targets": len(wrapped), "train": asdict(cfg), "text_init": text_init},
-                trained_on={"world": _world_key(world), "triplets": len(triplets)}, final_loss=final,
-                trainable_text_parameters=trainable, total_text_parameters=total)
+        return ctx.batch_mean(F.cross_entropy(scale * q @ g.T, labels, reduction="none"))
+
+    per_epoch = len(batches(0))
+    ecfg = engine_config(cfg)
+    steps = total_steps(ecfg, per_epoch)
+    if cfg.max_epochs > 0:
+        steps = min(steps, max(1, math.ceil(cfg.max_epochs * len(triplets) / batch)))
+    ecfg = engine_config(cfg, steps=steps)
+    sig = {**config_signature(cfg), "data": _ids_digest(world, image_ids), "triplets": len(triplets)}
+    task = Task("train composing", enc, batches, loss_fn, steps_per_epoch=per_epoch, signature=sig)
+    fit_res = fit(task, ecfg, dist)
+    final = fit_res.final_loss
+    if dist.is_main:
+        extra = {f"text.{k}": v for k, v in lora_state_dict(enc.text_tower).items()}
+        save_mapper(cfg.out, mapper.cpu(), backbone.fingerprint(), kind=TWO_STAGE_KIND, extra_tensors=extra,
+                    config={"method": "two-stage", "template": cfg.template, "lora": asdict(lcfg),
+                            "lora_targets": len(wrapped), "train": asdict(cfg), "text_init": text_init},
+                    trained_on={"world": _world_key(world), "triplets": len(triplets)}, final_loss=final,
+                    trainable_text_parameters=trainable, total_text_parameters=total, steps=fit_res.steps)
+    finish(ecfg, dist)
     secs = time.time() - t0
-    log.info("stage 2: LoRA on %d text-tower layers (%d / %d parameters trainable), %d triplets, %d steps, "
-             "loss %.3f -> %s (%.0f s)", len(wrapped), trainable, total, len(triplets), steps, final, cfg.out, secs)
-    return TrainResult(Path(cfg.out), steps, secs, final,
-                       {"triplets": len(triplets), "trainable": trainable, "total": total})
+    if dist.is_main:
+        log.info("stage 2: LoRA on %d text-tower layers (%d / %d parameters trainable), %d triplets, %d steps, "
+                 "loss %.3f -> %s (%.0f s)", len(wrapped), trainable, total, len(triplets), fit_res.steps, final,
+                 cfg.out, secs)
+    return TrainResult(Path(cfg.out), fit_res.steps, secs, final,
+                       {"triplets": len(triplets), "trainable": trainable, "total": total,
+                        "items_per_s": fit_res.items_per_s})
 
 
 # --- CLI ------------------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser, d: Any) -> None:
-    p.add_argument("--world", required=True, help="world folder made by `zscir world`")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--world", default="", help="a world folder made by `zscir world` (its images / pairs / triplets)")
     p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--template", default=d.template, help="composition template (default: %(default)r)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--cache-dir", default="", help="cache frozen image features here")
+    add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)
 
 
 def _mapper_args(defaults: MapperTrainConfig):
     def add(p: argparse.ArgumentParser) -> None:
         _add_common(p, defaults)
+        pairs_method = defaults.injection or defaults.soft_weight > 0
+        add_source_args(p, images=not pairs_method, pairs=pairs_method)
         p.add_argument("--hidden", type=int, default=defaults.hidden)
         p.add_argument("--tokens", type=int, default=defaults.n_tokens, help="pseudo tokens per image")
+        p.add_argument("--dropout", type=float, default=defaults.dropout, help="mapper dropout (default: %(default)s)")
         p.add_argument("--max-images", type=int, default=0)
         if defaults.injection or defaults.soft_weight:
             p.add_argument("--no-injection", action="store_true", help="ablation: MLP on the pooled embedding only")
@@ -459,23 +567,24 @@ def _mapper_args(defaults: MapperTrainConfig):
 
 def _mapper_cfg(args: argparse.Namespace, base: MapperTrainConfig) -> MapperTrainConfig:
     return MapperTrainConfig(
-        world=args.world, out=args.out, backbone=args.backbone, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, template=args.template, seed=args.seed, device=args.device, cache_dir=args.cache_dir,
-        hidden=args.hidden, n_tokens=args.tokens, max_images=args.max_images,
-        injection=base.injection and not getattr(args, "no_injection", False),
+        **engine_args(args, min_batch=2), **source_args(args), world=args.world, backbone=args.backbone,
+        template=args.template, cache_dir=args.cache_dir, hidden=args.hidden, n_tokens=args.tokens,
+        max_images=args.max_images, dropout=args.dropout, injection=base.injection and not getattr(args, "no_injection", False),
         soft_weight=getattr(args, "soft_weight", base.soft_weight),
     )
 
 
 def _run_pic2word(args: argparse.Namespace) -> int:
     res = train_pic2word(_mapper_cfg(args, pic2word_config()))
-    print(f"saved {res.path}: pic2word mapper, {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+    if is_main_process():
+        print(f"saved {res.path}: pic2word mapper, {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
     return 0
 
 
 def _run_mapping(args: argparse.Namespace) -> int:
     res = train_mapping(_mapper_cfg(args, mapping_config()))
-    print(f"saved {res.path}: stage-1 mapper, {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+    if is_main_process():
+        print(f"saved {res.path}: stage-1 mapper, {res.steps} steps, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
     return 0
 
 
@@ -483,11 +592,17 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
     d = ComposingConfig()
     _add_common(p, d)
     p.add_argument("--mapper", required=True, help="stage-1 checkpoint made by `zscir train mapping`")
+    p.add_argument("--cir-triplets", default="", metavar="FILE",
+                   help="JSONL of {reference, modification, target} image paths (relative to the file), e.g. made "
+                        "from your pairs by `zscir data make-triplets`")
+    p.add_argument("--feature-cache", default="", metavar="DIR",
+                   help="frozen-feature cache folder for --cir-triplets (default: $ZSCIR_HOME/cache/features)")
     p.add_argument("--fraction", type=float, default=d.fraction, help="share of the training triplets used")
     p.add_argument("--noise", type=float, default=d.noise, help="share of modification texts shuffled")
     p.add_argument("--max-epochs", type=float, default=d.max_epochs,
                    help="at most this many passes over the triplets, whatever --steps says (0: no cap; default: %(default)s)")
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="LoRA dropout (default: %(default)s)")
     p.add_argument("--per-reference", type=int, default=d.per_reference,
                    help="triplets sharing a reference per batch (hard negatives)")
     p.add_argument("--no-reference-negatives", action="store_true", help="do not score the references as negatives")
@@ -497,14 +612,15 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
 
 def _run_composing(args: argparse.Namespace) -> int:
     res = train_composing(ComposingConfig(
-        world=args.world, mapper=args.mapper, out=args.out, backbone=args.backbone, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, template=args.template, seed=args.seed, device=args.device,
-        cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
-        per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
-        text_init=args.text_init, max_epochs=args.max_epochs,
+        **engine_args(args, min_batch=2), world=args.world, mapper=args.mapper, backbone=args.backbone,
+        template=args.template, cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
+        dropout=args.dropout, per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
+        text_init=args.text_init, max_epochs=args.max_epochs, cir_triplets=args.cir_triplets,
+        feature_cache=args.feature_cache,
     ))
-    print(f"saved {res.path}: two-stage (stage 2) on {res.info['triplets']} triplets, LoRA {res.info['trainable']} / "
-          f"{res.info['total']} text parameters trainable, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
+    if is_main_process():
+        print(f"saved {res.path}: two-stage (stage 2) on {res.info['triplets']} triplets, LoRA {res.info['trainable']} / "
+              f"{res.info['total']} text parameters trainable, final loss {res.final_loss:.3f}, {res.seconds:.0f} s")
     return 0
 
 

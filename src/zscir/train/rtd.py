@@ -35,15 +35,19 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
 from zscir.checkpoint import save_checkpoint, tensors_fingerprint
 from zscir.errors import InputError
 from zscir.methods.rtd import RTD_KIND, frozen_word_table_names, lora_targets
 from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_dict
+from zscir.train.distributed import DistInfo
+from zscir.train.engine import (
+    EpochSequence, StepContext, Task, add_engine_args, check_out_dir, config_signature, device_for, distributed,
+    engine_args, engine_config, finish, fit, is_main_process,
+)
 from zscir.train.triplets import Triplet
-from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,11 @@ class RTDConfig:
     seed: int = 0
     device: str = ""
     grad_clip: float = 1.0
+    # the engine's shared settings (see zscir.train.engine)
+    precision: str = "fp32"
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
 
     def resolved_lr(self) -> float:
         return self.lr or (1e-4 if self.tune == "lora" else 1e-5)
@@ -97,6 +106,9 @@ class RTDConfig:
             raise InputError("noise must be >= 0, temperature > 0 and batch size >= 2")
         if self.template and ("$" not in self.template or "{text}" not in self.template):
             raise InputError(f"template {self.template!r} needs a '$' and a '{{text}}'")
+        if self.lr < 0 or not math.isfinite(self.lr):
+            raise InputError(f"learning rate must be a finite number > 0 (or 0: the default), got {self.lr}")
+        engine_config(self, lr=self.resolved_lr()).check()
 
     def prompts(self) -> tuple[str, str]:
         tpl, ref = CONCAT_SCHEMES[self.concat]
@@ -178,19 +190,6 @@ def anchored_info_nce(
     return total / (2 * (normaliser if normaliser is not None else max(1, n)))
 
 
-def _distributed(device: str):
-    """TAT's torchrun helpers when launched by torchrun (WORLD_SIZE > 1), else None."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    try:
-        from zscir.train.distributed import init_distributed
-    except ImportError as e:  # pragma: no cover - depends on the TAT module being present
-        raise InputError("running under torchrun needs zscir.train.distributed") from e
-    return init_distributed(device)
-
-
 # --- mappers ----------------------------------------------------------------------------------------------
 @dataclass
 class MapperSource:
@@ -257,19 +256,34 @@ def train_rtd(
     `backbone` is the original (it embeds the mapper's inputs and the anchors and is never changed);
     `text_encoder` is where tuning starts (the method's current text side; default: `backbone`)."""
     cfg.check()
+    if cfg.out:
+        check_out_dir(cfg.out, RTD_KIND)
     t0 = time.time()
     configure_threads()
     seed_everything(cfg.seed)
-    rng = random.Random(cfg.seed)  # batch order: the same on every DDP rank
-    dist = _distributed(cfg.device)
-    rank, world = (dist.rank, dist.world) if dist else (0, 1)
-    device = dist.device if dist else pick_device(cfg.device or None)
+    with distributed(cfg.device) as dist:
+        return _train_rtd(cfg, backbone, mapper, triplets, meta, progress, text_encoder, dist, t0)
+
+
+def _replay_rng(seed: int, n_triplets: int, max_triplets: int) -> random.Random:
+    """The batch-order generator, as it stands after the triplet sampling."""
+    rng = random.Random(seed)
+    if max_triplets and n_triplets > max_triplets:
+        rng.sample(range(n_triplets), max_triplets)
+    return rng
+
+
+def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: Sequence[Triplet], meta: dict | None,
+               progress: bool, text_encoder: Backbone | None, dist: DistInfo, t0: float) -> RTDResult:
+    rank, world = dist.rank, dist.world
+    device = device_for(dist, cfg.device)
     if cfg.batch_size < 2 * world:
         raise InputError(f"batch size {cfg.batch_size} is too small for {world} processes")
-    progress = progress and rank == 0
+    progress = progress and cfg.progress and rank == 0
     triplets = list(triplets)
+    n_given = len(triplets)
     if cfg.max_triplets and len(triplets) > cfg.max_triplets:
-        triplets = rng.sample(triplets, cfg.max_triplets)
+        triplets = random.Random(cfg.seed).sample(triplets, cfg.max_triplets)  # batch order: the same on every rank
     if len(triplets) < 2:
         raise InputError(f"RTD needs at least 2 triplets, got {len(triplets)}")
     tpl, ref_prompt = cfg.prompts()
@@ -295,39 +309,34 @@ def train_rtd(
 
     student = copy.deepcopy(text_encoder if text_encoder is not None else backbone).to(device)
     _set_trainable(student, cfg)
-    student.train()
     trainable, total = count_parameters(student.text_tower)
-    params = [p for p in student.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.resolved_lr())
     torch.manual_seed(cfg.seed + 7919 * rank)  # adapters are initialised alike; noise and dropout differ by rank
     cap = 2 * math.ceil(cfg.batch_size / world)  # rows per rank after padding (pairs + reference pairs)
 
-    def epoch_batches() -> list[list[int]]:
+    def draw(rng: random.Random) -> list[list[int]]:
         if cfg.hard_negatives:
             out = refined_batches(triplets, cfg.batch_size, rng)
         else:
             out = random_batches(len(triplets), cfg.batch_size, rng)
-        return [b for b in out if len(b) >= world] or out  # under DDP every rank gets at least one pair
+        out = [b for b in out if len(b) >= world] or out  # under DDP every rank gets at least one pair
+        return out[::-1]  # consumed last batch first (the order before the engine)
 
-    per_epoch = len(epoch_batches())
+    def make_rng() -> random.Random:
+        rng = _replay_rng(cfg.seed, n_given, cfg.max_triplets)
+        draw(rng)  # one grouping was drawn to count the batches of an epoch
+        return rng
+
+    epochs = EpochSequence(make_rng, draw)
+    per_epoch = len(draw(_replay_rng(cfg.seed, n_given, cfg.max_triplets)))
     steps = cfg.steps or max(1, math.ceil(per_epoch * cfg.epochs))
-    warm = max(1, int(steps * cfg.warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
 
-    losses: list[float] = []
-    queue: list[list[int]] = []
-    bar = tqdm(total=steps, desc=f"rtd ({cfg.tune})", unit="step", disable=not progress, leave=False)
-    for _step in range(steps):
-        if not queue:
-            queue = epoch_batches()
-        batch = queue.pop()
-        if world > 1:  # this rank's contiguous share of the global batch
-            per = math.ceil(len(batch) / world)
-            batch = batch[rank * per : (rank + 1) * per]
+    def shard(batch: list[int], d: DistInfo) -> tuple[list[int], int]:
+        if d.world == 1:
+            return batch, 0
+        per = math.ceil(len(batch) / d.world)  # this rank's contiguous share of the global batch
+        return batch[d.rank * per : (d.rank + 1) * per], d.rank * per
+
+    def loss_fn(batch: list[int], ctx: StepContext) -> torch.Tensor:
         trip = [triplets[i] for i in batch]
         refs = list(dict.fromkeys(t.reference for t in trip)) if cfg.hard_negatives else []
         # the mapper sees each reference caption's frozen text embedding plus noise
@@ -348,35 +357,36 @@ def train_rtd(
             k = student.encode_text(key_caps)
         q = torch.cat(parts) if parts else torch.zeros(0, dim, device=device)
         if world > 1:
-            loss = _ddp_loss(q, k, key_caps, cfg, cap, rank, world)
-        else:
-            loss = anchored_info_nce(q, k, key_caps, cfg.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            _average_gradients(params, world)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(dist.mean(float(loss.item())) if dist else float(loss.item()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.update(1)
-    bar.close()
-    student.eval()
+            return _ddp_loss(q.float(), k.float(), key_caps, cfg, cap, rank, world)
+        return anchored_info_nce(q.float(), k.float(), key_caps, cfg.temperature)
+
+    ecfg = engine_config(cfg, steps=steps, lr=cfg.resolved_lr(), progress=progress)
+    sig = {**config_signature(cfg), "triplets": _triplets_digest(triplets)}
+    task = Task(f"rtd ({cfg.tune})", student, epochs, loss_fn, steps_per_epoch=per_epoch, shard=shard, signature=sig)
+    fit_res = fit(task, ecfg, dist)
+    losses = fit_res.losses
 
     path = None
     if cfg.out and rank == 0:
         path = save_rtd(cfg, student, backbone, mapper, len(triplets), meta or {}, text_encoder)
-    res = RTDResult(path=path, steps=steps, final_loss=float(sum(losses[-10:]) / len(losses[-10:])), losses=losses,
+    finish(ecfg, dist)
+    res = RTDResult(path=path, steps=fit_res.steps, final_loss=fit_res.final_loss, losses=losses,
                     seconds=time.time() - t0, trainable=trainable, total=total)
-    log.info("RTD (%s, %d steps, %d triplets): loss %.3f -> %.3f, %d / %d text-tower parameters trained, %.0f s%s",
-             cfg.tune, steps, len(triplets), losses[0], res.final_loss, trainable, total, res.seconds,
-             f" -> {path}" if path else "")
+    if rank == 0:
+        log.info("RTD (%s, %d steps, %d triplets): loss %.3f -> %.3f, %d / %d text-tower parameters trained, %.0f s%s",
+                 cfg.tune, fit_res.steps, len(triplets), losses[0] if losses else float("nan"), res.final_loss,
+                 trainable, total, res.seconds, f" -> {path}" if path else "")
     res.student = student  # type: ignore[attr-defined]
-    if dist:
-        dist.barrier()
     return res
+
+
+def _triplets_digest(triplets: Sequence[Triplet]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in triplets:
+        h.update(f"{t.reference}\x1f{t.modification}\x1f{t.target}\x1e".encode())
+    return h.hexdigest()[:16]
 
 
 def _ddp_loss(q: torch.Tensor, k: torch.Tensor, key_caps: list[str], cfg: RTDConfig, cap: int, rank: int,
@@ -397,17 +407,6 @@ def _ddp_loss(q: torch.Tensor, k: torch.Tensor, key_caps: list[str], cfg: RTDCon
     k_all = gather(k_p) if cfg.anchor else gather_with_grad(k_p)
     return anchored_info_nce(q_p, k_p, key_caps, cfg.temperature, q_all=gather_with_grad(q_p), k_all=k_all,
                              ids_all=ids_all, offset=rank * cap, normaliser=n_global / world)
-
-
-def _average_gradients(params: Sequence[torch.Tensor], world: int) -> None:
-    """What DDP does: average every trainable parameter's gradient over the ranks."""
-    import torch.distributed as tdist
-
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        tdist.all_reduce(p.grad)
-        p.grad.div_(world)
 
 
 def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.Module, n_triplets: int,
@@ -432,9 +431,11 @@ def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.M
 
 # --- triplet sources -------------------------------------------------------------------------------------
 def load_triplet_source(world: str = "", triplets: str = "", captions: str = "", per_caption: int = 2,
-                        seed: int = 0, max_bad_fraction: float = 0.05) -> tuple[list[Triplet], str]:
-    """(triplets, description) from exactly one of: a world folder, a JSONL file, a caption list."""
-    from zscir.train.triplets import generate_triplets, read_captions, read_triplets_jsonl, triplets_from_dicts
+                        seed: int = 0, max_bad_fraction: float = 0.05,
+                        caption_column: str = "") -> tuple[list[Triplet], str]:
+    """(triplets, description) from exactly one of: a world folder, a JSONL file, captions (plain text one per
+    line, a JSONL/CSV/TSV column, a JSON list, or WebDataset shards' .txt; read by the data layer)."""
+    from zscir.train.triplets import generate_triplets, read_triplets_jsonl, triplets_from_dicts
 
     given = [x for x in (world, triplets, captions) if x]
     if len(given) != 1:
@@ -445,7 +446,12 @@ def load_triplet_source(world: str = "", triplets: str = "", captions: str = "",
         return triplets_from_dicts(load_world(world).text_triplets), f"world:{world}"
     if triplets:
         return read_triplets_jsonl(triplets, max_bad_fraction), f"jsonl:{triplets}"
-    return generate_triplets(read_captions(captions), per_caption, seed), f"rules:{captions}"
+    from zscir.data import iter_texts
+
+    caps = list(dict.fromkeys(iter_texts(captions, caption_column or None)))
+    if not caps:
+        raise InputError(f"{captions}: no captions")
+    return generate_triplets(caps, per_caption, seed), f"rules:{captions}"
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
@@ -456,14 +462,14 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("triplet source (exactly one)")
     src.add_argument("--world", default="", help="a world folder: use its text_triplets.json")
     src.add_argument("--triplets", default="", help="a JSONL file of {reference, modification, target}")
-    src.add_argument("--captions", default="", help="a caption list (.txt one per line, or .json): rule-based triplets")
+    src.add_argument("--captions", default="", help="captions for rule-based triplets: plain text (one per line), "
+                     "a JSONL/CSV/TSV file (see --caption-column), a JSON list, or WebDataset shards")
+    src.add_argument("--caption-column", default="", help="column of --captions holding the caption (default: guessed)")
     src.add_argument("--per-caption", type=int, default=2, help="rule-based triplets per caption")
     src.add_argument("--max-bad-fraction", type=float, default=0.05, help="refuse a JSONL with more malformed lines")
-    p.add_argument("--out", required=True, help="output checkpoint folder")
-    p.add_argument("--steps", type=int, default=d.steps, help="0: --epochs passes")
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="0: 1e-5 (full, published) or 1e-4 (lora)")
+    add_engine_args(p, lr=None, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay,
+                    warmup=d.warmup, grad_clip=d.grad_clip,
+                    lr_help="peak learning rate (default: 1e-5 for --tune full, as published; 1e-4 for lora)")
     p.add_argument("--noise", type=float, default=d.noise, help="noise scale on the reference embedding")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--concat", choices=list(CONCAT_SCHEMES), default=d.concat, help="concatenation scheme")
@@ -474,26 +480,28 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-anchor", action="store_true", help="ablation: keys from the tuned tower")
     p.add_argument("--no-hard-negatives", action="store_true", help="ablation: plain random batches")
     p.add_argument("--max-triplets", type=int, default=0)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="")
 
 
 def _run(args: argparse.Namespace) -> int:
     from zscir.backbones import load_backbone
+    from zscir.utils.runtime import pick_device
 
-    backbone = load_backbone(args.backbone, args.device or None)
-    source = load_mapper_source(args.mapper, backbone)
-    trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
-                                      args.max_bad_fraction)
-    cfg = RTDConfig(out=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    noise=args.noise, temperature=args.temperature, concat=args.concat, template=args.template,
+    eng = engine_args(args, min_batch=2)
+    cfg = RTDConfig(**eng, noise=args.noise, temperature=args.temperature, concat=args.concat, template=args.template,
                     tune=args.tune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                     anchor=not args.no_anchor, hard_negatives=not args.no_hard_negatives,
-                    max_triplets=args.max_triplets, seed=args.seed, device=args.device)
+                    max_triplets=args.max_triplets)
+    cfg.check()
+    check_out_dir(cfg.out, RTD_KIND)
+    backbone = load_backbone(args.backbone, str(pick_device(args.device or None)))
+    source = load_mapper_source(args.mapper, backbone)
+    trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
+                                      args.max_bad_fraction, args.caption_column)
     res = train_rtd(cfg, backbone, source.mapper, trips, meta={"triplet_source": desc, "mapper": source.info},
                     text_encoder=source.text_encoder)
-    print(f"saved {res.path}: {res.steps} steps on {len(trips)} triplets ({desc}), loss {res.losses[0]:.3f} -> "
-          f"{res.final_loss:.3f}, {res.trainable:,} of {res.total:,} text-tower parameters trained, {res.seconds:.0f} s")
+    if is_main_process():
+        print(f"saved {res.path}: {res.steps} steps on {len(trips)} triplets ({desc}), loss {res.losses[0]:.3f} -> "
+              f"{res.final_loss:.3f}, {res.trainable:,} of {res.total:,} text-tower parameters trained, {res.seconds:.0f} s")
     return 0
 
 

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
-import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +42,11 @@ from zscir.methods.tat import (
 )
 from zscir.nn.lora import lora_state_dict, merge_lora
 from zscir.objectives import info_nce
-from zscir.train.distributed import DistInfo, gather, gather_with_grad, global_batches, init_distributed
+from zscir.train.distributed import DistInfo, global_batches
+from zscir.train.engine import (
+    StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
+    engine_args, engine_config, finish, fit, is_main_process,
+)
 from zscir.train.features import text_trunk_features
 from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
@@ -63,6 +64,9 @@ class TATConfig:
     world: str = ""
     images: str = ""  # folder of images (with --captions)
     captions: str = ""  # JSONL or CSV with image + caption per row
+    pairs: str = ""  # a SOURCE of image-caption pairs (zscir.data: listing, folder, WebDataset shards)
+    image_column: str = ""
+    caption_column: str = ""
     out: str = ""
     rank: int = 16
     alpha: float = 16.0
@@ -84,6 +88,11 @@ class TATConfig:
     save_every: int = 50
     merge: bool = False
     progress: bool = True
+    # the engine's shared settings (see zscir.train.engine)
+    steps: int = 0  # > 0: this many steps instead of `epochs` passes
+    grad_clip: float = 0.0
+    precision: str = "fp32"
+    resume: bool = False
 
     @property
     def adapters(self) -> TATAdapterConfig:
@@ -91,7 +100,7 @@ class TATConfig:
 
     def signature(self) -> dict:
         """What must match for a resumed run to continue the same training."""
-        keep = ("backbone", "world", "images", "captions", "rank", "alpha", "dropout", "trunk_blocks", "head", "head_out",
+        keep = ("backbone", "world", "images", "captions", "pairs", "image_column", "caption_column", "rank", "alpha", "dropout", "trunk_blocks", "head", "head_out",
                 "temperature", "lr", "weight_decay", "warmup", "epochs", "batch_size", "seed", "val_fraction", "max_val")
         return {k: getattr(self, k) for k in keep}
 
@@ -176,8 +185,13 @@ def read_caption_file(captions: str | Path, images: str | Path, max_missing: flo
 
 
 def load_pairs(cfg: TATConfig) -> PairSet:
-    if cfg.world and (cfg.images or cfg.captions):
-        raise InputError("give either --world or --images + --captions, not both")
+    if sum(bool(x) for x in (cfg.world, cfg.images or cfg.captions, cfg.pairs)) > 1:
+        raise InputError("give one of --world, --pairs SOURCE, or --images + --captions")
+    if cfg.pairs:
+        from zscir.train.data import Location, source_locations
+
+        locs, caps = source_locations(cfg.pairs, cfg.image_column, cfg.caption_column, need_captions=True)
+        return PairSet([Location(x) for x in locs], [str(c) for c in caps], source=str(cfg.pairs))
     if cfg.world:
         from zscir.world import load_world
 
@@ -186,7 +200,7 @@ def load_pairs(cfg: TATConfig) -> PairSet:
                        source=str(cfg.world))
     if cfg.images and cfg.captions:
         return read_caption_file(cfg.captions, cfg.images, cfg.max_missing)
-    raise InputError("no training data: give --world DIR, or --images DIR --captions FILE.jsonl|.csv")
+    raise InputError("no training data: give --pairs SOURCE, --world DIR, or --images DIR --captions FILE.jsonl|.csv")
 
 
 def split_val(n: int, cfg: TATConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,21 +297,6 @@ def measure_gap(backbone: Backbone, paths: Sequence[Path], captions: Sequence[st
 
 
 # --- training ----------------------------------------------------------------------------------------------
-def _schedule(total: int, warmup: float):
-    w = max(1, int(total * warmup))
-
-    def f(step: int) -> float:
-        if step < w:
-            return (step + 1) / w
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
-
-    return f
-
-
-def _partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
 def train_tat(cfg: TATConfig, backbone: Backbone | None = None, dist: DistInfo | None = None,
               pairs: PairSet | None = None) -> TATResult:
     """Run TAT and save the adapters to cfg.out (rank 0). `backbone` (the base) is never modified."""
@@ -306,27 +305,26 @@ def train_tat(cfg: TATConfig, backbone: Backbone | None = None, dist: DistInfo |
         raise InputError("--out is required")
     if not 0 < cfg.temperature:
         raise InputError(f"temperature must be > 0, got {cfg.temperature}")
-    if cfg.epochs <= 0 or cfg.batch_size < 2:
-        raise InputError("epochs must be > 0 and the batch size at least 2")
+    check_batch_size(cfg.batch_size, 2)
+    engine_config(cfg).check()
+    check_out_dir(cfg.out, ADAPTERS_KIND)
     configure_threads()
-    own_dist = dist is None
-    dist = dist or init_distributed(cfg.device)
-    try:
+    if dist is not None:
         return _train(cfg, backbone, dist, pairs, t0)
-    finally:
-        if own_dist:
-            dist.close()
+    with distributed(cfg.device) as dist:
+        return _train(cfg, backbone, dist, pairs, t0)
 
 
 def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: PairSet | None, t0: float) -> TATResult:
     seed_everything(cfg.seed + dist.rank)
     if cfg.batch_size % dist.world:
         raise InputError(f"batch size {cfg.batch_size} does not split over {dist.world} processes")
+    device = device_for(dist, cfg.device)
     if backbone is None:
         from zscir.backbones import load_backbone
 
         backbone = load_backbone(cfg.backbone)
-    backbone = backbone.to(dist.device).eval()
+    backbone = backbone.to(device).eval()
     base_fp = backbone.fingerprint()
     pairs = pairs or load_pairs(cfg)
     n_all = len(pairs.paths)
@@ -364,82 +362,29 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
 
     def inputs(rows: torch.Tensor) -> torch.Tensor:
         if cache is not None:
-            return cache[img_row[rows]].to(dist.device)
+            return cache[img_row[rows]].to(device)
         from zscir.utils.io import load_image
         from zscir.backbones.preprocess import preprocess_batch
 
-        return preprocess_batch([load_image(paths[i]) for i in rows.tolist()], tuned.preprocess_config).to(dist.device)
+        ims = [paths[i].load() if hasattr(paths[i], "load") else load_image(paths[i]) for i in rows.tolist()]
+        return preprocess_batch(ims, tuned.preprocess_config).to(device)
 
-    model = dist.wrap(suffix)
-    params = [p for p in suffix.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train_idx)
-    steps_per_epoch = len(global_batches(n, cfg.batch_size, cfg.seed, 0))
-    total_steps = max(1, round(steps_per_epoch * cfg.epochs))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_steps, cfg.warmup))
     scale = 1.0 / cfg.temperature
 
-    out = Path(cfg.out)
-    partial = _partial_dir(out)
-    step = 0
-    state_file = partial / "state.pt"
-    if state_file.is_file():
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-        if json.loads(state["signature"]) == cfg.signature() and state["base_fingerprint"] == base_fp:
-            tuned.image_tower.load_state_dict(state["adapters"], strict=False)
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            step = int(state["step"])
-            if dist.is_main:
-                log.info("resuming TAT from %s at step %d of %d", partial, step, total_steps)
-        elif dist.is_main:
-            log.warning("%s holds a run with other settings; starting afresh", partial)
+    def loss_fn(rows: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        v = suffix(inputs(rows))
+        w = text[rows].to(device)
+        return info_nce(v, w, scale, a_all=ctx.gather(v), b_all=ctx.gather_frozen(w), offset=ctx.offset)
 
-    def save_state() -> None:
-        if not dist.is_main:
-            return
-        partial.mkdir(parents=True, exist_ok=True)
-        tmp = partial / "state.pt.tmp"
-        torch.save({"signature": json.dumps(cfg.signature(), sort_keys=True), "base_fingerprint": base_fp,
-                    "adapters": lora_state_dict(tuned.image_tower), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "step": step}, tmp)
-        tmp.replace(state_file)
-
-    tuned.train()
-    bar = tqdm(total=total_steps, initial=step, desc="tat", unit="step", disable=not progress)
-    loss_v, seen, t_train = float("nan"), 0, time.time()
-    g = 0
-    epoch = 0
-    while g < total_steps:
-        for rows in dist.batches(n, cfg.batch_size, cfg.seed, epoch):
-            if g >= total_steps:
-                break
-            if g < step:  # resumed: this batch was already trained on
-                g += 1
-                continue
-            x = inputs(rows)
-            w = text[rows].to(dist.device)
-            v = model(x)
-            off = dist.rank * len(rows)
-            loss = info_nce(v, w, scale, a_all=gather_with_grad(v), b_all=gather(w), offset=off)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            g += 1
-            step = g
-            seen += len(rows) * dist.world
-            loss_v = loss.item()
-            if progress:
-                bar.set_postfix(loss=f"{loss_v:.3f}", img_s=f"{seen / max(1e-6, time.time() - t_train):.0f}")
-                bar.update(1)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                save_state()
-        epoch += 1
-    bar.close()
+    ecfg = engine_config(cfg, progress=progress)
+    sig = {**config_signature(cfg), "base_fingerprint": base_fp, "pairs": n_all}
+    task = Task("tat", suffix, lambda epoch: global_batches(n, cfg.batch_size, cfg.seed, epoch), loss_fn,
+                steps_per_epoch=len(global_batches(n, cfg.batch_size, cfg.seed, 0)), signature=sig,
+                train_mode=tuned.train)  # the backbone's train() keeps its BatchNorm statistics frozen
+    fit_res = fit(task, ecfg, dist)
     tuned.eval()
-    ips = seen / max(1e-6, time.time() - t_train)
-    loss_v = dist.mean(loss_v)
+    loss_v = fit_res.losses[-1] if fit_res.losses else float("nan")
 
     result_gap_after: dict = {}
     if dist.is_main:
@@ -447,23 +392,22 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
         meta = dict(backbone_fingerprint=base_fp, backbone=backbone.spec,
                     trainable_parameters=trainable, total_parameters=total,
                     data={"source": pairs.source, "pairs": n_all, "train_pairs": n, "skipped": len(pairs.missing)},
-                    steps=step, final_loss=loss_v)
-        save_checkpoint(out, ADAPTERS_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)}, adapters, **meta)
+                    steps=fit_res.steps, final_loss=loss_v)
+        save_checkpoint(cfg.out, ADAPTERS_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)}, adapters, **meta)
         if len(val_idx):
             from zscir.methods.tat import load_tat_backbone
 
-            after = load_tat_backbone(backbone, out)
+            after = load_tat_backbone(backbone, cfg.out)
             result_gap_after = measure_gap(after, [pairs.paths[i] for i in val_idx.tolist()],
                                            [pairs.captions[i] for i in val_idx.tolist()])
         if cfg.merge:
             merge_lora(tuned.image_tower)
-            save_checkpoint(out / "merged", MERGED_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)},
+            save_checkpoint(Path(cfg.out) / "merged", MERGED_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)},
                             tuned.image_tower.state_dict(), **meta)
-        shutil.rmtree(partial, ignore_errors=True)
-    dist.barrier()
-    return TATResult(path=out, trainable=trainable, total=total, image_tower_total=image_total, steps=step,
-                     images_per_s=ips, final_loss=loss_v, gap_before=gap_before, gap_after=result_gap_after,
-                     seconds=time.time() - t0)
+    finish(ecfg, dist)
+    return TATResult(path=Path(cfg.out), trainable=trainable, total=total, image_tower_total=image_total,
+                     steps=fit_res.steps, images_per_s=fit_res.items_per_s, final_loss=loss_v, gap_before=gap_before,
+                     gap_after=result_gap_after, seconds=time.time() - t0)
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------
@@ -473,7 +417,11 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", default="", help="train on this world's image-caption pairs")
     p.add_argument("--images", default="", help="image folder (with --captions)")
     p.add_argument("--captions", default="", help="JSONL ({'image','caption'} per line) or CSV (image,caption) file")
-    p.add_argument("--out", required=True, help="adapter checkpoint folder to write")
+    p.add_argument("--pairs", default="", metavar="SOURCE",
+                   help="image-caption pairs through the data layer: a CSV/TSV/JSONL listing (see --image-column, "
+                        "--caption-column), a folder or WebDataset shards with .txt captions")
+    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
+    p.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
     p.add_argument("--dropout", type=float, default=d.dropout)
@@ -483,32 +431,22 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-out", action="store_true",
                    help="default backbone: also adapt the head's output projection (0.53%% trainable)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="fixed InfoNCE temperature")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="", help="cpu, cuda (default: cuda if available)")
+    add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
+                    save_every=d.save_every, out_help="adapter checkpoint folder to write")
     p.add_argument("--max-missing", type=float, default=d.max_missing,
                    help="refuse if more than this fraction of caption rows point at missing images")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="resume state every N steps (0: never)")
     p.add_argument("--merge", action="store_true", help="also write OUT/merged: the tower with adapters folded in")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg = TATConfig(
-        backbone=args.backbone, world=args.world, images=args.images, captions=args.captions, out=args.out,
-        rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks, head=not args.no_head,
-        head_out=args.head_out,
-        temperature=args.temperature, lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
-        batch_size=args.batch_size, seed=args.seed, device=args.device, max_missing=args.max_missing,
-        save_every=args.save_every, merge=args.merge, progress=not args.no_progress,
+        **engine_args(args, min_batch=2), backbone=args.backbone, world=args.world, images=args.images,
+        captions=args.captions, pairs=args.pairs, image_column=args.image_column, caption_column=args.caption_column, rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks,
+        head=not args.no_head, head_out=args.head_out, temperature=args.temperature, max_missing=args.max_missing,
+        merge=args.merge,
     )
     res = train_tat(cfg)
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"saved TAT adapters to {res.path}: {res.trainable} of {res.total} parameters trainable "
               f"({100 * res.trainable_fraction:.3f}%), {res.steps} steps, {res.images_per_s:.0f} img/s, "
               f"final loss {res.final_loss:.3f}, {res.seconds:.0f} s")

@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zscir.errors import InputError
+
+
+def _is_world(path: Path) -> bool:
+    return (path / "world.json").is_file()
+
 
 def _run(args: argparse.Namespace) -> int:
+    from zscir.utils.io import check_output_dir
     from zscir.world.generate import generate_world
 
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    check_output_dir(args.out, _is_world, "a zscir world")  # before any rendering: never replace someone's folder
     out = generate_world(Path(args.out), seed=args.seed, size=args.size, workers=args.workers)
     print(out)
     return 0
@@ -24,7 +34,9 @@ def register(subparsers) -> None:
         description="Generate a deterministic synthetic composed-image-retrieval world: scenes of 1-3 shapes on a "
         "3x3 grid, captions, text triplets, CIR training triplets and CIRR-like/CIRCO-like evaluation sets. "
         f"Same seed -> identical files. Sizes: {sizes}.")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically if it exists)")
+    p.add_argument("--out", required=True,
+                   help="output folder (an existing world there is replaced atomically; any other non-empty folder "
+                        "is refused)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", choices=list(SIZES), default="quick", help="how much data (default quick)")
     p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")

@@ -1,0 +1,143 @@
+"""Trainer inputs: the `--images SOURCE` / `--pairs SOURCE` options and the frozen features read through the
+data layer (`zscir.data`: folders, globs, CSV/TSV/JSONL listings, WebDataset tar shards).
+
+Every trainer that learns from images needs only a frozen tower's output for each image, so a SOURCE is
+streamed once through that tower into the on-disk, memory-mapped feature cache (keyed by backbone fingerprint
++ preprocessing + source content), and training reads only the rows of each batch from it: memory stays flat
+whatever the size of the data set, and a second run (or another trainer) on the same data and backbone does
+not recompute anything."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from zscir.errors import InputError
+
+
+def add_source_args(p: argparse.ArgumentParser, *, images: bool = False, pairs: bool = False) -> None:
+    """--images / --pairs SOURCE with the column options and the feature cache."""
+    g = p.add_argument_group("your data (a folder, a glob, a CSV/TSV/JSONL listing or WebDataset shards "
+                             "such as 'shards/{00000..00331}.tar')")
+    if images:
+        g.add_argument("--images", default="", metavar="SOURCE", help="unlabelled training images")
+    if pairs:
+        g.add_argument("--pairs", default="", metavar="SOURCE",
+                       help="image-caption pairs: a listing with image + caption columns, or shards with .txt captions")
+    g.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
+    g.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
+    g.add_argument("--feature-cache", default="", metavar="DIR",
+                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
+
+
+def source_args(args: argparse.Namespace) -> dict[str, str]:
+    """The config fields add_source_args declared."""
+    out = {"image_column": args.image_column, "caption_column": args.caption_column,
+           "feature_cache": args.feature_cache}
+    for name in ("images", "pairs"):
+        if hasattr(args, name):
+            out[name] = getattr(args, name)
+    return out
+
+
+def open_training_source(spec: str, image_column: str = "", caption_column: str = ""):
+    from zscir.data import open_source
+
+    return open_source(spec, image_column=image_column or None, caption_column=caption_column or None)
+
+
+class FeatureRows:
+    """Row access to a memory-mapped cache entry as torch tensors: rows[idx] reads only those rows."""
+
+    def __init__(self, feats: Any, rows: Sequence[int] | None = None) -> None:
+        self.feats = feats
+        self.rows = np.arange(len(feats)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.feats.shape)
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = np.arange(len(self.rows))[idx]
+        elif isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        sel = self.rows[np.asarray(idx, dtype=np.int64)]
+        return torch.from_numpy(self.feats.gather(sel))
+
+
+@dataclass
+class SourceFeatures:
+    """A source's frozen features: rows[i] belongs to keys[i] / locations[i] / captions[i]."""
+
+    rows: FeatureRows
+    keys: list[str]
+    locations: list[str]
+    captions: list[str | None]
+    source: str
+    failures: int
+
+
+def source_image_features(backbone: Any, spec: str, feature: str = "image_tokens", *, image_column: str = "",
+                          caption_column: str = "", cache: str = "", need_captions: bool = False,
+                          fn: Any = None, dtype: torch.dtype = torch.float16) -> SourceFeatures:
+    """The frozen `feature` of every readable image of SOURCE `spec` (cached on disk, memory-mapped).
+    With need_captions, items without a caption are left out (and a source without any is refused)."""
+    from zscir.data import image_features
+
+    src = open_training_source(spec, image_column, caption_column)
+    if need_captions and not src.has_captions:
+        raise InputError(f"{spec}: no captions found (give a listing with a caption column, --caption-column, or "
+                         "WebDataset shards with .txt files)")
+    feats = image_features(backbone, src, feature, cache=cache or None, fn=fn, dtype=dtype)
+    # rows in key order: an entry built by several processes lists its rows in another order than one built by
+    # one process, and the data order (a permutation of the rows) must not depend on who built the cache
+    keep = sorted(range(len(feats)), key=lambda i: feats.keys[i])
+    caps = list(feats.captions)
+    if need_captions:
+        keep = [i for i in keep if caps[i] and str(caps[i]).strip()]
+        if not keep:
+            raise InputError(f"{spec}: no item with a non-empty caption")
+    return SourceFeatures(FeatureRows(feats, keep), [feats.keys[i] for i in keep], [feats.locations[i] for i in keep],
+                          [caps[i] for i in keep], spec, int(feats.meta.get("failures", 0) or 0))
+
+
+def source_locations(spec: str, image_column: str = "", caption_column: str = "", need_captions: bool = False,
+                     ) -> tuple[list[str], list[str | None]]:
+    """(locations, captions) of a SOURCE's records without decoding them (small sources: TAT's pairs)."""
+    src = open_training_source(spec, image_column, caption_column)
+    if need_captions and not src.has_captions:
+        raise InputError(f"{spec}: no captions found (give a listing with a caption column, --caption-column, or "
+                         "WebDataset shards with .txt files)")
+    locs, caps = [], []
+    for rec in src:
+        if need_captions and not (rec.caption and rec.caption.strip()):
+            continue
+        locs.append(rec.location)
+        caps.append(rec.caption)
+    if not locs:
+        raise InputError(f"{spec}: no usable items")
+    return locs, caps
+
+
+@dataclass(frozen=True)
+class Location:
+    """An image location of the data layer (a file, or `<shard>.tar#<member>`) that the evaluation helpers can
+    decode (`iter_pixel_batches` calls `load()`)."""
+
+    location: str
+
+    def load(self):
+        from zscir.data import load_location
+
+        return load_location(self.location)
+
+    def __str__(self) -> str:
+        return self.location
