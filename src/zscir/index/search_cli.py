@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", default=[], help="reference image file (repeat for several)")
     p.add_argument("--gallery-id", action="append", default=[], help="a gallery image (by id) as reference")
     p.add_argument("--text", default=None, help="what should differ from the reference")
-    p.add_argument("--method", default="slerp")
+    p.add_argument("--method", default=None, help="composition method (default: the checkpoint's method, else slerp)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint folder of a trained method (made by `zscir train`)")
     p.add_argument("--alpha", type=float, default=None, help="method weight (slerp: 0 = image, 1 = text)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--backbone", default=None, help="override the index's backbone spec (must match its fingerprint)")
@@ -23,9 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from zscir.index.search import Searcher
+    from zscir.methods.build import precheck
     from zscir.utils.io import load_image
 
-    s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify)
+    args.method = precheck(args.method, args.checkpoint, alpha=args.alpha)  # refusals before any model loads
+    s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify, checkpoints=args.checkpoint)
     images = [load_image(p) for p in args.image]
     images += [load_image(s.index.items[s.index.lookup(i)]["path"]) for i in args.gallery_id]
     hits = s.search(images, args.text, args.method, args.alpha, args.k, exclude_ids=args.gallery_id)

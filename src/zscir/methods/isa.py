@@ -202,6 +202,21 @@ class ISA(PseudoTokenMethod):
         self.to(backbone.device)
 
     expected_mode = "asymmetric"
+    checkpoint_kinds = (KIND,)
+    train_hint = "`zscir train isa --mode asymmetric --world DIR --out DIR`"
+
+    @classmethod
+    def serves(cls, doc: dict) -> tuple[int, str]:
+        if doc.get("kind") != KIND:
+            return 0, f"it is a {doc.get('kind')!r} checkpoint"
+        mode = (doc.get("config") or {}).get("mode", "asymmetric")
+        if mode == cls.expected_mode:
+            return 2, ""
+        return 0, f"it holds a {mode} ISA query side"
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "ISA":
+        return load_isa(checkpoint.path, backbone)
 
     # --- the query side ----------------------------------------------------------------------------------
     def query_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -242,6 +257,7 @@ class ISASymmetric(ISA):
     """ISA with the token learner on the large tower's local features (query and gallery share the tower)."""
 
     expected_mode = "symmetric"
+    train_hint = "`zscir train isa --mode symmetric --world DIR --out DIR`"
 
 
 def load_isa_modules(path: str | Path) -> tuple[ISAConfig, LightEncoder | None, AdaptiveTokenLearner, dict]:
