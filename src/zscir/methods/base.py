@@ -141,7 +141,7 @@ def check_settings(cls: type[CompositionMethod], settings: dict[str, Any]) -> di
             continue
         if key not in cls.setting_defaults:
             takes = ", ".join(cls.setting_defaults) or "none"
-            raise InputError(f"method {cls.name!r} has no setting {key!r} (its settings: {takes})")
+            raise InputError(f"method {cls.name!r} has no {key} setting (its settings: {takes})")
         out[key] = check_alpha(value) if key == "alpha" else value
     return out
 
