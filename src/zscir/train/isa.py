@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
 from zscir.eval.engine import iter_pixel_batches
-from zscir.methods.isa import ISA, ISASymmetric, isa_config_for, load_isa
+from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for, load_isa
 from zscir.objectives import info_nce
 from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 
@@ -168,10 +168,13 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     feats, embs, pixels = _CACHE["tensors"]
     if cfg.mode != "asymmetric":
         pixels = None
+    # the light encoder's grid may differ from the large tower's tokens (a ViT: CLS + patches of any size):
+    # the per-cell targets are the large features pooled onto the light grid (identity when they match)
+    local = align_cells(feats, icfg.n_cells) if method.light is not None else feats
     n = len(feats)
     distill = float("nan")
     if method.light is not None:
-        distill = distill_light(method, pixels, feats, embs, cfg, gen, device)
+        distill = distill_light(method, pixels, local, embs, cfg, gen, device)
 
     probe = nn.Linear(icfg.word_dim, feats.shape[-1]).to(device)
     groups = [{"params": list(method.learner.parameters()) + list(probe.parameters()), "lr": cfg.lr}]
@@ -188,7 +191,7 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     bar = tqdm(range(cfg.steps), desc=f"isa train ({cfg.mode}, M={cfg.n_tokens})", leave=False)
     for _ in bar:
         b = torch.randperm(n, generator=gen)[:bs]
-        f = feats[b].to(device, torch.float32)
+        f = local[b].to(device, torch.float32)
         x = pixels[b].to(device, torch.float32) if pixels is not None else f
         g_loss, l_loss = isa_losses(method, x, f, embs[b].to(device), probe, cfg, texts)
         loss = cfg.w_global * g_loss + cfg.w_local * l_loss
