@@ -23,7 +23,6 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from method_checkpoints import make_checkpoints  # noqa: E402
 from zscir.cli import main  # noqa: E402
 from zscir.errors import CheckpointError, InputError  # noqa: E402
 from zscir.index.runner import build_index  # noqa: E402
@@ -37,9 +36,9 @@ TEXT = "make it blue"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(trained_setup, tmp_path_factory):
     root = tmp_path_factory.mktemp("contract")
-    s = make_checkpoints(root)
+    s = trained_setup
     build_index(s.world.root, root / "index", s.spec, method="image", progress=False)
     build_index(s.world.root, root / "index-tat", s.spec, method=None, checkpoints=[s.checkpoints["slerp+tat"]],
                 progress=False)
