@@ -163,3 +163,32 @@ def test_a_tuned_gallery_serves_only_its_own_encoder(setup):
         Searcher.open(s.index_tat, checkpoints=[s.checkpoints["pic2word"]])
     with pytest.raises(CheckpointError, match="embeds images with a tuned tower"):
         Searcher.open(s.index, checkpoints=[s.checkpoints["slerp+tat"]])
+
+
+def test_builder_constructs_what_the_demo_built_before(setup):
+    """The demo now builds every method with build_method; the construction is the one its recipes used to do
+    by hand, so the demo's numbers do not move (bit-identical queries)."""
+    from zscir.methods.isa import load_isa
+    from zscir.methods.mapped import Pic2Word, TwoStage
+    from zscir.methods.rtd import RTDMethod, with_rtd
+    from zscir.methods.tat import SlerpTAT, load_tat_backbone
+
+    s, b = setup, setup.backbone
+    ck = s.checkpoints
+    p2w_dir = json.loads((ck["pic2word+rtd"] / "config.json").read_text())["mapper"]["path"]
+    before = {
+        "pic2word": Pic2Word(b, checkpoint=ck["pic2word"]),
+        "two-stage": TwoStage(b, checkpoint=ck["two-stage"]),
+        "pic2word+rtd": with_rtd(Pic2Word(b, checkpoint=p2w_dir), ck["pic2word+rtd"]),
+        "two-stage+rtd": (lambda m: RTDMethod(m, m.text_encoder))(TwoStage(b, checkpoint=ck["two-stage+rtd"])),
+        "slerp+tat": SlerpTAT(b, tat=load_tat_backbone(b, ck["slerp+tat"]), alpha=0.3),
+        "isa": load_isa(ck["isa"], b),
+    }
+    px = _pixels(s)
+    for name, old in before.items():
+        new = build_method(name, b, [ck[name]], **({"alpha": 0.3} if name == "slerp+tat" else {}))
+        with torch.no_grad():
+            assert torch.equal(new.compose(px, [TEXT]), old.eval().compose(px, [TEXT])), name
+        assert new.name == old.name and new.gallery_id == old.gallery_id
+    with pytest.raises(InputError, match="needs trained weights"):
+        SlerpTAT(b)  # never silently plain slerp

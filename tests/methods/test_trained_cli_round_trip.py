@@ -102,3 +102,31 @@ def test_every_command_refuses_a_trained_method_without_its_checkpoint(cli_setup
     rc, _, err = run(capsys, "compose", "--backbone", "hf:/nonexistent", "--method", name, "--checkpoint", other,
                      "--image", ref, "--text", "x")
     assert rc == 2 and f"method '{name}' cannot run checkpoint" in err
+
+
+def test_one_rule_for_a_setting_a_method_does_not_have(cli_setup, capsys, tmp_path):
+    """`--alpha` on `image` (or on a trained method without one): the same one-line refusal from every command."""
+    s, root, cirr = cli_setup
+    ref = cirr / "dev" / "dev-0-0-img0.png"
+    for name, ck in (("image", []), ("pic2word", ["--checkpoint", s.checkpoints["pic2word"]])):
+        commands = [
+            ["compose", "--backbone", s.spec, "--method", name, *ck, "--image", ref, "--text", "x", "--alpha", "0.5"],
+            ["eval", "--benchmark", "cirr", "--root", cirr, "--backbone", s.spec, "--method", name, *ck,
+             "--alpha", "0.5", "--no-cache"],
+            ["search", tmp_path / "nowhere", "--method", name, *ck, "--image", ref, "--text", "x", "--alpha", "0.5"],
+        ]
+        for cmd in commands:
+            rc, _, err = run(capsys, *cmd)
+            assert rc == 2 and f"method '{name}' has no alpha setting (its settings: none)" in err, (cmd, err)
+
+
+def test_export_takes_the_checkpoint_and_refuses_what_has_no_query_side(cli_setup, capsys, tmp_path):
+    pytest.importorskip("onnx")
+    s, _, _ = cli_setup
+    rc, out, err = run(capsys, "export", "--checkpoint", s.checkpoints["isa"], "--out", tmp_path / "q.onnx")
+    assert rc == 0 and (tmp_path / "q.onnx").is_file(), err  # the checkpoint says isa
+    for name in ("isa/symmetric", "pic2word", "slerp+tat"):
+        rc, _, err = run(capsys, "export", "--checkpoint", s.checkpoints[name], "--out", tmp_path / "x.onnx")
+        assert rc == 2 and f"method '{name}' has no query side to export" in err, err
+    rc, _, err = run(capsys, "export", "isa", "--checkpoint", s.checkpoints["pic2word"], "--out", tmp_path / "x.onnx")
+    assert rc == 2 and "method 'isa' cannot run checkpoint" in err
