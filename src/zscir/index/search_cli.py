@@ -28,7 +28,14 @@ def run(args: argparse.Namespace) -> int:
     from zscir.methods.build import precheck
     from zscir.utils.io import load_image
 
-    args.method = precheck(args.method, args.checkpoint, alpha=args.alpha)  # refusals before any model loads
+    from zscir.methods import check_settings, get_method_class
+
+    # refusals before any model loads; the checkpoints are what is loaded, so a training-free --method may come
+    # with them (as on a server hosting both)
+    if args.method and not get_method_class(args.method).needs_checkpoint():
+        check_settings(get_method_class(args.method), {"alpha": args.alpha})
+    else:
+        args.method = precheck(args.method, args.checkpoint, alpha=args.alpha)
     s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify, checkpoints=args.checkpoint)
     images = [load_image(p) for p in args.image]
     images += [load_image(s.index.items[s.index.lookup(i)]["path"]) for i in args.gallery_id]
