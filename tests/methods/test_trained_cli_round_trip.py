@@ -1,4 +1,4 @@
-"""Each trained method from the command line, as a user runs it, with a tiny random HF CLIP:
+"""Each trained method from the command line, as a user runs it, with tiny random HF CLIPs (32- and 16-px patches):
 train (slerp+tat through `zscir train tat`; the others by their trainers' Python API, see method_checkpoints.py)
 -> `zscir eval` on a CIRR-format fixture -> `zscir index` + `zscir search` -> `zscir serve` (its app, driven by
 a test client) + one request. Without its checkpoint every command refuses the method (exit 2, one line)."""
@@ -26,11 +26,12 @@ def run(capsys, *args):
     return rc, out, err
 
 
-@pytest.fixture(scope="module")
-def cli_setup(trained_setup, tmp_path_factory):
+@pytest.fixture(scope="module", params=[32, 16], ids=["patch32", "patch16"])
+def cli_setup(request, tmp_path_factory):
+    setup = request.getfixturevalue("trained_setup" if request.param == 32 else "trained_setup_p16")
     root = tmp_path_factory.mktemp("cli")
     cirr = make_cirr(root / "CIRR", n_images=12)
-    return trained_setup, root, cirr
+    return setup, root, cirr
 
 
 def test_train_tat_from_the_command_line(cli_setup, capsys):
@@ -69,6 +70,12 @@ def test_eval_index_search_serve(cli_setup, name, capsys, monkeypatch, tmp_path)
     assert rc == 0, err
     found = json.loads(out)
     assert found["method"] == name and len(found["results"]) == 3
+    # the training-free methods share the index unless the method tuned the gallery tower (slerp+tat)
+    rc, out, err = run(capsys, "search", idx, "--image", ref, "--text", "make it blue", "--method", "slerp", "--json")
+    if name == "slerp+tat":
+        assert rc == 2 and "tuned image tower" in err and "untuned" in err
+    else:
+        assert rc == 0 and json.loads(out)["method"] == "slerp", err
     # serve: the command's own app (uvicorn.run captured), one request, the same ranking as `zscir search`
     import uvicorn
 

@@ -85,8 +85,13 @@ class Searcher:
         bb = load_backbone(backbone or index.manifest.backbone_spec, device=device)
         s = cls(index, bb, checkpoints)
         if not s.trained:
-            # checks the backbone against the manifest now, not at the first query
-            s.method(index.manifest.gallery_method if s.plain_gallery() else "image")
+            # checks the backbone against the manifest now, not at the first query (with a training-free method:
+            # an index embedded for a trained method that keeps the plain gallery serves the baselines too)
+            from zscir.methods import get_method_class
+
+            recorded = index.manifest.gallery_method
+            fits = s.plain_gallery() and not get_method_class(recorded).needs_checkpoint()
+            s.method(recorded if fits else "image")
         return s
 
     def plain_gallery(self) -> bool:
