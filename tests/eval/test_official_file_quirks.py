@@ -3,7 +3,7 @@ recorded as partial and incomplete."""
 
 import json
 
-from bench_fixtures import make_cirr, make_fashioniq
+from bench_fixtures import make_cirr, make_fashioniq, make_genecis
 from zscir.cli import main
 from zscir.datasets import load_cirr
 
@@ -41,3 +41,10 @@ def test_a_subset_run_is_partial(tmp_path, capsys):
     doc = json.loads((tmp_path / "r.json").read_text())
     assert rc == 0 and doc["complete"] is False and doc["summary"]["partial"] is True
     assert doc["summary"]["subsets"] == ["dress"] and "average (partial)" in out
+
+    groot = make_genecis(tmp_path / "G")
+    rc, out, _ = run_eval(capsys, "--benchmark", "genecis", "--root", groot, "--method", "image", "--subsets",
+                          "change_object", "focus_object", "--out", tmp_path / "g.json")
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert rc == 0 and doc["complete"] is False and doc["summary"]["partial"] is True
+    assert "average (partial) R@1" in out
