@@ -78,3 +78,27 @@ def test_page_shows_results_and_click_makes_a_new_reference(server):
             assert page.locator("#error").inner_text() == ""
         finally:
             ctx.close()
+
+
+def test_method_selector_is_built_from_get_methods(server):
+    import json
+    import urllib.request
+
+    url, ref, root = server
+    offered = json.loads(urllib.request.urlopen(url + "/methods").read())
+    with playwright_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(root / "profile2"), executable_path=CHROMIUM, args=FLAGS,
+                                                   headless=True)
+        try:
+            page = ctx.new_page()
+            page.goto(url + "/")
+            page.wait_for_function("document.querySelectorAll('#method option').length > 0", timeout=10000)
+            options = page.eval_on_selector_all("#method option", "os => os.map(o => o.value)")
+            assert options == [m["name"] for m in offered["methods"]]
+            assert page.locator("#method").input_value() == offered["default"]
+            page.select_option("#method", "image")  # no alpha: the slider is hidden
+            assert page.locator("#alpha-label").is_hidden()
+            page.select_option("#method", "slerp")
+            assert page.locator("#alpha-label").is_visible()
+        finally:
+            ctx.close()

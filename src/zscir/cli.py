@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "zscir.demo",
     "zscir.eval.cli",
     "zscir.data.cli",
+    "zscir.eval.score_cli",
     "zscir.index.cli",
     "zscir.index.search_cli",
     "zscir.serve.cli",

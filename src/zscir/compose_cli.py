@@ -1,6 +1,7 @@
 """`zscir compose`: one composed query, from the command line, as a vector.
 
     zscir compose --image ref.jpg --text "make it red" --method slerp --alpha 0.8 --out query.npy
+    zscir compose --image ref.jpg --text "make it red" --checkpoint runs/p2w     # a trained method
 
 Prints the embedding's dimension and norm (or the vector as JSON with --json). Useful to query any vector
 store; for search over a gallery see `zscir index` / `zscir search`."""
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from zscir.backbones import load_backbone
-from zscir.methods import get_method_class
+from zscir.methods import build_method
+from zscir.methods.build import precheck
 from zscir.utils.io import atomic_path, check_output_file, check_text, load_image
 
 
@@ -27,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--backbone", default="default", help="backbone spec (default: %(default)s)")
-    p.add_argument("--method", default="slerp", help="composition method (default: %(default)s)")
+    p.add_argument("--method", default=None,
+                   help="composition method (default: the checkpoint's method, else slerp)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint folder made by `zscir train` (a trained method needs one)")
     p.add_argument("--image", help="reference image (not needed by the text-only method)")
     p.add_argument("--text", required=True, help="what should differ, e.g. 'make it red'")
     p.add_argument("--alpha", type=float, default=None, help="Slerp weight of the text in [0, 1] (default 0.8)")
@@ -39,15 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         text = check_text(args.text, "--text")
         if args.out:
             check_output_file(args.out)  # before the model is loaded, not after the work
-        cls = get_method_class(args.method)
-        settings = {} if args.alpha is None else {"alpha": args.alpha}
-        if settings:
-            from zscir.methods import check_alpha
-
-            check_alpha(args.alpha)  # refuse before loading a model
+        name = precheck(args.method, args.checkpoint, alpha=args.alpha)  # refuse before loading a model
         image = load_image(args.image) if args.image else None
         backbone = load_backbone(args.backbone, args.device)
-        method = cls(backbone, **settings).eval()
+        method = build_method(name, backbone, args.checkpoint, alpha=args.alpha)
+        args.method = method.name
         with torch.inference_mode():
             pixels = backbone.preprocess(image) if image is not None else None
             q = method.compose(pixels, [text])[0].float().cpu().numpy()

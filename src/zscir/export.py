@@ -19,6 +19,8 @@ from zscir.errors import InputError
 from zscir.methods.isa import ISAQueryEncoder, load_isa_modules
 
 FORMATS = ("onnx",)
+#: methods whose query side runs without the backbone's image tower (so it can ship to a device alone)
+EXPORTABLE = ("isa",)
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "pseudo_tokens"
 
@@ -89,13 +91,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a method's query side for edge devices (ISA -> ONNX)",
                        description="Export the query side of a trained method. `zscir export isa --checkpoint DIR "
                        "--format onnx --out FILE` writes the asymmetric ISA light encoder + token learner.")
-    p.add_argument("method", choices=("isa",), help="the method whose query side to export")
+    p.add_argument("method", nargs="?", default=None,
+                   help="the method whose query side to export (isa; default: the checkpoint's method)")
     p.add_argument("--checkpoint", required=True, help="ISA checkpoint folder (from `zscir train isa`)")
     p.add_argument("--format", choices=FORMATS, default="onnx")
     p.add_argument("--out", required=True, help="output file (e.g. isa_query.onnx)")
     p.add_argument("--opset", type=int, default=17)
 
     def run(args: argparse.Namespace) -> int:
+        from zscir.methods.build import precheck
+
+        name = precheck(args.method, [args.checkpoint])  # the same refusals as every other command
+        if name not in EXPORTABLE:
+            raise InputError(f"method {name!r} has no query side to export on its own (exportable: "
+                             f"{', '.join(EXPORTABLE)}; isa/symmetric runs the large image tower on the query side)")
         from zscir.utils.io import check_output_file
 
         check_output_file(args.out)  # before the export, not after it

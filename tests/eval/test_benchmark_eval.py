@@ -69,8 +69,12 @@ def test_eval_cirr_val_matches_protocol_and_preprocess_option(tmp_path, capsys):
 def test_eval_cirr_test_writes_server_files(tmp_path, capsys):
     root = make_cirr(tmp_path / "CIRR", n_images=56)
     subdir = tmp_path / "submit"
-    rc, text, _ = run_eval(capsys, "--benchmark", "cirr", "--root", str(root), "--split", "test", "--method", "sum",
-                           "--out", str(tmp_path / "r.json"), "--submission-dir", str(subdir), "--no-cache")
+    args = ["--benchmark", "cirr", "--root", str(root), "--split", "test", "--method", "sum",
+            "--out", str(tmp_path / "r.json"), "--submission-dir", str(subdir), "--no-cache"]
+    # a fixture is not the full official split: no server file unless asked for explicitly
+    rc, _, err = run_eval(capsys, *args)
+    assert rc == 2 and "--allow-incomplete" in err and "official 2,315" in err and not subdir.exists()
+    rc, text, _ = run_eval(capsys, *args, "--allow-incomplete")
     assert rc == 0 and "wrote" in text
     recall = json.loads((subdir / "cirr_test1_recall.json").read_text())
     subset = json.loads((subdir / "cirr_test1_recall_subset.json").read_text())
@@ -95,7 +99,7 @@ def test_eval_cirr_test_writes_server_files(tmp_path, capsys):
 def test_eval_cirr_test_too_small_gallery_writes_nothing(tmp_path, capsys):
     root = make_cirr(tmp_path / "CIRR")  # 10 images: fewer than 50 candidates
     rc, _, err = run_eval(capsys, "--benchmark", "cirr", "--root", str(root), "--split", "test", "--method", "sum",
-                          "--out", str(tmp_path / "r.json"), "--no-cache")
+                          "--out", str(tmp_path / "r.json"), "--no-cache", "--allow-incomplete")
     assert rc == 2 and "failed validation, nothing written" in err and "expected 50" in err
     assert not list(tmp_path.glob("cirr_test1_*")) and not (tmp_path / "r.json").exists()
 
@@ -110,8 +114,11 @@ def test_eval_circo_val_and_test(tmp_path, capsys):
     assert set(doc["summary"]) >= {"mAP@5", "mAP@10", "mAP@25", "mAP@50"}
     assert doc["text"]["template"] == "find {shared_concept} but {caption}"
     assert set(doc["results"]["circo"]["semantic_mAP@10"]) == {"addition", "cardinality"}
-    rc, text, _ = run_eval(capsys, "--benchmark", "circo", "--root", str(root), "--split", "test", "--method", "sum",
-                           "--out", str(out), "--cache", str(tmp_path / "c"))
+    test_args = ["--benchmark", "circo", "--root", str(root), "--split", "test", "--method", "sum", "--out", str(out),
+                 "--cache", str(tmp_path / "c")]
+    rc, _, err = run_eval(capsys, *test_args)  # 48 of the 123,403 gallery images: refused
+    assert rc == 2 and "--allow-incomplete" in err and not (tmp_path / "circo_test_submission.json").exists()
+    rc, text, _ = run_eval(capsys, *test_args, "--allow-incomplete")
     assert rc == 0
     assert len(list((tmp_path / "c").glob("gallery-*.npy"))) == 1  # val and test share the gallery embedding
     f = json.loads((tmp_path / "circo_test_submission.json").read_text())
@@ -149,10 +156,10 @@ def test_eval_bad_input(tmp_path, capsys):
     croot = make_cirr(tmp_path / "C")
     cap = croot / "cirr" / "captions" / "cap.rc2.val.json"
     entries = json.loads(cap.read_text())
-    entries[1]["caption"] = "  "
+    entries[1]["caption"] = None
     cap.write_text(json.dumps(entries))
     rc, _, err = run_eval(capsys, "--benchmark", "cirr", "--root", str(croot), "--method", "sum", "--no-cache")
-    assert rc == 2 and "query 12063 has an empty modification text" in err
+    assert rc == 2 and "query 12063: 'caption' is null" in err  # never read as the text "None"
     (root / "images" / "B00DR0003.png").write_bytes(b"not a png")
     rc, _, err = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(root), "--method", "sum", "--no-cache",
                           "--out", str(tmp_path / "x.json"))

@@ -59,7 +59,13 @@ def test_methods_on_default_backbone(default_backbone):
     with torch.no_grad():
         fast = get_method_class("slerp")(default_backbone).compose_embedded(v, texts)
     assert torch.allclose(fast, outs["slerp"], atol=1e-5)
-    with pytest.raises(InputError, match="empty"):
-        get_method_class("text")(default_backbone).compose(None, ["   "])
+    # an empty modification (official benchmark files have a few) is answered, not refused: text-only embeds
+    # its neutral prompt, interpolation methods return the reference unchanged
+    with torch.no_grad():
+        blank = get_method_class("text")(default_backbone).compose(None, ["   "])
+        assert torch.allclose(blank, default_backbone.encode_text(["a photo"]), atol=1e-5)
+        for n in ("sum", "slerp"):
+            q = get_method_class(n)(default_backbone).compose(px, ["", texts[1]])
+            assert torch.allclose(q[0], v[0], atol=1e-5) and torch.allclose(q[1], outs[n][1], atol=1e-5)
     with pytest.raises(InputError, match="reference image"):
         get_method_class("slerp")(default_backbone).compose(None, ["x"])

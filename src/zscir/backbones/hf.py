@@ -18,7 +18,7 @@ The split matches transformers' own computation exactly:
           text_head    = text_model.head                                           (== get_text_features)
 
 Images are preprocessed by zscir's own PIL code (no torchvision), with size/mean/std/crop read from the
-checkpoint's preprocessor_config.json when there is one.
+checkpoint's preprocessor_config.json (or processor_config.json, all transformers 5.x writes) when there is one.
 """
 
 from __future__ import annotations
@@ -137,16 +137,30 @@ def _load_tokenizer(path: Path):
         raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {str(e)[:200]}){hint}") from e
 
 
+def _image_processor_doc(path: Path) -> dict[str, Any] | None:
+    """The image processor's settings: preprocessor_config.json, or (transformers 5.x writes only this)
+    processor_config.json, whose image settings sit under "image_processor" (or at top level)."""
+    file = path / "preprocessor_config.json"
+    if file.is_file():
+        return _read_json(file)
+    file = path / "processor_config.json"
+    if file.is_file():
+        doc = _read_json(file)
+        sub = doc.get("image_processor") if isinstance(doc, dict) else None
+        return sub if isinstance(sub, dict) else doc
+    return None
+
+
 def _preprocess_from(path: Path, model_type: str, image_size: int) -> PreprocessConfig:
-    """size/mean/std/crop from preprocessor_config.json; CLIP's defaults (SigLIP's for SigLIP) otherwise."""
+    """size/mean/std/crop from preprocessor_config.json (or processor_config.json); CLIP's defaults (SigLIP's
+    for SigLIP) when there is neither."""
     if model_type == "siglip":
         default = PreprocessConfig(size=image_size, mode="resize", mean=(0.5,) * 3, std=(0.5,) * 3)
     else:
         default = PreprocessConfig(size=image_size, mode="center_crop", mean=CLIP_MEAN, std=CLIP_STD)
-    file = path / "preprocessor_config.json"
-    if not file.is_file():
+    doc = _image_processor_doc(path)
+    if doc is None:
         return default
-    doc = _read_json(file)
 
     def side(v: Any) -> int | None:
         if isinstance(v, int):

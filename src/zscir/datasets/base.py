@@ -158,6 +158,20 @@ def load_json(path: Path, kind: type, what: str) -> Any:
     return data
 
 
+def modification_text(entry: Any, key: str, path: Path, query: str) -> str:
+    """An official file's modification text, stripped. A blank or missing one is kept as "" (official files
+    have a few, e.g. CIRR test1 pairid 27098; the evaluation counts them and warns); a `null` or a non-string
+    is an error naming the query (never read as the text "None")."""
+    if not isinstance(entry, dict) or key not in entry:
+        return ""
+    value = entry[key]
+    if value is None:
+        raise InputError(f"{path}: query {query}: '{key}' is null (expected a text; an empty string if blank)")
+    if not isinstance(value, str):
+        raise InputError(f"{path}: query {query}: '{key}' is a {type(value).__name__}, expected a text")
+    return value.strip()
+
+
 def require_keys(entry: Any, keys: Iterable[str], path: Path, index: int) -> None:
     if not isinstance(entry, dict):
         raise InputError(f"{path}: entry {index} is a {type(entry).__name__}, expected an object")

@@ -23,6 +23,7 @@ from zscir.datasets.base import (
     find_dir,
     find_file,
     load_json,
+    modification_text,
     require_keys,
 )
 from zscir.errors import InputError
@@ -38,7 +39,7 @@ def read_circo_annotations(path, split: str) -> list[Query]:
     has_gt = split == "val"
     queries: list[Query] = []
     for i, e in enumerate(entries):
-        require_keys(e, ["id", "reference_img_id", "relative_caption", "shared_concept"]
+        require_keys(e, ["id", "reference_img_id", "shared_concept"]
                      + (["target_img_id", "gt_img_ids"] if has_gt else []), path, i)
         if int(e["id"]) != i:
             raise InputError(f"{path}: entry {i} has id {e['id']}; ids must be consecutive from 0")
@@ -52,7 +53,7 @@ def read_circo_annotations(path, split: str) -> list[Query]:
             Query(
                 qid=str(i),
                 reference=str(int(e["reference_img_id"])),
-                texts=[str(e["relative_caption"]).strip()],
+                texts=[modification_text(e, "relative_caption", path, str(i))],
                 targets=gts,
                 fields={
                     "shared_concept": str(e["shared_concept"]).strip(),

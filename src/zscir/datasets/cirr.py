@@ -25,6 +25,7 @@ from zscir.datasets.base import (
     check_root,
     find_file,
     load_json,
+    modification_text,
     require_keys,
 )
 from zscir.errors import InputError
@@ -56,7 +57,7 @@ def load_cirr(root: str | os.PathLike[str], split: str = "val", strict_counts: b
     queries: list[Query] = []
     has_target = split != "test1"
     for i, e in enumerate(entries):
-        require_keys(e, ["pairid", "reference", "caption", "img_set"] + (["target_hard"] if has_target else []), cap_path, i)
+        require_keys(e, ["pairid", "reference", "img_set"] + (["target_hard"] if has_target else []), cap_path, i)
         members = e["img_set"].get("members") if isinstance(e["img_set"], dict) else None
         if not isinstance(members, list):
             raise InputError(f"{cap_path}: entry {i} (pairid {e['pairid']}): img_set.members missing")
@@ -73,7 +74,7 @@ def load_cirr(root: str | os.PathLike[str], split: str = "val", strict_counts: b
         if targets and targets[0] not in members:
             raise InputError(f"{cap_path}: pairid {e['pairid']}: target_hard {targets[0]} is not in img_set.members")
         queries.append(
-            Query(qid=str(e["pairid"]), reference=ref, texts=[str(e["caption"]).strip()], targets=targets,
+            Query(qid=str(e["pairid"]), reference=ref, texts=[modification_text(e, "caption", cap_path, str(e["pairid"]))], targets=targets,
                   members=members, fields={"img_set_id": e["img_set"].get("id")})
         )
     qids = [q.qid for q in queries]

@@ -50,12 +50,13 @@ def clean_caption(caption: str) -> str:
 
 def join_captions(captions: Sequence[str], order: str = "forward") -> list[str]:
     """The modification text(s) for one query: "c1 and c2" ("forward"), "c2 and c1" ("reverse"), or both
-    (the features of the two are averaged, as SEARLE / LinCIR do). Empty captions are left out."""
+    (the features of the two are averaged, as SEARLE / LinCIR do). Empty captions are left out; a query whose
+    captions are all empty has one empty modification."""
     if order not in CAPTION_ORDERS:
         raise InputError(f"caption order {order!r}: expected one of {', '.join(CAPTION_ORDERS)}")
     parts = [c for c in (clean_caption(c) for c in captions) if c]
-    if not parts:
-        raise InputError(f"a FashionIQ query with no non-empty caption: {list(captions)!r}")
+    if not parts:  # kept as an empty modification (counted and warned about by the evaluation)
+        return {"forward": [""], "reverse": [""], "both": ["", ""]}[order]
     fwd = " and ".join(parts)
     rev = " and ".join(reversed(parts))
     return {"forward": [fwd], "reverse": [rev], "both": [fwd, rev]}[order]
@@ -90,7 +91,8 @@ def load_fashioniq(
         require_keys(e, ["candidate", "captions"], cap_path, i)
         caps = e["captions"]
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise InputError(f"{cap_path}: entry {i}: 'captions' should be a list of strings")
+            raise InputError(f"{cap_path}: query {category}-{i} (candidate {e.get('candidate')}): 'captions' should be "
+                             f"a list of strings, got {caps!r}"[:300])
         target = e.get("target")
         queries.append(
             Query(

@@ -29,6 +29,7 @@ from zscir.datasets.base import (
     find_dir,
     find_file,
     load_json,
+    modification_text,
     require_keys,
 )
 from zscir.errors import InputError
@@ -74,7 +75,7 @@ def load_genecis(root: str | os.PathLike[str], task: str, split: str = "val", st
     if not entries:
         raise InputError(f"{ann}: no templates")
     for i, e in enumerate(entries):
-        require_keys(e, ["condition", "reference", "target", "gallery"], ann, i)
+        require_keys(e, ["reference", "target", "gallery"], ann, i)
         if not isinstance(e["gallery"], list):
             raise InputError(f"{ann}: template {i}: 'gallery' should be a list")
     modal = Counter(len(e["gallery"]) for e in entries).most_common(1)[0][0]
@@ -92,7 +93,7 @@ def load_genecis(root: str | os.PathLike[str], task: str, split: str = "val", st
         refs[ref.id] = ref
         for c in cands:
             images[c.id] = c
-        queries.append(Query(qid=str(i), reference=ref.id, texts=[str(e["condition"]).strip()],
+        queries.append(Query(qid=str(i), reference=ref.id, texts=[modification_text(e, "condition", ann, str(i))],
                              targets=[cands[0].id], candidates=[c.id for c in cands]))
     gallery = list(images.values())
     extra = [r for k, r in refs.items() if k not in images]

@@ -30,8 +30,11 @@ def _train_cfg(ctx: DemoContext, mode: str):
 def _isa(ctx: DemoContext, mode: str):
     from zscir.train.isa import ensure_isa
 
+    from zscir.methods import build_method
+
     path = ctx.workdir / f"isa-{mode}-m{N_TOKENS}"
-    return ensure_isa(ctx.backbone, ctx.world, path, _train_cfg(ctx, mode))
+    ensure_isa(ctx.backbone, ctx.world, path, _train_cfg(ctx, mode))  # trains unless a fitting checkpoint is there
+    return build_method("isa" if mode == "asymmetric" else "isa/symmetric", ctx.backbone, [path])
 
 
 @recipe("isa")

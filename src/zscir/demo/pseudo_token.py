@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir.demo.recipes import DemoContext, recipe
+from zscir.methods import build_method
 from zscir.methods.mapped import Pic2Word, TwoStage, TwoStageMappingOnly
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,18 @@ def pseudo_token_variant(ctx: DemoContext, name: str, pic2word: Any = None, mapp
 @recipe("pic2word")
 def _pic2word(ctx: DemoContext) -> Pic2Word:
     s = default_settings(ctx.quick, ctx.seed, ctx.device)
-    return Pic2Word(ctx.backbone, checkpoint=pseudo_token_variant(ctx, "pic2word", pic2word=s["pic2word"]))
+    return build_method("pic2word", ctx.backbone, [pseudo_token_variant(ctx, "pic2word", pic2word=s["pic2word"])])
 
 
 @recipe("two-stage/mapping-only")
 def _mapping_only(ctx: DemoContext) -> TwoStageMappingOnly:
     s = default_settings(ctx.quick, ctx.seed, ctx.device)
-    return TwoStageMappingOnly(ctx.backbone, checkpoint=pseudo_token_variant(ctx, "mapping", mapping=s["mapping"]))
+    return build_method("two-stage/mapping-only", ctx.backbone,
+                        [pseudo_token_variant(ctx, "mapping", mapping=s["mapping"])])
 
 
 @recipe("two-stage")
 def _two_stage(ctx: DemoContext) -> TwoStage:
     s = default_settings(ctx.quick, ctx.seed, ctx.device)
     path = pseudo_token_variant(ctx, "two-stage", mapping=s["mapping"], composing=s["composing"])
-    return TwoStage(ctx.backbone, checkpoint=path)
+    return build_method("two-stage", ctx.backbone, [path])

@@ -1,6 +1,8 @@
 """Demo recipes: how `zscir demo` obtains each method on a world (training and caching what it needs).
 
-A recipe is `fn(ctx) -> CompositionMethod | None`, registered in table order with `@recipe("name")`.
+A recipe is `fn(ctx) -> CompositionMethod | None`, registered in table order with `@recipe("name")`. Recipes
+train (or reuse) what a method needs, then build it with `zscir.methods.build_method` from the checkpoint
+folder, exactly as `zscir eval --checkpoint DIR` does.
 Recipes that train write their checkpoints under `ctx.workdir` and reuse them on the next run; they may add
 extra results (sweeps, measurements) to `ctx.extras`, which `results.json` carries at top level.
 Modules listed in RECIPE_MODULES are imported by the demo; a new method adds its module there."""
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from zscir.backbones.base import Backbone
-from zscir.methods import CompositionMethod, get_method_class
+from zscir.methods import CompositionMethod, build_method, get_method_class
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +65,17 @@ def list_recipes() -> dict[str, Recipe]:
 # --- the training-free baselines and Slerp ---------------------------------------------------------------
 @recipe("image")
 def _image(ctx: DemoContext) -> CompositionMethod:
-    return get_method_class("image")(ctx.backbone)
+    return build_method("image", ctx.backbone)
 
 
 @recipe("text")
 def _text(ctx: DemoContext) -> CompositionMethod:
-    return get_method_class("text")(ctx.backbone)
+    return build_method("text", ctx.backbone)
 
 
 @recipe("sum")
 def _sum(ctx: DemoContext) -> CompositionMethod:
-    return get_method_class("sum")(ctx.backbone)
+    return build_method("sum", ctx.backbone)
 
 
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -117,4 +119,4 @@ def select_alpha(ctx: DemoContext, make: Callable[[float], CompositionMethod], k
 @recipe("slerp")
 def _slerp(ctx: DemoContext) -> CompositionMethod:
     cls = get_method_class("slerp")
-    return cls(ctx.backbone, alpha=select_alpha(ctx, lambda a: cls(ctx.backbone, alpha=a), "slerp"))
+    return build_method("slerp", ctx.backbone, alpha=select_alpha(ctx, lambda a: cls(ctx.backbone, alpha=a), "slerp"))

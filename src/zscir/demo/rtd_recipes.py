@@ -74,10 +74,15 @@ def rtd_checkpoint_for(ctx: DemoContext, base: CompositionMethod, cfg=None) -> P
 
 
 def rtd_for(ctx: DemoContext, base: CompositionMethod, cfg=None) -> CompositionMethod:
-    """`base` with its text side replaced by the RTD-tuned tower (trained or reused): `<base>+rtd`."""
+    """`base` with its text side replaced by the RTD-tuned tower (trained or reused): `<base>+rtd`. A registered
+    `<base>+rtd` is built from the RTD checkpoint alone (it records its mapper), as every command builds it."""
+    from zscir.methods import build_method, list_methods
     from zscir.methods.rtd import with_rtd
 
-    return with_rtd(base, rtd_checkpoint_for(ctx, base, cfg))
+    path = rtd_checkpoint_for(ctx, base, cfg)
+    if f"{base.name}+rtd" in list_methods():
+        return build_method(f"{base.name}+rtd", ctx.backbone, [path])
+    return with_rtd(base, path)
 
 
 def _rtd_recipe(ctx: DemoContext, name: str) -> CompositionMethod | None:
@@ -102,8 +107,7 @@ def _two_stage_rtd(ctx: DemoContext) -> CompositionMethod | None:
     from dataclasses import replace
 
     from zscir.demo.pseudo_token import default_settings, pseudo_token_variant
-    from zscir.methods.mapped import TwoStage
-    from zscir.methods.rtd import RTDMethod
+    from zscir.methods import build_method
 
     stage1 = _base_method(ctx, "two-stage/mapping-only")  # the very stage-1 mapper `two-stage` is built on
     if stage1 is None:
@@ -113,5 +117,5 @@ def _two_stage_rtd(ctx: DemoContext) -> CompositionMethod | None:
     s = default_settings(ctx.quick, ctx.seed, ctx.device)
     path = pseudo_token_variant(ctx, "two-stage", mapping=s["mapping"],
                                 composing=replace(s["composing"], text_init=str(rtd)))
-    method = TwoStage(ctx.backbone, checkpoint=path)
-    return RTDMethod(method, method.text_encoder)
+    # a stage-2 checkpoint trained on an RTD tower records it (`text_init`): it is a two-stage+rtd checkpoint
+    return build_method("two-stage+rtd", ctx.backbone, [path])

@@ -72,7 +72,9 @@ def _slerp_tat(ctx: DemoContext) -> CompositionMethod:
     # Same rule as the `slerp` recipe: alpha chosen on the world's CIR *training* triplets, never on evaluation.
     cls = get_method_class("slerp+tat")
     alpha = select_alpha(ctx, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), "slerp+tat")
-    method = cls(ctx.backbone, tat=tuned, alpha=alpha)
+    from zscir.methods import build_method
+
+    method = build_method("slerp+tat", ctx.backbone, [out], alpha=alpha)
     base_method = get_method_class("slerp")(ctx.backbone, alpha=DEFAULT_ALPHA)  # the sweep sets alpha itself
     ctx.extras["sweeps"] = {"alphas": list(SWEEP_ALPHAS),
                             "slerp": alpha_sweep(ctx, base_method), "slerp+tat": alpha_sweep(ctx, method)}

@@ -53,6 +53,7 @@ class EvalSettings:
     batch_size: int = 64
     strict_counts: bool = False
     submission_dir: Path | None = None
+    allow_incomplete: bool = False  # --split test: write server files even for an incomplete gallery
 
 
 def set_preprocess_mode(backbone, mode: str | None):
@@ -83,18 +84,24 @@ def check_template(template: str, benchmark: str) -> None:
                          f"(available: {sorted(allowed)})")
 
 
+def blank_queries(split: BenchmarkSplit) -> list[str]:
+    """Ids of the queries whose modification is empty in the official file (kept, answered, counted)."""
+    if split.benchmark == "fashioniq":
+        return [q.qid for q in split.queries if not join_captions(q.texts, "forward")[0]]
+    return [q.qid for q in split.queries if not q.texts or not q.texts[0].strip()]
+
+
 def query_texts(split: BenchmarkSplit, template: str, caption_order: str) -> list[list[str]]:
-    """Per text variant, one text per query (FashionIQ with caption order "both" has two variants)."""
+    """Per text variant, one text per query (FashionIQ with caption order "both" has two variants). An empty
+    modification stays empty (the method answers it as it answers an empty text: the reference unchanged for
+    interpolation methods, the template without its `that {text}` for pseudo-token methods)."""
     if split.benchmark == "fashioniq":
         per_query = [join_captions(q.texts, caption_order) for q in split.queries]
         variants = [[t[v] for t in per_query] for v in range(len(per_query[0]))]
     else:
-        for q in split.queries:
-            if not q.texts or not q.texts[0].strip():
-                raise InputError(f"{split.benchmark} {split.split}: query {q.qid} has an empty modification text")
-        variants = [[q.texts[0] for q in split.queries]]
-    return [[template.format(caption=c, **{k: v for k, v in q.fields.items() if isinstance(v, str)})
-             for c, q in zip(var, split.queries)] for var in variants]
+        variants = [[q.texts[0] if q.texts else "" for q in split.queries]]
+    return [[template.format(caption=c, **{k: v for k, v in q.fields.items() if isinstance(v, str)}).strip()
+             if c.strip() else "" for c, q in zip(var, split.queries)] for var in variants]
 
 
 def _compose(method, split: BenchmarkSplit, settings: EvalSettings) -> torch.Tensor:
@@ -201,17 +208,42 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         raise InputError(f"{b}: unknown subset(s) {bad}; expected some of {', '.join(SUBSETS[b])}")
     # Load (and check) every subset before embedding anything: a missing file fails in seconds.
     splits = {s: load_benchmark(b, settings.root, s, settings.split, settings.strict_counts) for s in subsets}
+    if settings.split == "test" and not settings.allow_incomplete:
+        short = [n for sp in splits.values() for n in sp.notes] or \
+            [f"{b} test: not the full split" for sp in splits.values() if not sp.complete]
+        if short:
+            raise InputError(f"{short[0]}; a server submission needs the complete official split (the server "
+                             "scores every query against the whole gallery), nothing written; pass "
+                             "--allow-incomplete to write it anyway")
+    blanks = {s or b: blank_queries(sp) for s, sp in splits.items()}
+    n_blank = sum(len(v) for v in blanks.values())
+    if n_blank:
+        first = next(f"{k} query {v[0]}" for k, v in blanks.items() if v)
+        log.warning("%d quer%s with an empty modification text in the official file (first: %s); kept and "
+                    "answered as an empty text", n_blank, "y" if n_blank == 1 else "ies", first)
+    partial = b in ("fashioniq", "genecis") and sorted(subsets) != sorted(SUBSETS[b])
     t0 = time.perf_counter()
     per = {s or b: _eval_subset(method, sp, settings) for s, sp in splits.items()}
+    for k, ids in blanks.items():
+        per[k]["data"]["blank_modifications"] = len(ids)
+        if ids:
+            per[k]["data"]["blank_modification_queries"] = ids[:20]
+    summary = aggregate(b, per)
+    if partial and summary:
+        summary["partial"] = True
+        summary["subsets"] = list(subsets)
     bb = method.backbone
     doc: dict[str, Any] = {
         "benchmark": b,
         "split": settings.split,
         "root": str(settings.root),
-        "complete": all(sp.complete for sp in splits.values()),
+        "complete": all(sp.complete for sp in splits.values()) and not partial,
+        "blank_modifications": n_blank,
         "results": per,
-        "summary": aggregate(b, per),
-        "method": {"name": method.name, "settings": method.settings()},
+        "summary": summary,
+        "method": {"name": method.name, "settings": method.settings(),
+                   **({"checkpoint": getattr(method, "checkpoint_ref")} if getattr(method, "checkpoint_ref", None)
+                      else {})},
         "backbone": {
             "spec": getattr(bb, "spec", None),
             "fingerprint": bb.fingerprint(),
@@ -247,6 +279,10 @@ def format_table(doc: dict[str, Any]) -> str:
              f"backbone={doc['backbone']['spec']}  preprocess={doc['preprocess']['mode']}"]
     if not doc.get("complete", True):
         lines.append("WARNING: not the full official split; numbers are not comparable with published tables")
+    if doc.get("blank_modifications"):
+        lines.append(f"note: {doc['blank_modifications']} quer(ies) with an empty modification in the official file, "
+                     "kept and answered as an empty text")
+    avg = "average (partial)" if doc.get("summary", {}).get("partial") else "average"
     if doc.get("submission_files"):
         lines += ["wrote " + f for f in doc["submission_files"]]
         return "\n".join(lines)
@@ -261,7 +297,7 @@ def format_table(doc: dict[str, Any]) -> str:
         lines.append(header(["R@10", "R@50"]))
         lines += [row(k, [r["metrics"]["R@10"], r["metrics"]["R@50"]]) for k, r in per.items()]
         s = doc["summary"]
-        lines.append(row("average", [s["R@10"], s["R@50"]]))
+        lines.append(row(avg, [s["R@10"], s["R@50"]]))
         lines.append(f"{'mean of averages':<18}{s['mean']:>10.2f}")
     elif b == "cirr":
         cols = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "(R@5+Rs@1)/2"]
@@ -275,5 +311,5 @@ def format_table(doc: dict[str, Any]) -> str:
     elif b == "genecis":
         lines.append(header(["R@1", "R@2", "R@3"]))
         lines += [row(k, [r["metrics"][f"R@{i}"] for i in (1, 2, 3)]) for k, r in per.items()]
-        lines.append(f"{'average R@1':<18}{doc['summary']['average R@1']:>10.2f}")
+        lines.append(f"{avg + ' R@1':<18}{doc['summary']['average R@1']:>10.2f}")
     return "\n".join(lines)

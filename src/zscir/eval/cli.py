@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 from pathlib import Path
 
@@ -27,7 +26,12 @@ def register(subparsers) -> None:
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--root", required=True, type=Path, help="the benchmark's folder (layout in docs/benchmarks.md)")
     p.add_argument("--split", default="val", choices=("val", "test"), help="test: CIRR test1 / CIRCO test server files")
-    p.add_argument("--method", default="slerp", help="composition method (image, text, sum, slerp, ...)")
+    p.add_argument("--method", default=None,
+                   help="composition method (image, text, sum, slerp, ...; default: the checkpoint's method, else slerp)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint folder made by `zscir train` (a trained method needs one)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="--split test: write the server files even when the gallery is incomplete")
     p.add_argument("--backbone", default="default", help="backbone spec (default, hf:<id or folder>, <folder>)")
     p.add_argument("--alpha", type=float, default=None, help="the method's interpolation weight, if it has one")
     p.add_argument("--preprocess", choices=MODES, default=None,
@@ -51,21 +55,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def build_method(name: str, backbone_spec: str, alpha: float | None, preprocess: str | None, device: str | None):
+def build_method(name: str | None, backbone_spec: str, alpha: float | None, preprocess: str | None,
+                 device: str | None, checkpoints: list[str] | None = None):
+    """The method to evaluate, built by zscir.methods.build (refusals happen before the backbone loads)."""
     from zscir.backbones import load_backbone
     from zscir.eval.benchmarks import set_preprocess_mode
-    from zscir.methods import get_method_class
+    from zscir.methods import build_method as build
+    from zscir.methods.build import precheck
     from zscir.utils.runtime import pick_device
 
-    cls = get_method_class(name)
-    settings = {}
-    if alpha is not None:
-        if "alpha" not in inspect.signature(cls.__init__).parameters:
-            raise InputError(f"method {name!r} has no alpha setting")
-        settings["alpha"] = alpha
+    name = precheck(name, checkpoints or [], alpha=alpha)
     backbone = load_backbone(backbone_spec, device=str(pick_device(device)))
     set_preprocess_mode(backbone, preprocess)
-    return cls(backbone, **settings).eval()
+    return build(name, backbone, checkpoints or [], alpha=alpha)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,19 +76,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    out = args.out or data_home() / "results" / f"{args.benchmark}-{args.split}-{args.method}.json"
     from zscir.eval.benchmarks import check_template
+    from zscir.methods.build import precheck
     from zscir.utils.io import check_output_file, check_utf8
 
+    args.method = precheck(args.method, args.checkpoint, alpha=args.alpha)
+    safe = args.method.replace("/", "_")
+    out = args.out or data_home() / "results" / f"{args.benchmark}-{args.split}-{safe}.json"
     check_template(check_utf8(args.template, "--template"), args.benchmark)  # before any model or data is loaded
     check_output_file(out)
     settings = EvalSettings(
         benchmark=args.benchmark, root=args.root, split=args.split, subsets=args.subsets, template=args.template,
         caption_order=args.caption_order, cache_dir=None if args.no_cache else (args.cache or cache_dir()),
         batch_size=args.batch_size, strict_counts=args.strict_counts,
-        submission_dir=args.submission_dir or out.parent,
+        submission_dir=args.submission_dir or out.parent, allow_incomplete=args.allow_incomplete,
     )
-    method = build_method(args.method, args.backbone, args.alpha, args.preprocess, args.device)
+    method = build_method(args.method, args.backbone, args.alpha, args.preprocess, args.device, args.checkpoint)
     doc = evaluate(method, settings)
     print(format_table(doc))
     write_json(out, doc)

@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", default="", help="backbone spec (default: 'default', or the index's own on resume/--add)")
     p.add_argument("--add", action="store_true", help="append to a complete index")
     p.add_argument("--kind", default="auto", help=f"index kind: {', '.join(KINDS)} or a faiss factory string")
-    p.add_argument("--method", default="slerp", help="composition method whose gallery encoder embeds the images")
+    p.add_argument("--method", default=None, help="composition method whose gallery encoder embeds the images "
+                   "(default: the checkpoint's method, else slerp)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint folder of a trained method (slerp+tat embeds the gallery with its tuned tower)")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     p.add_argument("--batch-size", type=int, default=64)
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     man = build_index(
         args.source, args.out, args.backbone or ("" if _exists(args.out) else "default"), add=args.add,
-        kind=args.kind, method=args.method, engine=args.engine, shard_size=args.shard_size,
+        kind=args.kind, method=args.method, checkpoints=args.checkpoint, engine=args.engine, shard_size=args.shard_size,
         batch_size=args.batch_size, workers=args.workers, device=args.device, ray_address=args.ray_address,
         ray_actors=args.ray_actors, progress=not args.no_progress, image_column=args.image_column,
         caption_column=args.caption_column, id_column=args.id_column,

@@ -34,8 +34,9 @@ class LocalDistributor:
 class _RayEmbedActor:
     """One model per actor; Ray Data calls it on numpy batches {"path": ...}."""
 
-    def __init__(self, backbone_spec: str, method: str, batch_size: int, workers: int, device: str | None) -> None:
-        _, m = load_gallery_encoder(backbone_spec, method, device)
+    def __init__(self, backbone_spec: str, method: str, batch_size: int, workers: int, device: str | None,
+                 checkpoints: tuple[str, ...] = ()) -> None:
+        _, m = load_gallery_encoder(backbone_spec, method, device, checkpoints)
         self.mapper = Mapper(m, batch_size, workers)
         self.dim = m.backbone.embed_dim
 
@@ -50,7 +51,8 @@ class _RayEmbedActor:
 
 class RayDistributor:
     def __init__(self, backbone_spec: str, method: str, batch_size: int = 64, workers: int = 2,
-                 actors: int = 2, address: str | None = None, num_cpus: int | None = None) -> None:
+                 actors: int = 2, address: str | None = None, num_cpus: int | None = None,
+                 checkpoints: tuple[str, ...] = ()) -> None:
         try:
             import ray
         except ImportError as e:  # pragma: no cover - ray is a core dependency
@@ -61,7 +63,7 @@ class RayDistributor:
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": num_cpus}
             ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kwargs)
-        self.spec, self.method = backbone_spec, method
+        self.spec, self.method, self.checkpoints = backbone_spec, method, tuple(checkpoints)
         self.batch_size, self.workers, self.actors = batch_size, workers, actors
 
     def run(self, todo: list[Item], shard_size: int) -> Iterator[Chunk]:
@@ -78,6 +80,7 @@ class RayDistributor:
             _RayEmbedActor,
             fn_constructor_kwargs={
                 "backbone_spec": self.spec, "method": self.method, "batch_size": self.batch_size,
+                "checkpoints": self.checkpoints,
                 "workers": self.workers, "device": "cuda" if per_actor_gpu else None,
             },
             batch_size=self.batch_size,

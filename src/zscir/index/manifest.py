@@ -84,6 +84,10 @@ class Manifest:
     zscir_version: str = zscir.__version__
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    #: the checkpoint that changes the gallery encoder (TAT tunes the image tower), "" when the gallery is the
+    #: backbone's own image tower (every other method, ISA included: it keeps the large tower for the gallery)
+    gallery_checkpoint: str = ""
+    gallery_checkpoint_fingerprint: str = ""
 
     def validate(self) -> None:
         if self.dim < 1:

@@ -13,14 +13,18 @@ import torch
 from zscir.data.stream import iter_location_batches
 
 
-def load_gallery_encoder(backbone_spec: str, method: str = "slerp", device: str | None = None):
-    """The backbone and the composition method whose encode_gallery embeds the index."""
+def load_gallery_encoder(backbone_spec: str, method: str | None = "slerp", device: str | None = None,
+                         checkpoints: Sequence[str] = ()):
+    """The backbone and the composition method whose encode_gallery embeds the index (built by
+    zscir.methods.build_method: a trained method needs its checkpoint)."""
     import zscir.backbones.pyref  # noqa: F401  (registers the py: scheme)
     from zscir.backbones import load_backbone
-    from zscir.methods import get_method_class
+    from zscir.methods import build_method
+    from zscir.methods.build import precheck
 
+    method = precheck(method, list(checkpoints))
     backbone = load_backbone(backbone_spec, device=device)
-    return backbone, get_method_class(method)(backbone)
+    return backbone, build_method(method, backbone, list(checkpoints))
 
 
 class Mapper:

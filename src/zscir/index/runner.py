@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -65,7 +65,8 @@ def build_index(
     *,
     add: bool = False,
     kind: str = "auto",
-    method: str = "slerp",
+    method: str | None = "slerp",
+    checkpoints: Sequence[str] = (),
     engine: str = "local",
     shard_size: int = DEFAULT_SHARD_SIZE,
     batch_size: int = 64,
@@ -108,14 +109,24 @@ def build_index(
             spec = backbone
         from zscir.index.mapper import load_gallery_encoder
 
-        bb, m = load_gallery_encoder(spec, method if man is None else man.gallery_method, device)
+        if man is None:
+            enc_method, enc_ckpts = method, list(checkpoints)
+        else:  # resume / --add: the encoder the manifest records
+            enc_method, enc_ckpts = _recorded_encoder(man)
+        bb, m = load_gallery_encoder(spec, enc_method, device, enc_ckpts)
         if man is None:
             pre = bb.preprocess_config
             from dataclasses import asdict
 
+            from zscir.methods.build import checkpoint_fingerprint
+
+            tuned = m.gallery_id != _plain_gallery_id(bb)
             man = Manifest(backbone_spec=spec, backbone_fingerprint=bb.fingerprint(), preprocess=asdict(pre),
                            preprocess_digest=pre.digest(), gallery_method=m.name, gallery_id=m.gallery_id,
-                           dim=int(bb.embed_dim))
+                           dim=int(bb.embed_dim),
+                           gallery_checkpoint=str(Path(enc_ckpts[0]).resolve()) if tuned and enc_ckpts else "",
+                           gallery_checkpoint_fingerprint=checkpoint_fingerprint(m) if tuned else "")
+            enc_method, enc_ckpts = _recorded_encoder(man)
         elif bb.fingerprint() != man.backbone_fingerprint or m.gallery_id != man.gallery_id:
             raise CheckpointError(f"{out}: made with backbone {man.backbone_spec} (fingerprint "
                                   f"{man.backbone_fingerprint}); {spec} has fingerprint {bb.fingerprint()}")
@@ -142,7 +153,8 @@ def build_index(
         if engine == "ray":
             from zscir.index.distributor import RayDistributor
 
-            dist = RayDistributor(spec, man.gallery_method, batch_size, workers, ray_actors, ray_address, ray_cpus)
+            dist = RayDistributor(spec, enc_method, batch_size, workers, ray_actors, ray_address, ray_cpus,
+                                  checkpoints=tuple(enc_ckpts))
         elif engine == "local":
             from zscir.index.distributor import LocalDistributor
 
@@ -194,6 +206,24 @@ def _refuse_id_collisions(items, indexed: dict[str, str], source) -> None:
 def is_index_folder(folder: Path) -> bool:
     """An index (complete or interrupted: it has a manifest), or a folder holding only an index lock."""
     return (folder / MANIFEST).is_file() or all(p.name == LOCK for p in folder.iterdir())
+
+
+def _plain_gallery_id(backbone) -> str:
+    """The gallery id of the backbone's own image tower (what every training-free method uses)."""
+    from zscir.methods.base import backbone_gallery_id
+
+    return backbone_gallery_id(backbone)
+
+
+def _recorded_encoder(man: Manifest) -> tuple[str, list[str]]:
+    """(method, checkpoints) that re-create the gallery encoder a manifest records: its checkpoint when one
+    changed the gallery tower, else the backbone's own image tower (`image`)."""
+    if man.gallery_checkpoint:
+        return man.gallery_method, [man.gallery_checkpoint]
+    from zscir.methods import get_method_class
+
+    cls = get_method_class(man.gallery_method)
+    return (man.gallery_method if not cls.needs_checkpoint() else "image"), []
 
 
 def _write_failures(out: Path, man: Manifest, listing: list[dict[str, str]] = ()) -> int:

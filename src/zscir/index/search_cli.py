@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", default=[], help="reference image file (repeat for several)")
     p.add_argument("--gallery-id", action="append", default=[], help="a gallery image (by id) as reference")
     p.add_argument("--text", default=None, help="what should differ from the reference")
-    p.add_argument("--method", default="slerp")
+    p.add_argument("--method", default=None, help="composition method (default: the checkpoint's method, else slerp)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint folder of a trained method (made by `zscir train`)")
     p.add_argument("--alpha", type=float, default=None, help="method weight (slerp: 0 = image, 1 = text)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--backbone", default=None, help="override the index's backbone spec (must match its fingerprint)")
@@ -25,13 +27,21 @@ def run(args: argparse.Namespace) -> int:
     from zscir.data.sources import load_location
     from zscir.errors import InputError
     from zscir.index.search import Searcher
+    from zscir.methods import check_settings, get_method_class
+    from zscir.methods.build import precheck
     from zscir.utils.io import check_utf8, load_image
 
     if args.text is not None:
         check_utf8(args.text, "--text")
     if args.k < 1:
         raise InputError(f"-k {args.k}: must be at least 1")
-    s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify)
+    # refusals before any model loads; the checkpoints are what is loaded, so a training-free --method may come
+    # with them (as on a server hosting both)
+    if args.method and not get_method_class(args.method).needs_checkpoint():
+        check_settings(get_method_class(args.method), {"alpha": args.alpha})
+    else:
+        args.method = precheck(args.method, args.checkpoint, alpha=args.alpha)
+    s = Searcher.open(args.index, backbone=args.backbone, verify=not args.no_verify, checkpoints=args.checkpoint)
     images = [load_image(p) for p in args.image]
     # a gallery item's location is a file or an image inside a WebDataset tar (`<tar>#<member>`)
     images += [load_location(s.index.items[s.index.lookup(i)]["path"]) for i in args.gallery_id]

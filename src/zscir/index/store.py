@@ -61,18 +61,31 @@ class GalleryIndex:
         """Queries must come from the encoder that embedded the gallery."""
         man = self.manifest
         bb = method.backbone
-        if bb.fingerprint() != man.backbone_fingerprint:
+        # a TAT-tuned backbone wraps the base one: the index records the base backbone (its gallery_id the tuning)
+        base_fp = getattr(bb, "base_fingerprint", None) or bb.fingerprint()
+        if base_fp != man.backbone_fingerprint:
             raise CheckpointError(
                 f"{self.folder}: built with backbone {man.backbone_spec} (fingerprint {man.backbone_fingerprint}); "
-                f"the query backbone {getattr(bb, 'spec', '?')} has fingerprint {bb.fingerprint()}: refusing to mix "
+                f"the query backbone {getattr(bb, 'spec', '?')} has fingerprint {base_fp}: refusing to mix "
                 "embedding spaces"
             )
         if bb.preprocess_config.digest() != man.preprocess_digest:
             raise CheckpointError(f"{self.folder}: built with preprocessing {man.preprocess_digest}, the query "
                                   f"backbone uses {bb.preprocess_config.digest()}")
         if method.gallery_id != man.gallery_id:
-            raise CheckpointError(f"{self.folder}: the gallery was embedded by {man.gallery_method!r} "
-                                  f"({man.gallery_id}); method {method.name!r} needs {method.gallery_id}")
+            tuned_index = bool(getattr(man, "gallery_checkpoint_fingerprint", ""))
+            ref = getattr(method, "checkpoint_ref", None) or {}
+            if tuned_index:
+                why = (f"the index's gallery was embedded by {man.gallery_method!r} with a tuned image tower "
+                       f"(checkpoint {man.gallery_checkpoint_fingerprint[:12]})")
+            else:
+                why = f"the index's gallery was embedded by {man.gallery_method!r} with the backbone's own image tower"
+            mine = (f"method {method.name!r} embeds images with a tuned tower (checkpoint "
+                    f"{str(ref.get('fingerprint', ''))[:12] or '?'})" if method.gallery_id != _plain(method)
+                    else f"method {method.name!r} embeds images with the untuned tower")
+            raise CheckpointError(f"{self.folder.name}: {why}, but {mine}: queries and gallery would live in "
+                                  "different spaces; build an index with that method (`zscir index --method ... "
+                                  "--checkpoint ...`) or use a method with the index's gallery encoder")
 
     def lookup(self, item_id: str) -> int:
         try:
@@ -150,3 +163,9 @@ def search_vectors(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: 
         out_p[r, : len(keep)] = keep
         out_s[r, : len(keep)] = s
     return out_s, out_p
+
+
+def _plain(method) -> str:
+    """The gallery id the method's base backbone has with its own (untuned) image tower."""
+    bb = method.backbone
+    return f"{getattr(bb, 'base_fingerprint', None) or bb.fingerprint()}/{bb.preprocess_config.digest()}"

@@ -1,12 +1,14 @@
 """Composition methods by name (see base.py for the interface).
 
 Built in: image, text, sum (baselines.py) and slerp (slerp.py). Later modules add slerp+tat, pic2word,
-two-stage, the +rtd variants and isa, each registering itself with `@register_method`.
+two-stage, the +rtd variants and isa, each registering itself with `@register_method`. Every command builds
+a method with `build_method(name, backbone, checkpoints, **settings)` (build.py).
 """
 
 from zscir.methods.base import (
     CompositionMethod,
     check_alpha,
+    check_settings,
     get_method_class,
     list_methods,
     register_method,
@@ -17,6 +19,10 @@ from zscir.methods import baselines as _baselines  # noqa: E402,F401
 from zscir.methods import slerp as _slerp_module  # noqa: E402,F401
 from zscir.methods import tat as _tat_module  # noqa: E402,F401
 from zscir.methods import mapped as _mapped  # noqa: E402,F401
+from zscir.methods import rtd as _rtd_module  # noqa: E402,F401
 from zscir.methods import isa as _isa_module  # noqa: E402,F401
 
-__all__ = ["CompositionMethod", "check_alpha", "get_method_class", "list_methods", "register_method"]
+from zscir.methods.build import build_method, method_info, methods_for_checkpoint  # noqa: E402
+
+__all__ = ["CompositionMethod", "build_method", "check_alpha", "check_settings", "get_method_class", "list_methods",
+           "method_info", "methods_for_checkpoint", "register_method"]

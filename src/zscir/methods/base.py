@@ -14,7 +14,8 @@ Methods register by name next to their class with `@register_method("name")`.
 from __future__ import annotations
 
 import abc
-from typing import Callable, ClassVar, Sequence, TypeVar
+import copy
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -31,6 +32,12 @@ class CompositionMethod(nn.Module, abc.ABC):
     uses_image: ClassVar[bool] = True
     #: False for methods that ignore the text (image-only)
     uses_text: ClassVar[bool] = True
+    #: checkpoint kinds (config.json "kind") this method is built from; empty: training-free
+    checkpoint_kinds: ClassVar[tuple[str, ...]] = ()
+    #: what to run to get a checkpoint (shown when one is missing)
+    train_hint: ClassVar[str] = ""
+    #: settings a user may pass (name -> default); anything else is refused by `check_settings`
+    setting_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
@@ -39,7 +46,7 @@ class CompositionMethod(nn.Module, abc.ABC):
     @property
     def gallery_id(self) -> str:
         """Identifies the gallery encoder; galleries embedded with the same id can be shared."""
-        return f"{self.backbone.fingerprint()}/{self.backbone.preprocess_config.digest()}"
+        return backbone_gallery_id(self.backbone)
 
     def encode_gallery(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.encode_image(pixels)
@@ -57,6 +64,40 @@ class CompositionMethod(nn.Module, abc.ABC):
     def settings(self) -> dict[str, object]:
         """The method's settings, recorded in results files."""
         return {}
+
+    # --- building (see zscir.methods.build) ------------------------------------------------------------------
+    @classmethod
+    def needs_checkpoint(cls) -> bool:
+        return bool(cls.checkpoint_kinds)
+
+    @classmethod
+    def serves(cls, doc: dict[str, Any]) -> tuple[int, str]:
+        """How well a checkpoint (its config.json as a dict) serves this method: (2, "") made for it,
+        (1, "") loadable by it, (0, reason) not usable. The default: its kind is one of `checkpoint_kinds`."""
+        if doc.get("kind") in cls.checkpoint_kinds:
+            return 2, ""
+        return 0, f"it is a {doc.get('kind')!r} checkpoint"
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint: Any, **settings: Any) -> "CompositionMethod":
+        """The ready method. `checkpoint` is a `zscir.methods.build.CheckpointRef` (None for training-free
+        methods); `settings` are already validated against `setting_defaults`."""
+        return cls(backbone, **settings)
+
+    def with_settings(self, **settings: Any) -> "CompositionMethod":
+        """A shallow copy sharing every weight, with other settings (validated); `self` is unchanged."""
+        settings = check_settings(type(self), settings)
+        if not settings:
+            return self
+        out = copy.copy(self)
+        for k, v in settings.items():
+            object.__setattr__(out, k, v)
+        return out
+
+
+def backbone_gallery_id(backbone: Backbone) -> str:
+    """The gallery id of a backbone's own image tower (every method that does not tune the gallery side)."""
+    return f"{backbone.fingerprint()}/{backbone.preprocess_config.digest()}"
 
 
 M = TypeVar("M", bound=type[CompositionMethod])
@@ -89,6 +130,20 @@ def list_methods() -> list[str]:
     import zscir.methods  # noqa: F401
 
     return list(_METHODS)
+
+
+def check_settings(cls: type[CompositionMethod], settings: dict[str, Any]) -> dict[str, Any]:
+    """The one rule for user settings, used by every command and the service: None means "the method's
+    default"; a setting the method does not declare is refused (never dropped); alpha must be in [0, 1]."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if key not in cls.setting_defaults:
+            takes = ", ".join(cls.setting_defaults) or "none"
+            raise InputError(f"method {cls.name!r} has no {key} setting (its settings: {takes})")
+        out[key] = check_alpha(value) if key == "alpha" else value
+    return out
 
 
 def check_alpha(alpha: float) -> float:

@@ -9,6 +9,28 @@ import torch.nn.functional as F
 
 from zscir.methods.base import CompositionMethod, check_batch, register_method, require_pixels
 
+#: what the text-only method embeds for an empty modification (pseudo-token methods drop "that {text}" from
+#: their template the same way: no modification leaves a plain "a photo of $")
+EMPTY_TEXT_PROMPT = "a photo"
+
+
+def blank_rows(texts: Sequence[str]) -> list[bool]:
+    """Which modification texts are empty (kept as such from official files: the reference is then unchanged)."""
+    return [isinstance(t, str) and not t.strip() for t in texts]
+
+
+def encode_texts_or_reference(backbone, texts: Sequence[str], ref: torch.Tensor) -> torch.Tensor:
+    """Text embeddings (B, D); an empty text's row is the reference embedding itself, so interpolating toward
+    it leaves the reference unchanged (an empty modification asks for no change)."""
+    blank = blank_rows(texts)
+    if not any(blank):
+        return backbone.encode_text(list(texts)).to(ref.dtype)
+    w = F.normalize(ref, dim=-1).clone()
+    keep = [i for i, b in enumerate(blank) if not b]
+    if keep:
+        w[keep] = backbone.encode_text([texts[i] for i in keep]).to(ref.dtype)
+    return w
+
 
 @register_method("image")
 class ImageOnly(CompositionMethod):
@@ -30,7 +52,7 @@ class TextOnly(CompositionMethod):
     uses_image = False
 
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
-        return self.backbone.encode_text(list(texts))
+        return self.backbone.encode_text([EMPTY_TEXT_PROMPT if b else t for t, b in zip(texts, blank_rows(texts))])
 
 
 @register_method("sum")
@@ -43,5 +65,5 @@ class NormalisedSum(CompositionMethod):
         return self.compose_embedded(v, texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        w = self.backbone.encode_text(list(texts)).to(ref_embeddings.dtype)
+        w = encode_texts_or_reference(self.backbone, texts, ref_embeddings)
         return F.normalize(F.normalize(ref_embeddings, dim=-1) + w, dim=-1)

@@ -18,6 +18,7 @@ Training lives in `zscir.train.isa` (`zscir train isa`)."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,13 +175,42 @@ def large_feature_shape(backbone: Backbone) -> tuple[int, int]:
     return int(t.shape[1]), int(t.shape[2])
 
 
+def light_cells(cfg: "ISAConfig") -> int:
+    """Cells of the light encoder's feature map at the config's resolution (five stride-2 stages: ceil(n/2)
+    each, e.g. 96 px -> 3x3, 224 px -> 7x7, 64 px -> 2x2)."""
+    side = int(cfg.image_size)
+    for _ in range(5):
+        side = (side + 1) // 2
+    return side * side
+
+
 def isa_config_for(backbone: Backbone, mode: str = "asymmetric", n_tokens: int = 4, **arch: object) -> ISAConfig:
-    """An ISAConfig that fits `backbone` (its word width, word norm, resolution and feature map)."""
+    """An ISAConfig that fits `backbone` (its word width, word norm, resolution and feature map). The token
+    learner reads the light encoder's grid (asymmetric) or the large tower's tokens (symmetric), whatever the
+    tower: a CNN grid, a ViT's CLS + patches of any patch size, or SigLIP's patches without a CLS."""
     n_cells, large_dim = large_feature_shape(backbone)
     cfg = ISAConfig(mode=mode, n_tokens=n_tokens, image_size=backbone.preprocess_config.size, n_cells=n_cells,
                     word_dim=backbone.word_dim, word_norm=word_embedding_norm(backbone), **arch)  # type: ignore[arg-type]
     cfg.feat_dim = cfg.light_out if mode == "asymmetric" else large_dim
+    if mode == "asymmetric":
+        cfg.n_cells = light_cells(cfg)
     return cfg
+
+
+def align_cells(feats: torch.Tensor, n_cells: int) -> torch.Tensor:
+    """The large tower's local features (B, L, C) on a square grid of `n_cells` cells (the light encoder's),
+    so that training can compare them cell by cell. Prefix tokens (a ViT's CLS) are dropped (L = prefix + s*s
+    with s*s the largest square <= L) and the s x s patch grid is average-pooled to the target grid.
+    Unchanged when L == n_cells (the default backbone: 3x3 both)."""
+    b, n, c = feats.shape
+    if n == n_cells:
+        return feats
+    side, target = math.isqrt(n), math.isqrt(n_cells)
+    if target * target != n_cells:
+        raise InputError(f"ISA: the light encoder's {n_cells} cells are not a square grid")
+    grid = feats[:, n - side * side:].transpose(1, 2).reshape(b, c, side, side)
+    pooled = F.adaptive_avg_pool2d(grid.float(), (target, target)).to(feats.dtype)
+    return pooled.flatten(2).transpose(1, 2)
 
 
 @register_method("isa")
@@ -202,6 +232,21 @@ class ISA(PseudoTokenMethod):
         self.to(backbone.device)
 
     expected_mode = "asymmetric"
+    checkpoint_kinds = (KIND,)
+    train_hint = "`zscir train isa --mode asymmetric --world DIR --out DIR`"
+
+    @classmethod
+    def serves(cls, doc: dict) -> tuple[int, str]:
+        if doc.get("kind") != KIND:
+            return 0, f"it is a {doc.get('kind')!r} checkpoint"
+        mode = (doc.get("config") or {}).get("mode", "asymmetric")
+        if mode == cls.expected_mode:
+            return 2, ""
+        return 0, f"it holds a {mode} ISA query side"
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "ISA":
+        return load_isa(checkpoint.path, backbone)
 
     # --- the query side ----------------------------------------------------------------------------------
     def query_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -242,6 +287,7 @@ class ISASymmetric(ISA):
     """ISA with the token learner on the large tower's local features (query and gallery share the tower)."""
 
     expected_mode = "symmetric"
+    train_hint = "`zscir train isa --mode symmetric --world DIR --out DIR`"
 
 
 def load_isa_modules(path: str | Path) -> tuple[ISAConfig, LightEncoder | None, AdaptiveTokenLearner, dict]:

@@ -56,14 +56,19 @@ class MappedTokenMethod(PseudoTokenMethod):
 
     #: checkpoint kinds this method loads
     kinds: tuple[str, ...] = (MAPPER_KIND,)
+    checkpoint_kinds = (MAPPER_KIND,)
+    #: the `config.method` of the checkpoints made for this method
+    made_by: tuple[str, ...] = ()
 
     def __init__(self, backbone: Backbone, checkpoint: str | Path | None = None, mapper: TokenMapper | None = None,
-                 template: str = DEFAULT_TEMPLATE, text_encoder: Backbone | None = None) -> None:
+                 template: str = DEFAULT_TEMPLATE, text_encoder: Backbone | None = None,
+                 text_init: str | Path | None = None) -> None:
         if mapper is None:
             if not checkpoint:
-                raise InputError(f"method {type(self).name!r} needs a trained mapper: pass a checkpoint folder "
-                                 "made by `zscir train`")
-            mapper, ckpt, text_encoder = self._load(backbone, checkpoint)
+                from zscir.methods.build import missing_checkpoint_message
+
+                raise InputError(missing_checkpoint_message(type(self)))
+            mapper, ckpt, text_encoder = self._load(backbone, checkpoint, text_init)
             template = ckpt.config.get("template", template)
         super().__init__(backbone, template=template, text_encoder=text_encoder)
         self.checkpoint_path = str(checkpoint) if checkpoint else ""
@@ -72,9 +77,22 @@ class MappedTokenMethod(PseudoTokenMethod):
                              f"the backbone (embed {backbone.embed_dim}, word {self.text_encoder.word_dim})")
         self.mapper = mapper.to(backbone.device).eval()
 
-    def _load(self, backbone: Backbone, path: str | Path):
+    def _load(self, backbone: Backbone, path: str | Path, text_init: str | Path | None = None):
         mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=self.kinds)
         return mapper, ckpt, None
+
+    @classmethod
+    def serves(cls, doc: dict[str, Any]) -> tuple[int, str]:
+        made_for = (doc.get("config") or {}).get("method", "")
+        if doc.get("kind") not in cls.checkpoint_kinds:
+            return 0, f"it is a {doc.get('kind')!r} checkpoint"
+        if made_for in cls.made_by:
+            return 2, ""
+        return 0, f"it holds a {made_for or '?'} mapper"
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "MappedTokenMethod":
+        return cls(backbone, checkpoint=checkpoint.path)
 
     def pseudo_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         local = self.backbone.image_tokens(pixels)
@@ -96,6 +114,9 @@ class MappedTokenMethod(PseudoTokenMethod):
 class Pic2Word(MappedTokenMethod):
     """Pic2Word-style: one pseudo word from an MLP on the pooled image embedding; towers frozen."""
 
+    made_by = ("pic2word",)
+    train_hint = "`zscir train pic2word --world DIR --out DIR`"
+
 
 @register_method("two-stage/mapping-only")
 class TwoStageMappingOnly(MappedTokenMethod):
@@ -103,6 +124,15 @@ class TwoStageMappingOnly(MappedTokenMethod):
     checkpoint and ignores its adapters (the stage-1 mapper is inside it)."""
 
     kinds = (MAPPER_KIND, TWO_STAGE_KIND)
+    checkpoint_kinds = (MAPPER_KIND, TWO_STAGE_KIND)
+    made_by = ("two-stage/mapping-only",)
+    train_hint = "`zscir train mapping --world DIR --out DIR`"
+
+    @classmethod
+    def serves(cls, doc: dict[str, Any]) -> tuple[int, str]:
+        if doc.get("kind") == TWO_STAGE_KIND:
+            return 1, ""  # the stage-1 mapper is inside every stage-2 checkpoint
+        return super().serves(doc)
 
 
 @register_method("two-stage")
@@ -110,21 +140,41 @@ class TwoStage(MappedTokenMethod):
     """Stage 1's frozen mapper + a text tower tuned with LoRA on synthetic triplets (stage 2)."""
 
     kinds = (TWO_STAGE_KIND,)
+    checkpoint_kinds = (TWO_STAGE_KIND,)
+    made_by = ("two-stage",)
+    train_hint = ("`zscir train mapping --world DIR --out S1`, then `zscir train composing --world DIR "
+                  "--mapper S1 --out DIR`")
 
-    def _load(self, backbone: Backbone, path: str | Path):
+    @classmethod
+    def serves(cls, doc: dict[str, Any]) -> tuple[int, str]:
+        if doc.get("kind") == TWO_STAGE_KIND and (doc.get("config") or {}).get("text_init"):
+            return 0, "its stage 2 was trained on an RTD text tower, so it is a 'two-stage+rtd' checkpoint"
+        return super().serves(doc)
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "TwoStage":
+        return cls(backbone, checkpoint=checkpoint.path, text_init=_resolved_text_init(checkpoint))
+
+    def _load(self, backbone: Backbone, path: str | Path, text_init: str | Path | None = None):
         mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=self.kinds)
-        return mapper, ckpt, load_text_adapters(backbone, ckpt)
+        return mapper, ckpt, load_text_adapters(backbone, ckpt, text_init=text_init)
 
     def settings(self) -> dict[str, object]:
         return {**super().settings(), "text_adapters": "lora"}
 
 
-def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True) -> Backbone:
+def _resolved_text_init(ref: Any) -> Path | None:
+    """Where the RTD tower a stage-2 checkpoint records (`text_init`) is now (see CheckpointRef.resolve)."""
+    init = ref.config.get("text_init") or None
+    return ref.resolve(init, "the RTD text tower") if init else None
+
+
+def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True, text_init: str | Path | None = None) -> Backbone:
     """The tuned text encoder stored in a two-stage checkpoint (LoRA tensors prefixed `text.`). When stage 2
     started from an RTD-tuned tower (`text_init`), that checkpoint is loaded first and must be the very one
     the adapters were trained on."""
     lcfg = from_dict(LoRAConfig, ckpt.config["lora"])
-    enc, _ = lora_text_encoder(_text_init(backbone, ckpt), lcfg)
+    enc, _ = lora_text_encoder(_text_init(backbone, ckpt, text_init), lcfg)
     state = {k[len("text."):]: v for k, v in ckpt.tensors.items() if k.startswith("text.")}
     missing = [k for k in enc.text_tower.state_dict() if (".lora_A" in k or ".lora_B" in k) and k not in state]
     if missing or not state:
@@ -135,13 +185,13 @@ def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True) -> Bac
     return enc.eval()
 
 
-def _text_init(backbone: Backbone, ckpt: Any) -> Backbone:
+def _text_init(backbone: Backbone, ckpt: Any, where: str | Path | None = None) -> Backbone:
     init = ckpt.config.get("text_init") or None
     if not init:
         return backbone
     from zscir.methods.rtd import load_rtd_text_encoder
 
-    path = Path(init["path"])
+    path = Path(where or init["path"])
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{ckpt.path}: its stage 2 was trained on the RTD text tower {path}, which is missing")
     start = load_rtd_text_encoder(path, backbone)

@@ -10,6 +10,7 @@ as two-stage and RTD tune the text tower."""
 from __future__ import annotations
 
 import abc
+import re
 from typing import Sequence
 
 import torch
@@ -19,6 +20,12 @@ from zscir.errors import InputError
 from zscir.methods.base import CompositionMethod, check_batch, require_pixels
 
 DEFAULT_TEMPLATE = "a photo of $ that {text}"
+
+
+def empty_prompt(template: str) -> str:
+    """What a template says for an empty modification: its text before `{text}`, minus a trailing connective."""
+    head = template.split("{text}")[0].rstrip()
+    return re.sub(r"\s+(that|which|who|and|with|but)$", "", head) or head or "$"
 
 
 def check_template(template: str, placeholder: str = "$") -> str:
@@ -43,11 +50,13 @@ class PseudoTokenMethod(CompositionMethod, abc.ABC):
         """(B, M, W) token embeddings in the text tower's word space."""
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
+        """The template filled with each text. An empty modification (official benchmark files have a few) keeps
+        only the part before `{text}` without its connective (`a photo of $ that {text}` -> `a photo of $`)."""
         out = []
         for t in texts:
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"empty or whitespace-only text {t!r}")
-            out.append(self.template.replace("{text}", t.strip()))
+            if not isinstance(t, str):
+                raise InputError(f"modification text {t!r} is not a string")
+            out.append(self.template.replace("{text}", t.strip()) if t.strip() else empty_prompt(self.template))
         return out
 
     def compose_tokens(self, tokens: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:

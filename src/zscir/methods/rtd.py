@@ -24,7 +24,7 @@ from torch import nn
 from zscir.backbones.base import Backbone
 from zscir.checkpoint import check_fingerprint, load_checkpoint
 from zscir.errors import CheckpointError
-from zscir.methods.base import CompositionMethod
+from zscir.methods.base import CompositionMethod, register_method
 from zscir.nn.lora import LoRAConfig, apply_lora, merge_lora
 
 RTD_KIND = "zscir.rtd-text-tower"
@@ -122,11 +122,84 @@ class RTDMethod(CompositionMethod):
         return {**self.base.settings(), "rtd": dict(getattr(enc, "rtd_checkpoint", {}))}
 
 
-def with_rtd(method: CompositionMethod, path: str | Path) -> RTDMethod:
+def with_rtd(method: CompositionMethod, path: str | Path, cls: type[RTDMethod] = RTDMethod) -> RTDMethod:
     """`method` (a pseudo-token method) with its text side replaced by the RTD-tuned tower at `path`."""
     if not hasattr(method, "text_encoder"):
         raise CheckpointError(f"RTD plugs into pseudo-token methods; {method.name!r} has no text encoder to tune")
-    return RTDMethod(method, load_rtd_text_encoder(path, method.backbone, base=method.text_encoder))
+    return cls(method, load_rtd_text_encoder(path, method.backbone, base=method.text_encoder))
+
+
+def _rtd_base(doc: dict) -> str:
+    """The method of the mapper an RTD checkpoint was trained for ("" when not recorded)."""
+    return str((doc.get("mapper") or {}).get("method", ""))
+
+
+class _RegisteredRTD(RTDMethod):
+    """A registered `<base>+rtd` method built from an RTD checkpoint (it records the mapper it was trained for,
+    so that one folder suffices)."""
+
+    checkpoint_kinds = (RTD_KIND,)
+    base_name = ""
+
+    @classmethod
+    def serves(cls, doc: dict) -> tuple[int, str]:
+        if doc.get("kind") != RTD_KIND:
+            return 0, f"it is a {doc.get('kind')!r} checkpoint"
+        base = _rtd_base(doc)
+        if base == cls.base_name:
+            return 2, ""
+        if base == "two-stage/mapping-only":
+            return 0, ("it tunes the text tower for a stage-1 mapper: train stage 2 on it (`zscir train composing "
+                       "--mapper S1 --text-init DIR`) to get 'two-stage+rtd'")
+        return 0, f"it was trained for a {base or 'unrecorded'} mapper"
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "RTDMethod":
+        from zscir.methods.base import get_method_class
+        from zscir.methods.build import build_method
+
+        get_method_class(cls.base_name)  # registered
+        mapper_dir = checkpoint.resolve(checkpoint.doc.get("mapper") or {}, f"the {cls.base_name} checkpoint")
+        base = build_method(cls.base_name, backbone, [mapper_dir])
+        return with_rtd(base, checkpoint.path, cls)
+
+
+@register_method("pic2word+rtd")
+class Pic2WordRTD(_RegisteredRTD):
+    """pic2word with its queries run through the RTD-tuned text tower (gallery and mapper unchanged)."""
+
+    base_name = "pic2word"
+    train_hint = "`zscir train pic2word --out P2W ...`, then `zscir train rtd --mapper P2W --out DIR ...`"
+
+
+@register_method("two-stage+rtd")
+class TwoStageRTD(_RegisteredRTD):
+    """two-stage with RTD: stage 2 trained on an RTD-tuned text tower (a stage-2 checkpoint recording the RTD
+    tower as `text_init`, what `zscir demo` builds), or an RTD tower tuned after stage 2 (an RTD checkpoint
+    recording a two-stage mapper)."""
+
+    base_name = "two-stage"
+    checkpoint_kinds = (RTD_KIND, "zscir.two-stage")
+    train_hint = ("`zscir train mapping --out S1 ...`, `zscir train rtd --mapper S1 --out RTD ...`, then "
+                  "`zscir train composing --mapper S1 --text-init RTD --out DIR ...`")
+
+    @classmethod
+    def serves(cls, doc: dict) -> tuple[int, str]:
+        if doc.get("kind") == "zscir.two-stage":
+            if (doc.get("config") or {}).get("text_init"):
+                return 2, ""
+            return 0, "its stage 2 was trained on the original text tower (a 'two-stage' checkpoint)"
+        return super().serves(doc)
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "RTDMethod":
+        if checkpoint.kind != "zscir.two-stage":
+            return super().from_checkpoint(backbone, checkpoint, **settings)
+        from zscir.methods.mapped import TwoStage, _resolved_text_init
+
+        # stage 2 already runs on the RTD tower: the method is two-stage with that text side, named +rtd
+        method = TwoStage(backbone, checkpoint=checkpoint.path, text_init=_resolved_text_init(checkpoint))
+        return cls(method, method.text_encoder)
 
 
 def _text_fingerprint(encoder: Backbone) -> str:

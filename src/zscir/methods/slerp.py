@@ -34,6 +34,8 @@ class Slerp(CompositionMethod):
     """Spherical interpolation between the image and raw-text embeddings (published defaults: 0.9 for
     CIRR-like data, 0.8 for CIRCO and FashionIQ; our default 0.8)."""
 
+    setting_defaults = {"alpha": 0.8}
+
     def __init__(self, backbone: Backbone, alpha: float = 0.8) -> None:
         super().__init__(backbone)
         self.alpha = check_alpha(alpha)
@@ -43,7 +45,9 @@ class Slerp(CompositionMethod):
         return self.compose_embedded(self.backbone.encode_image(require_pixels(pixels, self.name)), texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        w = self.backbone.encode_text(list(texts)).to(ref_embeddings.dtype)
+        from zscir.methods.baselines import encode_texts_or_reference
+
+        w = encode_texts_or_reference(self.backbone, texts, ref_embeddings)
         return slerp(ref_embeddings, w, self.alpha)
 
     def settings(self) -> dict[str, object]:

@@ -212,13 +212,26 @@ class SlerpTAT(Slerp):
     tower, the text by the frozen text tower. `tat` is a checkpoint folder (adapters or merged) or an
     already built TunedBackbone; without one, `backbone` is taken to be tuned already."""
 
+    checkpoint_kinds = (ADAPTERS_KIND, MERGED_KIND)
+    train_hint = "`zscir train tat --images DIR --captions FILE --out DIR`"
+
     def __init__(self, backbone: Backbone, tat: "str | Path | TunedBackbone | None" = None, alpha: float = 0.8) -> None:
         if isinstance(tat, (str, Path)):
             backbone = load_tat_backbone(backbone, tat)
         elif isinstance(tat, TunedBackbone):
             backbone = tat
+        elif not isinstance(backbone, TunedBackbone):
+            # without adapters this would be plain slerp under another name: never silently
+            from zscir.errors import InputError
+            from zscir.methods.build import missing_checkpoint_message
+
+            raise InputError(missing_checkpoint_message(type(self)))
         super().__init__(backbone, alpha=alpha)
         self.checkpoint = str(tat) if isinstance(tat, (str, Path)) else None
+
+    @classmethod
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "SlerpTAT":
+        return cls(backbone, tat=checkpoint.path, **settings)
 
     def settings(self) -> dict[str, object]:
         out: dict[str, object] = {"alpha": self.alpha}

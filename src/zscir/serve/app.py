@@ -85,6 +85,11 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
                 "backbone": man.backbone_spec, "fingerprint": man.backbone_fingerprint,
                 "limits": limits.__dict__}
 
+    @app.get("/methods")
+    def methods() -> dict:
+        """The methods this server can run on its index: name, whether it takes an alpha, and its default."""
+        return {"methods": searcher.available(), "default": searcher.default_method}
+
     @app.get("/images/{image_id:anypath}", responses={
         404: {"description": "no image with this id"}, 409: {"description": "the file changed since indexing"},
         410: {"description": "the file is gone"}})
@@ -99,7 +104,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
         text: Annotated[str, Form(description="what should differ from the reference")] = "",
         image: Annotated[UploadFile | None, File(description="reference image file")] = None,
         gallery_id: Annotated[str | None, Form(description="a gallery image id as the reference")] = None,
-        method: Annotated[str, Form()] = "slerp",
+        method: Annotated[str, Form(description="a name from GET /methods (default: the server's default)")] = "",
         alpha: Annotated[float | None, Form(description="method weight, 0..1 (slerp: 0 = image, 1 = text)")] = None,
         k: Annotated[int, Form()] = 10,
     ) -> dict:
@@ -133,7 +138,8 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
             del d["path"]  # the client gets ids and URLs, never server paths
             d["url"] = image_url(h.id)
             results.append(d)
-        return {"results": results, "method": method, "alpha": alpha, "k": k, "took_ms": round(took, 2)}
+        return {"results": results, "method": method or searcher.default_method, "alpha": alpha, "k": k,
+                "took_ms": round(took, 2)}
 
     return app
 

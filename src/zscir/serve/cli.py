@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backbone", default=None, help="override the index's backbone spec (must match its fingerprint)")
     p.add_argument("--device", default=None)
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
+                   help="checkpoint folder of a trained method to host (repeat for several; GET /methods lists them)")
     p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes)
     p.add_argument("--max-pixels", type=int, default=d.max_pixels)
     p.add_argument("--max-text-chars", type=int, default=d.max_text_chars)
@@ -47,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
 
     return_large_allocations_promptly()  # a burst of large uploads must not leave the service at its peak
 
-    searcher = Searcher.open(args.index, backbone=args.backbone, device=args.device, verify=not args.no_verify)
-    print(f"zscir serve: {len(searcher.index)} images ({searcher.index.kind}) on http://{args.host}:{args.port}/")
+    searcher = Searcher.open(args.index, backbone=args.backbone, device=args.device, verify=not args.no_verify,
+                             checkpoints=args.checkpoint)
+    names = ", ".join(m["name"] for m in searcher.available())
+    print(f"zscir serve: {len(searcher.index)} images ({searcher.index.kind}), methods {names}, on "
+          f"http://{args.host}:{args.port}/")
     uvicorn.run(create_app(searcher, limits), host=args.host, port=args.port, log_level="warning",
                 http=guarded_h11_protocol(limits.read_timeout_s), timeout_keep_alive=5,
                 h11_max_incomplete_event_size=64 * 1024)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
 from zscir.eval.engine import iter_pixel_batches
-from zscir.methods.isa import ISA, ISASymmetric, isa_config_for, load_isa
+from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for, load_isa
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
@@ -219,6 +219,9 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     feats, embs, pixels = _CACHE["tensors"]
     if cfg.mode != "asymmetric":
         pixels = None
+    # the light encoder's grid may differ from the large tower's tokens (a ViT: CLS + patches of any size):
+    # the per-cell targets are the large features pooled onto the light grid (identity when they match)
+    local = align_cells(feats, icfg.n_cells) if method.light is not None else feats
     n = len(feats)
     bs = min(cfg.batch_size, n)
     if bs % dist.world:
@@ -245,7 +248,7 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     last: dict[str, torch.Tensor] = {}
 
     def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        f = feats[b].to(device, torch.float32)
+        f = local[b].to(device, torch.float32)
         x = pixels[b].to(device, torch.float32) if pixels is not None else f
         g_loss, l_loss = isa_losses(method, x, f, embs[b].to(device), probe, cfg, texts[: len(b)], ctx)
         last["global"], last["local"] = g_loss.detach(), l_loss.detach()
