@@ -22,6 +22,15 @@ class ImageOnly(CompositionMethod):
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return F.normalize(ref_embeddings, dim=-1)
 
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return torch.zeros(len(texts), 0)  # the text plays no part
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.normalize(require_pixels(ref_embeddings, self.name), dim=-1)
+
 
 @register_method("text")
 class TextOnly(CompositionMethod):
@@ -31,6 +40,12 @@ class TextOnly(CompositionMethod):
 
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.encode_text(list(texts))
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_text(list(texts))
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        return text_embeddings
 
 
 @register_method("sum")
@@ -43,5 +58,15 @@ class NormalisedSum(CompositionMethod):
         return self.compose_embedded(v, texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        w = self.backbone.encode_text(list(texts)).to(ref_embeddings.dtype)
-        return F.normalize(F.normalize(ref_embeddings, dim=-1) + w, dim=-1)
+        return self.compose_parts(ref_embeddings, self.embed_texts(texts))
+
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_text(list(texts))
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        ref = require_pixels(ref_embeddings, self.name)
+        w = text_embeddings.to(ref.dtype)
+        return F.normalize(F.normalize(ref, dim=-1) + w, dim=-1)

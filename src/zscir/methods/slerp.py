@@ -43,8 +43,17 @@ class Slerp(CompositionMethod):
         return self.compose_embedded(self.backbone.encode_image(require_pixels(pixels, self.name)), texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        w = self.backbone.encode_text(list(texts)).to(ref_embeddings.dtype)
-        return slerp(ref_embeddings, w, self.alpha)
+        return self.compose_parts(ref_embeddings, self.embed_texts(texts))
+
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.encode_text(list(texts))
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        ref = require_pixels(ref_embeddings, self.name)
+        return slerp(ref, text_embeddings.to(ref.dtype), self.alpha)
 
     def settings(self) -> dict[str, object]:
         return {"alpha": self.alpha}

@@ -1,9 +1,11 @@
-"""Routes. The service is thin: it validates and limits requests, then calls Searcher.search (the same
-function as `zscir search`). Images are served by gallery id only: no client-supplied path ever reaches
-the file system."""
+"""Routes. The service is thin: it validates and limits requests, then composes and searches through the
+micro-batcher (zscir.serve.batching: concurrent requests share model calls; with batching off, each request
+runs Searcher.search's path on its own, as `zscir search` does). Images are served by gallery id only: no
+client-supplied path ever reaches the file system."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 from importlib import resources
@@ -17,16 +19,24 @@ from PIL import Image, UnidentifiedImageError
 
 from zscir.errors import CheckpointError, InputError
 from zscir.index.search import Searcher
+from zscir.serve.batching import BatchingConfig, MicroBatcher
 from zscir.serve.limits import Limits
-from zscir.utils.io import load_image
 
 _MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
           ".gif": "image/gif", ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff"}
 
 
-def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
-    app = FastAPI(title="zscir", version="1",
+def create_app(searcher: Searcher, limits: Limits = Limits(), batching: BatchingConfig = BatchingConfig()) -> FastAPI:
+    batcher = MicroBatcher(searcher, batching)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="zscir", version="1", lifespan=lifespan,
                   description="Composed image retrieval: a reference image + a text saying what should differ.")
+    app.state.batcher = batcher
     page = resources.files("zscir.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -55,7 +65,9 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
         man = searcher.index.manifest
         return {"status": "ok", "images": len(searcher.index), "dim": man.dim, "kind": searcher.index.kind,
                 "backbone": man.backbone_spec, "fingerprint": man.backbone_fingerprint,
-                "limits": limits.__dict__}
+                "limits": limits.__dict__, "search": {"params": searcher.index.search_params,
+                                                      "rerank": searcher.index.rerank},
+                "batching": batcher.info()}
 
     @app.get("/images/{image_id:path}", responses={404: {"description": "no image with this id"}})
     def image(image_id: str):
@@ -68,7 +80,7 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
         return FileResponse(path, media_type=_MEDIA.get(path.suffix.lower(), "application/octet-stream"))
 
     @app.post("/search")
-    def search(
+    async def search(
         text: Annotated[str, Form(description="what should differ from the reference")] = "",
         image: Annotated[UploadFile | None, File(description="reference image file")] = None,
         gallery_id: Annotated[str | None, Form(description="a gallery image id as the reference")] = None,
@@ -82,18 +94,18 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
             raise HTTPException(422, f"k={k}: must be between 1 and {limits.max_k}")
         if image is not None and gallery_id:
             raise HTTPException(422, "send either an image file or a gallery_id, not both")
-        images, exclude = [], []
-        if image is not None:
-            images.append(_read_upload(image, limits))
-        elif gallery_id:
-            pos = searcher.index.position.get(gallery_id)
-            if pos is None:
-                raise HTTPException(404, f"no image with id {gallery_id!r} in the index")
-            images.append(load_image(searcher.index.items[pos]["path"]))
-            exclude.append(gallery_id)
-        t0 = time.perf_counter()
-        hits = searcher.search(images, text, method, alpha, k, exclude_ids=exclude)
-        took = (time.perf_counter() - t0) * 1000
+        pixels, ref = None, None
+        with batcher.active():
+            if image is not None:
+                # decoding and preprocessing run in the bounded decode pool, never on the event loop
+                pixels = await batcher.run_decode(_decode_upload, image, limits, batcher)
+            elif gallery_id:
+                if searcher.index.position.get(gallery_id) is None:
+                    raise HTTPException(404, f"no image with id {gallery_id!r} in the index")
+                ref = gallery_id  # composed from its stored embedding, and never listed in the answer
+            t0 = time.perf_counter()
+            hits = await batcher.search(text, method, alpha, k, pixels=pixels, ref=ref)
+            took = (time.perf_counter() - t0) * 1000
         results = []
         for h in hits:
             d = h.to_json()
@@ -103,6 +115,11 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
         return {"results": results, "method": method, "alpha": alpha, "k": k, "took_ms": round(took, 2)}
 
     return app
+
+
+def _decode_upload(upload: UploadFile, limits: Limits, batcher: MicroBatcher):
+    """Upload -> checked, decoded image -> the backbone's pixels (runs in the decode pool)."""
+    return batcher.preprocess(_read_upload(upload, limits))
 
 
 def _read_upload(upload: UploadFile, limits: Limits) -> Image.Image:
