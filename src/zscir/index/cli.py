@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     )
     failed = sum(1 for _ in open(f"{args.out}/failures.jsonl", encoding="utf-8"))
     t = man.faiss.tuning
-    tuned = (f"; search {man.faiss.search or '-'}{f', rerank x{man.faiss.rerank}' if man.faiss.rerank else ''}: "
+    tuned = "; exact search" if t and not t["queries"] else (f"; search {man.faiss.search or '-'}{f', rerank x{man.faiss.rerank}' if man.faiss.rerank else ''}: "
              f"recall@{t['k']} {t['recall']:.3f} (target {t['target_recall']}"
              f"{'' if t['reached'] else ', NOT reached'})") if t else ""
     print(f"{args.out}: {man.count} images, {man.dim}-d, {man.faiss.factory}{tuned}; {failed} unreadable "

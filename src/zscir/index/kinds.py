@@ -255,7 +255,8 @@ def tune(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: int, targe
     if have["nprobe"]:
         nlist = faiss.try_extract_index_ivf(faiss.downcast_index(index)).nlist
         probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < nlist] + [nlist]
-        reranks = [0, 2, 4, 8, 16] if default_rerank else [0]
+        # lossy codes are always re-scored (at least the k found): the scores a client sees are exact cosines
+        reranks = [1, 2, 4, 8, 16] if default_rerank else [0]
         for rr in reranks:
             grid.append([({**base, "nprobe": p}, rr) for p in probes])
     if not grid:
