@@ -311,6 +311,28 @@ def memory_table(servers: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def hottest(profile: Path, top: int = 25) -> str:
+    """Share of samples per function (inclusive, by innermost-first frame names) from py-spy's raw output."""
+    from collections import Counter
+
+    total, own, incl = 0, Counter(), Counter()
+    if not profile.is_file():
+        return "(no profile written)"
+    for line in profile.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        n = int(n)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"{total} samples; self time:"] + [f"  {100 * v / total:5.1f}%  {k}" for k, v in own.most_common(top)]
+    lines += ["inclusive:"] + [f"  {100 * v / total:5.1f}%  {k}" for k, v in incl.most_common(top)]
+    return "\n".join(lines)
+
+
 def health(port: int) -> dict:
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -341,6 +363,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request client timeout, s")
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--torch-threads", type=int, default=None, help="OMP_NUM_THREADS for the server (default: inherit)")
+    ap.add_argument("--py-spy", default=None, metavar="PY_SPY",
+                    help="profile each server with this py-spy binary while it is loaded: "
+                    "<out>-<mode>.profile.txt (collapsed stacks) and a summary of the hottest frames")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary gallery, index and server log")
     ap.add_argument("--out", default="benchmarks/results/service_load.json")
@@ -394,6 +419,13 @@ def main() -> None:
                   f"{info['backbone']}", flush=True)
             if args.warmup:
                 run_level(port, 1, make_requests(args.warmup, ids, uploads, 0.5, args.seed + 99, pool), args.timeout)
+            spy = None
+            if args.py_spy:
+                prof = out.with_name(f"{out.stem}-{mode}.profile.txt")
+                spy = subprocess.Popen([args.py_spy, "record", "-p", str(proc.pid), "--subprocesses", "-r", "50",
+                                        "-f", "raw", "-o", str(prof), "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
             for level, c in enumerate(args.concurrency):
                 for workload in args.workloads:
                     frac = {"gallery": 0.0, "upload": 1.0, "mixed": args.upload_fraction}[workload]
@@ -403,6 +435,12 @@ def main() -> None:
                     row = {"mode": mode, "workload": workload, **run_level(port, c, reqs, args.timeout)}
                     print(json.dumps(row), flush=True)
                     rows.append(row)
+            if spy is not None:
+                import signal
+
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+                print(f"[{mode}] profile: {prof}\n" + hottest(prof), flush=True)
             mem = process_memory(proc.pid)
             batching = health(port).get("batching")
             servers.append({"mode": mode, "flags": MODES[mode], "startup_s": startup_s, "memory": mem,

@@ -85,6 +85,17 @@ def app_from_env():
     return build_app(json.loads(os.environ[ENV]))[1]
 
 
+def _release_memory() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is reused, just not returned
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -103,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     del searcher, app
+    _release_memory()  # the supervisor only forwards signals: give the validation model's memory back
     os.environ[ENV] = json.dumps(cfg)
     uvicorn.run("zscir.serve.cli:app_from_env", factory=True, workers=args.workers, host=args.host, port=args.port,
                 log_level="warning")
