@@ -181,3 +181,15 @@ def test_post_search_keeps_its_form_fields(clients):
     ref = body["$ref"].split("/")[-1]
     fields = spec["components"]["schemas"][ref]["properties"]
     assert set(fields) == {"text", "image", "gallery_id", "method", "alpha", "k"}
+
+
+def test_serve_settings_are_checked_before_serving(searcher, capsys):
+    from zscir.cli import main
+
+    folder = str(searcher.index.folder)
+    assert main(["serve", folder, "--workers", "0"]) == 2
+    assert "--workers 0: must be at least 1" in capsys.readouterr().err
+    assert main(["serve", folder, "--ef-search", "64"]) == 2  # a flat index has no efSearch
+    assert "--ef-search applies to a graph" in capsys.readouterr().err
+    assert main(["serve", folder, "--max-batch", "0"]) == 2
+    assert "invalid batching settings" in capsys.readouterr().err

@@ -7,6 +7,7 @@ one copy of the gallery in the page cache (each holds its own model)."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 
@@ -77,7 +78,12 @@ def build_app(cfg: dict):
     device = str(pick_device(cfg.get("device")))
     searcher = Searcher.open(cfg["index"], backbone=cfg.get("backbone"), device=device, verify=cfg.get("verify", True),
                              params=SearchParams(**cfg["params"]))
-    return searcher, create_app(searcher, Limits(**cfg["limits"]), batching)
+    app = create_app(searcher, Limits(**cfg["limits"]), batching)
+    # The gallery's item records and the model are long-lived: keep them out of the garbage collector's
+    # full passes, which otherwise stall every request now and then (one dict per gallery item).
+    gc.collect()
+    gc.freeze()
+    return searcher, app
 
 
 def app_from_env():
