@@ -193,3 +193,28 @@ def test_serve_settings_are_checked_before_serving(searcher, capsys):
     assert "--ef-search applies to a graph" in capsys.readouterr().err
     assert main(["serve", folder, "--max-batch", "0"]) == 2
     assert "invalid batching settings" in capsys.readouterr().err
+
+
+def test_workers_build_their_app_from_the_environment(searcher, monkeypatch):
+    """`--workers N`: each uvicorn worker builds the app from the settings the command put in the environment."""
+    import json as _json
+
+    from zscir.cli import build_parser
+    from zscir.serve.cli import ENV, _config, app_from_env
+
+    args = build_parser(["zscir.serve.cli"]).parse_args(
+        ["serve", str(searcher.index.folder), "--workers", "2", "--no-batching", "--max-k", "7", "--rerank", "0"])
+    monkeypatch.setenv(ENV, _json.dumps(_config(args)))
+    threads = torch.get_num_threads()
+    try:
+        app = app_from_env()
+    finally:  # the worker set-up sets 1 thread per worker and freezes the GC: undo both in this test process
+        import gc
+
+        gc.unfreeze()
+        assert torch.get_num_threads() == max(1, (__import__("os").cpu_count() or 1) // 2)
+        torch.set_num_threads(threads)
+    with TestClient(app) as c:
+        h = c.get("/health").json()
+        assert h["batching"]["enabled"] is False and h["limits"]["max_k"] == 7 and h["search"]["rerank"] == 0
+        assert c.post("/search", data={"gallery_id": searcher.index.items[0]["id"], "text": "red", "k": "8"}).status_code == 422
