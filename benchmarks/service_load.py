@@ -1,17 +1,22 @@
-"""Load test of the HTTP service (`zscir serve`): throughput and latency of POST /search under a bounded
-number of concurrent clients, on loopback.
+"""Load test of the HTTP service (`zscir serve`): throughput, latency and memory of POST /search under a
+bounded number of concurrent clients on loopback, with micro-batching on and off side by side in one run.
 
-    .venv/bin/python benchmarks/service_load.py --concurrency 1 4 16 --requests 200   # -> benchmarks/results/service_load.{json,md}
+    .venv/bin/python benchmarks/service_load.py --modes unbatched batched --concurrency 1 4 16 64 \
+        --images 2000 --requests 300   # -> benchmarks/results/service_load.{json,md}
 
 What it does: generates a gallery (--images PNGs of random coloured shapes) and indexes it with the product's
-own path (`zscir index`, backbone --backbone; or reuses --index), starts `python -m zscir serve INDEX` as a real
-server on 127.0.0.1 (a free port) and waits for GET /health, then for each concurrency level C sends
---requests POST /search requests from C client threads, each with its own keep-alive connection. Requests
-are multipart forms as the web page sends them: a gallery id as the reference (or, for --upload-fraction of
-them, an uploaded PNG), a modification text, method slerp, alpha 0.8, k 10. Latency is measured at the
-client (send -> full response read). `server_p50_ms` is the service's own `took_ms`: compose + search, timed
-around Searcher.search, so it includes the wait for the Searcher's one-model lock (under load it is mostly
-that queue, not compute). The server is always terminated.
+own path (`zscir index`, backbone --backbone; or reuses --index). Then, for each mode (`unbatched`:
+`zscir serve --no-batching`; `batched`: the default micro-batcher; `batched-w2`: batched with --workers 2),
+it starts `python -m zscir serve INDEX` as a real server on 127.0.0.1 (a free port), waits for GET /health,
+and for each workload (`gallery`: the reference is a gallery id; `upload`: an uploaded PNG) and each
+concurrency level C sends --requests POST /search requests (--upload-requests for uploads) from C client
+threads, each with its own keep-alive connection, as multipart forms like the web page sends them: a
+modification text drawn from --texts distinct texts, method slerp, alpha 0.8, k 10. Latency is measured at
+the client (send -> full response read); `server_p50_ms` is the service's own `took_ms` (compose + search,
+including the wait for a batch or for the model). After each mode the memory of the service (every process
+of it: RSS, PSS = proportional set size, which splits shared pages such as the memory-mapped index among
+the workers, and peak RSS) is read from /proc, and the server's batching statistics from /health. The server
+is always terminated. The client threads run on the same cores as the server (they compete with it).
 
 --backbone default needs the pre-trained embedded default ($ZSCIR_HOME/models/default). `--backbone fake`
 (= py:zscir_fakes:make, the tests' tiny backbone, from tests/) checks the script in seconds; its numbers
@@ -43,9 +48,18 @@ SRC, TESTS = ROOT / "src", ROOT / "tests"
 sys.path.insert(0, str(SRC))
 
 FAKE = "py:zscir_fakes:make"
-TEXTS = ["make it red", "but blue", "a green one instead", "as a triangle", "make it a circle", "yellow and smaller",
-         "the same shape in purple", "on a dark background", "but square", "make it white"]
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "cyan", "magenta"]
+SHAPES = ["circle", "square", "triangle", "star", "ring"]
+TEMPLATES = ["make it {c}", "but {c}", "a {c} {s} instead", "as a {s}", "the same {s} in {c}", "{c} and smaller",
+             "on a {c} background", "but a {s}"]
+MODES = {"unbatched": ["--no-batching"], "batched": [], "batched-w2": ["--workers", "2"]}
+
+
+def texts(n: int, seed: int = 7) -> list[str]:
+    """n distinct modification texts (the text cache sees repeats only as often as clients repeat them)."""
+    all_ = sorted({t.format(c=c, s=sh) for t in TEMPLATES for c in COLORS for sh in SHAPES})
+    random.Random(seed).shuffle(all_)
+    return all_[: max(1, min(n, len(all_)))]
 
 
 def shape_image(rng: random.Random, size: int):
@@ -115,8 +129,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int, backbone: str | None, env: dict, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "zscir", "serve", str(index), "--host", "127.0.0.1", "--port", str(port)]
+def start_server(index: Path, port: int, backbone: str | None, env: dict, log: Path,
+                 extra: list[str] = ()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "zscir", "serve", str(index), "--host", "127.0.0.1", "--port", str(port), *extra]
     if backbone:
         cmd += ["--backbone", backbone]
     with open(log, "wb") as f:
@@ -167,7 +182,34 @@ def multipart(fields: dict[str, str], file: tuple[str, bytes] | None) -> tuple[b
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
-def make_requests(n: int, ids: list[str], uploads: list[bytes], upload_fraction: float, seed: int) -> list[tuple]:
+def process_memory(pid: int) -> dict:
+    """RSS, PSS and peak RSS (MiB) summed over the process and its descendants (uvicorn workers)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        p = frontier.pop()
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            children = []
+        pids += [int(c) for c in children]
+        frontier += [int(c) for c in children]
+    tot = {"processes": 0, "rss_mib": 0.0, "pss_mib": 0.0, "peak_rss_mib": 0.0}
+    for p in pids:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        field_kb = lambda text, key: int(text.split(key + ":")[1].split()[0]) if key + ":" in text else 0  # noqa: E731
+        tot["processes"] += 1
+        tot["rss_mib"] += field_kb(status, "VmRSS") / 1024
+        tot["peak_rss_mib"] += field_kb(status, "VmHWM") / 1024
+        tot["pss_mib"] += field_kb(rollup, "Pss") / 1024
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in tot.items()}
+
+
+def make_requests(n: int, ids: list[str], uploads: list[bytes], upload_fraction: float, seed: int,
+                  text_pool: list[str]) -> list[tuple]:
     """(kind, body, content type) for n requests; exactly round(n * upload_fraction) of them upload a PNG."""
     rng = random.Random(seed)
     n_up = round(n * upload_fraction)
@@ -175,7 +217,7 @@ def make_requests(n: int, ids: list[str], uploads: list[bytes], upload_fraction:
     rng.shuffle(kinds)
     out = []
     for kind in kinds:
-        fields = {"text": rng.choice(TEXTS), "method": "slerp", "alpha": "0.8", "k": "10"}
+        fields = {"text": rng.choice(text_pool), "method": "slerp", "alpha": "0.8", "k": "10"}
         if kind == "upload":
             body, ctype = multipart(fields, ("ref.png", rng.choice(uploads)))
         else:
@@ -250,13 +292,54 @@ def run_level(port: int, concurrency: int, reqs: list[tuple], timeout: float) ->
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| clients | requests (uploads) | errors | req/s | p50 ms | p99 ms | max ms | p50 gallery-id ms | "
-             "p50 upload ms | server took_ms p50 (incl. model-lock wait) |", "|" + "---|" * 10]
+    lines = ["| mode | workload | clients | requests | errors | req/s | p50 ms | p99 ms | max ms | "
+             "server took_ms p50 |", "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['concurrency']} | {r['requests']} ({r['uploads']}) | {r['errors']} | {r['rps']} | "
-                     f"{r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['p50_gallery_ms']} | "
-                     f"{r['p50_upload_ms']} | {r['server_p50_ms']} |")
+        lines.append(f"| {r['mode']} | {r['workload']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
+                     f"{r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {r['server_p50_ms']} |")
     return "\n".join(lines)
+
+
+def memory_table(servers: list[dict]) -> str:
+    lines = ["| mode | processes | RSS MiB | PSS MiB | peak RSS MiB | start-up s | batches | mean batch | "
+             "max batch | texts encoded | images encoded |", "|" + "---|" * 11]
+    for s in servers:
+        m, b = s["memory"], s.get("batching") or {}
+        lines.append(f"| {s['mode']} | {m['processes']} | {m['rss_mib']} | {m['pss_mib']} | {m['peak_rss_mib']} | "
+                     f"{s['startup_s']} | {b.get('batches', '-')} | {b.get('mean_batch', '-')} | "
+                     f"{b.get('max_batch_seen', '-')} | {b.get('text_encoded', '-')} | {b.get('images_encoded', '-')} |")
+    return "\n".join(lines)
+
+
+def hottest(profile: Path, top: int = 25) -> str:
+    """Share of samples per function (inclusive, by innermost-first frame names) from py-spy's raw output."""
+    from collections import Counter
+
+    total, own, incl = 0, Counter(), Counter()
+    if not profile.is_file():
+        return "(no profile written)"
+    for line in profile.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        n = int(n)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    lines = [f"{total} samples; self time:"] + [f"  {100 * v / total:5.1f}%  {k}" for k, v in own.most_common(top)]
+    lines += ["inclusive:"] + [f"  {100 * v / total:5.1f}%  {k}" for k, v in incl.most_common(top)]
+    return "\n".join(lines)
+
+
+def health(port: int) -> dict:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/health")
+        return json.loads(c.getresponse().read())
+    finally:
+        c.close()
 
 
 def main() -> None:
@@ -267,13 +350,22 @@ def main() -> None:
     ap.add_argument("--index", default=None, help="reuse this index folder instead of generating one")
     ap.add_argument("--images", type=int, default=300, help="generated gallery size")
     ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[4], help="client threads, one level each")
-    ap.add_argument("--requests", type=int, default=200, help="requests per level")
-    ap.add_argument("--upload-fraction", type=float, default=0.25, help="share of requests that upload a PNG")
-    ap.add_argument("--warmup", type=int, default=5, help="sequential requests before the first level (not counted)")
+    ap.add_argument("--modes", nargs="+", default=["unbatched", "batched"], choices=list(MODES),
+                    help="server configurations, measured one after the other in this run")
+    ap.add_argument("--workloads", nargs="+", default=["gallery", "upload"], choices=["gallery", "upload", "mixed"],
+                    help="gallery: gallery-id references; upload: uploaded PNGs; mixed: --upload-fraction uploads")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="client threads, one level each")
+    ap.add_argument("--requests", type=int, default=300, help="requests per level (gallery and mixed workloads)")
+    ap.add_argument("--upload-requests", type=int, default=150, help="requests per level (upload workload)")
+    ap.add_argument("--upload-fraction", type=float, default=0.25, help="share of uploads in the mixed workload")
+    ap.add_argument("--texts", type=int, default=100, help="distinct modification texts the clients draw from")
+    ap.add_argument("--warmup", type=int, default=10, help="sequential requests before the first level (not counted)")
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request client timeout, s")
-    ap.add_argument("--startup-timeout", type=float, default=180.0)
+    ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--torch-threads", type=int, default=None, help="OMP_NUM_THREADS for the server (default: inherit)")
+    ap.add_argument("--py-spy", default=None, metavar="PY_SPY",
+                    help="profile each server with this py-spy binary while it is loaded: "
+                    "<out>-<mode>.profile.txt (collapsed stacks) and a summary of the hottest frames")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the temporary gallery, index and server log")
     ap.add_argument("--out", default="benchmarks/results/service_load.json")
@@ -305,46 +397,74 @@ def main() -> None:
             ids, index_spec = gallery_ids(index)
         rng = random.Random(args.seed + 1)
         uploads = [png_bytes(shape_image(rng, args.image_size)) for _ in range(16)]
-
-        port = free_port()
-        log = work / "serve.log"
-        t0 = time.perf_counter()
-        # a py: spec is code: the server never takes it from the manifest, it is passed on its command line
-        spec = user_spec if args.index else (user_spec if user_spec.startswith("py:") else None)
-        proc = start_server(index, port, spec, env, log)
-        health = wait_health(proc, port, args.startup_timeout, log)
-        startup_s = time.perf_counter() - t0
-        print(f"server up on port {port} in {startup_s:.1f}s: {health['images']} images, {health['kind']}, "
-              f"{health['backbone']}", flush=True)
-
-        if args.warmup:
-            run_level(port, 1, make_requests(args.warmup, ids, uploads, args.upload_fraction, args.seed + 99),
-                      args.timeout)
+        pool = texts(args.texts)
         import torch
 
         machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                    "torch": torch.__version__,
                    "server_torch_threads": int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS")
-                   else torch.get_num_threads()}
-        rows = []
+                   else torch.get_num_threads(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+        rows, servers = [], []
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        for level, c in enumerate(args.concurrency):
-            reqs = make_requests(args.requests, ids, uploads, args.upload_fraction, args.seed + level)
-            row = run_level(port, c, reqs, args.timeout)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            doc = {"machine": machine, "backbone": health["backbone"], "index": {"images": health["images"],
-                   "kind": health["kind"], "dim": health["dim"]}, "server_startup_s": round(startup_s, 2),
-                   "request": {"method": "slerp", "alpha": 0.8, "k": 10, "upload_fraction": args.upload_fraction,
-                               "image_size": args.image_size}, "rows": rows}
+        info = {}
+        for mode in args.modes:
+            port = free_port()
+            log = work / f"serve-{mode}.log"
+            t0 = time.perf_counter()
+            # a py: spec is code: the server never takes it from the manifest, it is passed on its command line
+            spec = user_spec if args.index else (user_spec if user_spec and user_spec.startswith("py:") else None)
+            proc = start_server(index, port, spec, env, log, MODES[mode])
+            info = wait_health(proc, port, args.startup_timeout, log)
+            startup_s = round(time.perf_counter() - t0, 2)
+            print(f"[{mode}] server up on port {port} in {startup_s:.1f}s: {info['images']} images, {info['kind']}, "
+                  f"{info['backbone']}", flush=True)
+            if args.warmup:
+                run_level(port, 1, make_requests(args.warmup, ids, uploads, 0.5, args.seed + 99, pool), args.timeout)
+            spy = None
+            if args.py_spy:
+                prof = out.with_name(f"{out.stem}-{mode}.profile.txt")
+                spy = subprocess.Popen([args.py_spy, "record", "-p", str(proc.pid), "--subprocesses", "-r", "50",
+                                        "-f", "raw", "-o", str(prof), "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
+            for level, c in enumerate(args.concurrency):
+                for workload in args.workloads:
+                    frac = {"gallery": 0.0, "upload": 1.0, "mixed": args.upload_fraction}[workload]
+                    n = args.upload_requests if workload == "upload" else args.requests
+                    # the same requests for every mode: the comparison is side by side
+                    reqs = make_requests(n, ids, uploads, frac, args.seed + 1000 * level + len(workload), pool)
+                    row = {"mode": mode, "workload": workload, **run_level(port, c, reqs, args.timeout)}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+            if spy is not None:
+                import signal
+
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+                print(f"[{mode}] profile: {prof}\n" + hottest(prof), flush=True)
+            mem = process_memory(proc.pid)
+            batching = health(port).get("batching")
+            servers.append({"mode": mode, "flags": MODES[mode], "startup_s": startup_s, "memory": mem,
+                            "batching": batching})
+            print(f"[{mode}] memory {mem}; batching {batching}", flush=True)
+            if proc.poll() is not None:
+                print(f"warning: the server exited during the run (code {proc.returncode})", file=sys.stderr)
+            stop_server(proc)
+            proc = None
+            machine["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            doc = {"machine": machine, "backbone": info["backbone"], "index": {"images": info["images"],
+                   "kind": info["kind"], "dim": info["dim"]},
+                   "request": {"method": "slerp", "alpha": 0.8, "k": 10, "distinct_texts": len(pool),
+                               "upload_fraction_mixed": args.upload_fraction, "image_size": args.image_size},
+                   "servers": servers, "rows": rows}
             out.write_text(json.dumps(doc, indent=1) + "\n")
-            out.with_suffix(".md").write_text(table(rows) + "\n")
-        if proc.poll() is not None:
-            print(f"warning: the server exited during the run (code {proc.returncode})", file=sys.stderr)
-        print(f"\n{len(ids)} images ({health['kind']}, {health['backbone']}), {machine['cpus']} cpus, "
+            out.with_suffix(".md").write_text(table(rows) + "\n\n" + memory_table(servers) + "\n")
+        print(f"\n{len(ids)} images ({info.get('kind')}, {info.get('backbone')}), {machine['cpus']} cpus, "
               f"server torch threads {machine['server_torch_threads']}\n")
         print(table(rows))
+        print()
+        print(memory_table(servers))
     finally:
         if proc is not None:
             stop_server(proc)

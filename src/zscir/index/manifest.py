@@ -47,6 +47,8 @@ class FaissRecord:
     sha256: str
     count: int
     rerank: int  # candidates re-scored exactly = rerank * k (0: none)
+    #: what `zscir index --target-recall` measured (kinds.TuningResult.to_json()); None: not tuned
+    tuning: dict[str, Any] | None = None
 
     def validate(self) -> None:
         if not self.factory:

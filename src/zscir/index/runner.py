@@ -79,15 +79,29 @@ def build_index(
     image_column: str | None = None,
     caption_column: str | None = None,
     id_column: str | None = None,
+    target_recall: float = 0.95,
+    recall_k: int = 50,
+    embeddings: bool = False,
 ) -> Manifest:
+    """Embed `source` (or, with embeddings=True, import the vectors in it: see zscir.index.embeddings) into
+    the index folder `out`; build the faiss index of `kind` and tune its search parameters to
+    `target_recall` (recall@`recall_k` against exact search; 0: keep the kind's defaults)."""
     out = Path(out)
     if shard_size < 1 or batch_size < 1:
         raise InputError("--shard-size and --batch-size must be at least 1")
+    check_tuning_args(target_recall, recall_k)
     # The shared --out rule, before any work: only a previous index (or a folder holding nothing but the lock
     # of an interrupted first run) may be written into; anything else is refused and left untouched.
     check_output_dir(out, is_index_folder, "a zscir index")
-    items, listing_failures = read_items(source, image_column=image_column, caption_column=caption_column,
-                                         id_column=id_column)
+    listing_failures: list[dict[str, str]] = []
+    if embeddings:
+        from zscir.index.embeddings import read_embeddings
+
+        precomputed = read_embeddings(source)
+        items = precomputed.items
+    else:
+        items, listing_failures = read_items(source, image_column=image_column, caption_column=caption_column,
+                                             id_column=id_column)
     with index_lock(out):
         man = Manifest.load(out) if (out / MANIFEST).exists() else None
         if man is not None and man.complete and not add:
@@ -114,6 +128,9 @@ def build_index(
         else:  # resume / --add: the encoder the manifest records
             enc_method, enc_ckpts = _recorded_encoder(man)
         bb, m = load_gallery_encoder(spec, enc_method, device, enc_ckpts)
+        if embeddings and precomputed.dim != int(bb.embed_dim):
+            raise InputError(f"{source}: {precomputed.dim}-d embeddings, but backbone {spec} embeds {bb.embed_dim}-d: "
+                             "--backbone must name the model that made them")
         if man is None:
             pre = bb.preprocess_config
             from dataclasses import asdict
@@ -150,7 +167,9 @@ def build_index(
         man.complete = False
         man.save(out)
 
-        if engine == "ray":
+        if embeddings:
+            dist = precomputed.distributor()  # no model runs: the vectors are read as they are
+        elif engine == "ray":
             from zscir.index.distributor import RayDistributor
 
             dist = RayDistributor(spec, enc_method, batch_size, workers, ray_actors, ray_address, ray_cpus,
@@ -182,7 +201,8 @@ def build_index(
         if man.count == 0:
             raise InputError(f"{source}: none of the {len(items)} file(s) could be read as an image; "
                              f"see {out / FAILURES}")
-        _build_faiss(out, man, kind, had_faiss)
+        _build_faiss(out, man, kind, had_faiss, target_recall, recall_k,
+                     tuning_text_directions(bb) if target_recall > 0 else None)
         man.complete = True
         man.save(out)
         if failures:
@@ -245,7 +265,20 @@ def _write_failures(out: Path, man: Manifest, listing: list[dict[str, str]] = ()
     return len(last)
 
 
-def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | None) -> None:
+TUNING_QUERIES = 200
+
+
+def check_tuning_args(target_recall: float, recall_k: int) -> None:
+    if not 0 <= target_recall <= 1:
+        raise InputError(f"--target-recall {target_recall}: must be in [0, 1] (0: keep the kind's default parameters)")
+    if recall_k < 1:
+        raise InputError(f"--recall-k {recall_k}: must be at least 1")
+#: `auto` falls back to exact search up to this size when no approximate kind reaches the recall target
+AUTO_FLAT_FALLBACK_MAX = 1_000_000
+
+
+def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | None, target_recall: float = 0.0,
+                 recall_k: int = 50, text_dirs: np.ndarray | None = None) -> None:
     n, dim = man.count, man.dim
     old_path = out / previous.file if previous is not None else None
     # The new index never overwrites the one the manifest still names: a reader that opened the old manifest
@@ -253,6 +286,8 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
     name = FAISS_FILE if previous is None or previous.file != FAISS_FILE else FAISS_FILE_ALT
     path = out / name
     arrays = [read_shard_embeddings(out, rec) for rec in man.shards]
+    tune = lambda index, params, rerank: _tune(index, arrays, n, params, rerank, target_recall, recall_k,  # noqa: E731
+                                               text_dirs)
     if previous is not None and kind == "auto" and old_path.is_file() and sha256_file(old_path) == previous.sha256 \
             and previous.count <= n:
         # Append to the existing index (same factory, trained quantizers kept).
@@ -267,22 +302,84 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
             index.add(np.ascontiguousarray(a[skip:], dtype=np.float32))
             skip = 0
         factory, params, rerank = previous.factory, previous.search, previous.rerank
+        tuning = tune(index, params, rerank)  # the gallery grew: measure (and re-tune) again
     else:
-        factory, params, rerank = kinds.factory_for(kind, n, dim)
-        sample = None
-        import faiss
-
-        if not faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained:
-            rng = np.random.default_rng(0)
-            take = np.sort(rng.choice(n, size=min(n, 100_000), replace=False))
-            sample = _gather(arrays, take)
-        t0 = time.perf_counter()
-        index = kinds.build(factory, dim, (np.asarray(a, np.float32) for a in arrays), n, sample)
-        log.info("faiss %s over %d vectors built in %.1f s", factory, n, time.perf_counter() - t0)
+        candidates = kinds.auto_candidates(n) if kind == "auto" else [kind]
+        best = None
+        for cand in candidates:
+            factory, params, rerank = kinds.factory_for(cand, n, dim)
+            index = _build_kind(arrays, factory, n, dim)
+            tuning = tune(index, params, rerank)
+            if tuning is None or tuning.reached:
+                best = (index, factory, params, rerank, tuning)
+                break
+            log.warning("%s: recall@%d %.3f < target %.3f at the most effort tried", factory, tuning.k, tuning.recall,
+                        tuning.target_recall)
+            if best is None or tuning.recall > best[4].recall:
+                best = (index, factory, params, rerank, tuning)
+        else:
+            if kind == "auto" and n <= AUTO_FLAT_FALLBACK_MAX:
+                log.warning("no approximate kind reaches recall %.3f on this gallery: using exact search (flat)",
+                            target_recall)
+                factory, params, rerank = kinds.factory_for("flat", n, dim)
+                best = (_build_kind(arrays, factory, n, dim), factory, params, rerank, tune(None, params, rerank))
+        index, factory, params, rerank, tuning = best
+    if tuning is not None:
+        params, rerank = tuning.search, tuning.rerank
+        log.info("faiss %s: search %s, rerank %d: recall@%d %.4f (target %.3f%s)", factory, params or "-", rerank,
+                 tuning.k, tuning.recall, tuning.target_recall, "" if tuning.reached else ", NOT reached")
     with atomic_path(path) as tmp:
         kinds.write(index, str(tmp))
     man.faiss = FaissRecord(factory=factory, metric="ip", search=params, file=name,
-                            sha256=sha256_file(path), count=int(index.ntotal), rerank=rerank)
+                            sha256=sha256_file(path), count=int(index.ntotal), rerank=rerank,
+                            tuning=tuning.to_json() if tuning is not None else None)
+
+
+def _build_kind(arrays: list[np.ndarray], factory: str, n: int, dim: int):
+    import faiss
+
+    sample = None
+    if not faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained:
+        rng = np.random.default_rng(0)
+        take = np.sort(rng.choice(n, size=min(n, 100_000), replace=False))
+        sample = _gather(arrays, take)
+    t0 = time.perf_counter()
+    index = kinds.build(factory, dim, (np.asarray(a, np.float32) for a in arrays), n, sample)
+    log.info("faiss %s over %d vectors built in %.1f s", factory, n, time.perf_counter() - t0)
+    return index
+
+
+def _tune(index, arrays: list[np.ndarray], n: int, params: str, rerank: int, target: float, k: int,
+          text_dirs: np.ndarray | None) -> "kinds.TuningResult | None":
+    """Measure (and tune) recall@k of `index` on composed queries drawn from the gallery; None: no target."""
+    if target <= 0:
+        return None
+    if not 0 < target <= 1:
+        raise InputError(f"--target-recall {target}: must be in (0, 1]")
+    k = max(1, min(k, n // 4))  # recall@k of a k close to n says nothing (everything is found)
+    if index is None or _is_exact(index):
+        return kinds.TuningResult(target_recall=target, k=k, queries=0, query_source="exact search (nothing to tune)",
+                                  reached=True, recall=1.0, search=params, rerank=rerank, p50_ms=0.0)
+    queries = kinds.composed_queries(lambda pos: _gather(arrays, pos), n, TUNING_QUERIES, text_dirs)
+    source = "text tower" if text_dirs is not None and len(text_dirs) else "gallery items"
+    return kinds.tune(index, arrays, queries, k, target, params, rerank, source)
+
+
+def _is_exact(index) -> bool:
+    import faiss
+
+    return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+
+
+def tuning_text_directions(backbone) -> np.ndarray | None:
+    """Embeddings of generic modification texts by the backbone's text tower (None if it has none)."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            return backbone.encode_text(list(kinds.TUNING_TEXTS)).float().cpu().numpy()
+    except (AttributeError, NotImplementedError):
+        return None
 
 
 def _gather(arrays: list[np.ndarray], positions: np.ndarray) -> np.ndarray:

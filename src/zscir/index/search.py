@@ -1,7 +1,12 @@
 """search(): the one query path shared by `zscir search` and `zscir serve`.
 
 Reference images (one or several; several are composed one by one and their queries averaged) + a
-modification text -> the method's query embedding -> top-k of the gallery index."""
+modification text -> the method's query embedding -> top-k of the gallery index.
+
+A reference that is a gallery item (`refs`, by position) uses its stored embedding through the method's
+embedded fast path (`compose_embedded`), so the service never re-reads and re-encodes it; methods that need
+more than the embedding (pixels, local features) get the stored image read from its path instead.
+The micro-batched service path (zscir.serve.batching) composes the same vectors in batches."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zscir.errors import CheckpointError, InputError
+from zscir.index.kinds import SearchParams
 from zscir.index.store import GalleryIndex
 
 
@@ -74,14 +80,14 @@ class Searcher:
 
     @classmethod
     def open(cls, folder, backbone: str | None = None, device: str | None = None, verify: bool = True,
-             checkpoints: Sequence[str | Path] = ()) -> "Searcher":
+             checkpoints: Sequence[str | Path] = (), params: SearchParams | None = None) -> "Searcher":
         import zscir.backbones.pyref  # noqa: F401
         from zscir.backbones import load_backbone
         from zscir.methods.build import precheck
 
         for c in checkpoints:
             precheck(None, [c])  # a folder that is not a checkpoint fails before the model loads
-        index = GalleryIndex(folder, verify=verify)
+        index = GalleryIndex(folder, verify=verify, params=params)
         from zscir.index.manifest import MANIFEST
 
         # the manifest's spec is data: one naming code is refused unless the user passes it as `backbone`
@@ -147,34 +153,50 @@ class Searcher:
         return base.with_settings(**settings)
 
     @torch.inference_mode()
-    def query_vector(self, method, images: Sequence[Image.Image], text: str | None) -> np.ndarray:
-        if method.uses_text:
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(f"method {method.name!r} needs a modification text")
-        text = (text or "").strip() or "."
+    def query_vector(self, method, images: Sequence[Image.Image], text: str | None, refs: Sequence[int] = ()) -> np.ndarray:
+        """The (1, D) query for reference `images` and gallery references `refs` (index positions) + `text`."""
+        text = check_text(method, text)
         if not method.uses_image:
             q = method.compose(None, [text])
-        else:
-            if not images:
-                raise InputError(f"method {method.name!r} needs a reference image")
-            px = self.backbone.preprocess(list(images))
-            q = method.compose(px, [text] * len(images))
-            q = F.normalize(q.float().mean(0, keepdim=True), dim=-1)
+            return q.float().cpu().numpy()
+        images, parts = list(images), []
+        if refs:
+            emb = torch.from_numpy(self.index.vectors(list(refs))).to(method.backbone.device)
+            fast = method.compose_embedded(emb, [text] * len(refs))
+            if fast is None:  # the method needs pixels: read the stored images
+                from zscir.data.sources import load_location  # a file, or an image inside a tar shard
+
+                images += [load_location(self.index.items[int(p)]["path"]) for p in refs]
+            else:
+                parts.append(fast)
+        if images:
+            px = self.backbone.preprocess(images)
+            parts.append(method.compose(px, [text] * len(images)))
+        if not parts:
+            raise InputError(f"method {method.name!r} needs a reference image")
+        q = F.normalize(torch.cat(parts).float().mean(0, keepdim=True), dim=-1)
         return q.float().cpu().numpy()
 
     def search(self, images: Sequence[Image.Image], text: str | None, method: str | None = None,
-               alpha: float | None = None, k: int = 10, exclude_ids: Sequence[str] = ()) -> list[Hit]:
+               alpha: float | None = None, k: int = 10, exclude_ids: Sequence[str] = (),
+               refs: Sequence[str] = ()) -> list[Hit]:
+        """Top-k for reference `images` and/or gallery items `refs` (ids; used by their stored embedding and
+        never listed in the answer) + a modification `text`."""
         if k < 1:
             raise InputError(f"k={k}: must be at least 1")
+        ref_pos = [self.index.lookup(i) for i in refs]
         with self._lock:  # one model, many request threads
             m = self.method(method, alpha)
-            q = self.query_vector(m, images, text)
-        exclude = [self.index.lookup(i) for i in exclude_ids]
+            q = self.query_vector(m, images, text, ref_pos)
+        exclude = sorted({self.index.lookup(i) for i in exclude_ids} | set(ref_pos))
         scores, pos = self.index.search(q, k, exclude)
-        hits = []
-        for r, (s, p) in enumerate(zip(scores[0], pos[0])):
-            if p < 0:
-                break
-            it = self.index.items[int(p)]
-            hits.append(Hit(rank=r + 1, score=float(s), id=it["id"], path=it["path"], meta=it.get("meta") or {}))
-        return hits
+        return self.index.hits(scores[0], pos[0])
+
+
+def check_text(method, text: str | None) -> str:
+    """The modification text a method composes with ('.' when it ignores text); a method that needs one
+    and gets none is an InputError."""
+    if method.uses_text:
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"method {method.name!r} needs a modification text")
+    return (text or "").strip() or "."

@@ -18,7 +18,10 @@ from zscir.utils.io import sha256_file
 
 
 class GalleryIndex:
-    def __init__(self, folder: str | Path, verify: bool = True) -> None:
+    """An index folder opened for queries. `params` overrides the search parameters the manifest records
+    (`--ef-search`, `--nprobe`, `--rerank`)."""
+
+    def __init__(self, folder: str | Path, verify: bool = True, params: "kinds.SearchParams | None" = None) -> None:
         self.folder = Path(folder)
         self.manifest = man = Manifest.load(self.folder)
         if man.faiss is None:
@@ -46,8 +49,12 @@ class GalleryIndex:
             raise CheckpointError(f"{fpath}: holds {self.index.ntotal} vectors of dim {self.index.d}; "
                                   f"the manifest says {len(self.items)} of dim {man.dim}")
         try:
-            kinds.apply_search_params(self.index, man.faiss.search)
+            self.search_params, self.rerank = kinds.resolve_params(self.index, man.faiss.search, man.faiss.rerank,
+                                                                   params)
+            kinds.apply_search_params(self.index, self.search_params)
         except InputError as e:
+            if params is not None:
+                raise  # the user's own --ef-search / --nprobe / --rerank
             raise CheckpointError(f"{self.folder / MANIFEST}: faiss.search: {e}") from None
 
     def __len__(self) -> int:
@@ -96,9 +103,38 @@ class GalleryIndex:
     def vectors(self, positions: Sequence[int]) -> np.ndarray:
         return _gather(self.arrays, np.asarray(positions, dtype=np.int64))
 
-    def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, positions), each (Q, k) with -inf / -1 padding; `exclude` positions never listed."""
-        return search_vectors(self.index, self.arrays, queries, k, exclude, self.manifest.faiss.rerank)
+    def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] = (),
+               exclude_rows: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, positions), each (Q, k) with -inf / -1 padding; `exclude` positions never listed
+        (`exclude_rows[r]`: not in row r)."""
+        return search_vectors(self.index, self.arrays, queries, k, exclude, self.rerank, exclude_rows)
+
+    def check_query_vectors(self, q: np.ndarray) -> np.ndarray:
+        """A query composed elsewhere (e.g. `zscir compose --out`): (D,) or (Q, D), finite, non-zero; returned
+        (Q, D) float32 and L2-normalised (the gallery is, and scores are cosines)."""
+        q = np.asarray(q)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.manifest.dim or not np.issubdtype(q.dtype, np.number):
+            raise InputError(f"query vector of shape {tuple(np.shape(q))}: expected ({self.manifest.dim},) or "
+                             f"(Q, {self.manifest.dim}) numbers, as the index's backbone embeds")
+        q = q.astype(np.float32)
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        if not np.isfinite(q).all() or (norms == 0).any():
+            raise InputError("query vector has non-finite values or is all zeros")
+        return q / norms
+
+    def hits(self, scores: np.ndarray, positions: np.ndarray) -> list:
+        """One row of search() as ranked Hit records."""
+        from zscir.index.search import Hit
+
+        out = []
+        for r, (s, p) in enumerate(zip(scores, positions)):
+            if p < 0:
+                break
+            it = self.items[int(p)]
+            out.append(Hit(rank=r + 1, score=float(s), id=it["id"], path=it["path"], meta=it.get("meta") or {}))
+        return out
 
 
 def searchable_shards(folder: Path, man: Manifest) -> list:
@@ -138,20 +174,28 @@ def _read_items(folder: Path, rec) -> list[dict[str, Any]]:
 
 
 def search_vectors(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: int, exclude: Sequence[int] = (),
-                   rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   rerank: int = 0, exclude_rows: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """faiss top-k; with rerank > 0, rerank*k candidates are re-scored exactly from the float16 `arrays`
-    (the shards, memory-mapped), which recovers most of what product quantisation loses."""
+    (the shards, memory-mapped), which recovers most of what product quantisation loses.
+
+    `exclude` positions are left out of every row; `exclude_rows[r]` (a micro-batch of requests) out of row r
+    only. A row's answer depends only on its query, k and how many positions it excludes, so a batch of
+    requests with equal k and exclusion counts answers each exactly as it would be answered alone."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     n = int(index.ntotal)
     k = max(0, min(int(k), n))  # there are never more than n answers: a huge k must not allocate for them
-    excl = set(int(e) for e in exclude)
-    want = min(n, k + len(excl))
+    shared = set(int(e) for e in exclude)
+    rows = [shared | set(int(e) for e in ex) for ex in exclude_rows] if exclude_rows is not None else [shared] * len(q)
+    if len(rows) != len(q):
+        raise ValueError(f"{len(rows)} exclusion lists for {len(q)} queries")
+    want = min(n, k + max((len(r) for r in rows), default=0))
     cand = min(n, want * rerank) if rerank else want
     cand = max(cand, want)
     scores, pos = index.search(q, cand)
     out_s = np.full((len(q), k), -np.inf, np.float32)
     out_p = np.full((len(q), k), -1, np.int64)
     for r in range(len(q)):
+        excl = rows[r]
         valid = [(float(sc), int(p)) for sc, p in zip(scores[r], pos[r]) if p >= 0 and int(p) not in excl]
         keep = [p for _, p in valid]
         if rerank and keep:

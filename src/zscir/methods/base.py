@@ -8,6 +8,10 @@ gallery and a light one for queries). Evaluation, search and the service only ev
     method.encode_gallery(px)    (N, D) L2-normalised gallery embeddings
     method.compose(px, texts)    (B, D) L2-normalised query embeddings; px is None for text-only methods
 
+Optional fast paths (default: not available): `compose_embedded` composes from a gallery item's stored
+embedding; `embed_reference` / `embed_texts` / `compose_parts` split a query into one image-tower vector and
+one text-tower vector, so a service can batch each tower on its own and cache text embeddings.
+
 Methods register by name next to their class with `@register_method("name")`.
 """
 
@@ -60,6 +64,22 @@ class CompositionMethod(nn.Module, abc.ABC):
         those (a reference that is a gallery item, or a gallery id sent to the service). Returns None
         when the method needs more than the embedding (pseudo-token methods need local features)."""
         return None
+
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor | None:
+        """The reference images' query-side embeddings (B, D) such that `compose_parts(them, embed_texts(t))`
+        equals `compose(pixels, t)`; None (the default) when the method composes from more than one vector
+        per image."""
+        return None
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """The modification texts' embeddings (B, D) when the query depends on the text only through them
+        (they can then be batched and cached); None (the default) otherwise."""
+        return None
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """The query (B, D) from reference embeddings (`embed_reference`, or gallery embeddings) and
+        `embed_texts` output; only for methods whose embed_texts is not None."""
+        raise NotImplementedError(f"method {self.name!r} does not compose from separate tower outputs")
 
     def settings(self) -> dict[str, object]:
         """The method's settings, recorded in results files."""

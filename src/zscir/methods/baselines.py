@@ -19,17 +19,34 @@ def blank_rows(texts: Sequence[str]) -> list[bool]:
     return [isinstance(t, str) and not t.strip() for t in texts]
 
 
-def encode_texts_or_reference(backbone, texts: Sequence[str], ref: torch.Tensor) -> torch.Tensor:
-    """Text embeddings (B, D); an empty text's row is the reference embedding itself, so interpolating toward
-    it leaves the reference unchanged (an empty modification asks for no change)."""
+def encode_texts_blank_zero(backbone, texts: Sequence[str]) -> torch.Tensor:
+    """Text embeddings (B, D), with a zero row for each empty text (see `fill_blank_rows`)."""
     blank = blank_rows(texts)
     if not any(blank):
-        return backbone.encode_text(list(texts)).to(ref.dtype)
-    w = F.normalize(ref, dim=-1).clone()
+        return backbone.encode_text(list(texts))
     keep = [i for i, b in enumerate(blank) if not b]
+    w = torch.zeros(len(texts), int(backbone.embed_dim), device=backbone.device)
     if keep:
-        w[keep] = backbone.encode_text([texts[i] for i in keep]).to(ref.dtype)
+        enc = backbone.encode_text([texts[i] for i in keep])
+        w = w.to(enc.dtype)
+        w[keep] = enc
     return w
+
+
+def fill_blank_rows(text_embeddings: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Replace the zero rows of `encode_texts_blank_zero` by the (normalised) reference embedding, so
+    interpolating toward it leaves the reference unchanged (an empty modification asks for no change)."""
+    w = text_embeddings.to(ref.dtype)
+    blank = w.abs().sum(dim=-1) == 0
+    if bool(blank.any()):
+        w = w.clone()
+        w[blank] = F.normalize(ref[blank], dim=-1)
+    return w
+
+
+def encode_texts_or_reference(backbone, texts: Sequence[str], ref: torch.Tensor) -> torch.Tensor:
+    """Text embeddings (B, D); an empty text's row is the reference embedding itself."""
+    return fill_blank_rows(encode_texts_blank_zero(backbone, texts), ref)
 
 
 @register_method("image")
@@ -44,6 +61,15 @@ class ImageOnly(CompositionMethod):
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return F.normalize(ref_embeddings, dim=-1)
 
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return torch.zeros(len(texts), 0)  # the text plays no part
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        return F.normalize(require_pixels(ref_embeddings, self.name), dim=-1)
+
 
 @register_method("text")
 class TextOnly(CompositionMethod):
@@ -53,6 +79,12 @@ class TextOnly(CompositionMethod):
 
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.encode_text([EMPTY_TEXT_PROMPT if b else t for t, b in zip(texts, blank_rows(texts))])
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.compose(None, texts)
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        return text_embeddings
 
 
 @register_method("sum")
@@ -65,5 +97,15 @@ class NormalisedSum(CompositionMethod):
         return self.compose_embedded(v, texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        w = encode_texts_or_reference(self.backbone, texts, ref_embeddings)
-        return F.normalize(F.normalize(ref_embeddings, dim=-1) + w, dim=-1)
+        return self.compose_parts(ref_embeddings, self.embed_texts(texts))
+
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return encode_texts_blank_zero(self.backbone, texts)
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        ref = require_pixels(ref_embeddings, self.name)
+        w = fill_blank_rows(text_embeddings, ref)
+        return F.normalize(F.normalize(ref, dim=-1) + w, dim=-1)

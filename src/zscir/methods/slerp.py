@@ -45,10 +45,21 @@ class Slerp(CompositionMethod):
         return self.compose_embedded(self.backbone.encode_image(require_pixels(pixels, self.name)), texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        from zscir.methods.baselines import encode_texts_or_reference
+        return self.compose_parts(ref_embeddings, self.embed_texts(texts))
 
-        w = encode_texts_or_reference(self.backbone, texts, ref_embeddings)
-        return slerp(ref_embeddings, w, self.alpha)
+    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(pixels)
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        from zscir.methods.baselines import encode_texts_blank_zero
+
+        return encode_texts_blank_zero(self.backbone, texts)
+
+    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
+        from zscir.methods.baselines import fill_blank_rows
+
+        ref = require_pixels(ref_embeddings, self.name)
+        return slerp(ref, fill_blank_rows(text_embeddings, ref), self.alpha)
 
     def settings(self) -> dict[str, object]:
         return {"alpha": self.alpha}

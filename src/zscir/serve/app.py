@@ -1,10 +1,13 @@
-"""Routes. The service is thin: it validates and limits requests, then calls Searcher.search (the same
-function as `zscir search`). Images are served by gallery id only: no client-supplied path ever reaches
-the file system, and a gallery file is served (or used as a reference) only while it is the file that was
-indexed. No `detail` ever carries a server path. The API docs at /docs are a self-contained page (no CDN)."""
+"""Routes. The service is thin: it validates and limits requests, then composes and searches through the
+micro-batcher (zscir.serve.batching: concurrent requests share model calls; with batching off, each request
+runs Searcher.search's path on its own, as `zscir search` does). Images are served by gallery id only: no
+client-supplied path ever reaches the file system, and a gallery file is served (or used as a reference) only
+while it is the file that was indexed. No `detail` ever carries a server path. The API docs at /docs are a
+self-contained page (no CDN)."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import stat
@@ -21,6 +24,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from zscir.errors import CheckpointError, ImageTooLargeError, InputError
 from zscir.index.search import Searcher
+from zscir.serve.batching import BatchingConfig, MicroBatcher
 from zscir.serve.limits import BodyLimitMiddleware, Limits
 from zscir.utils.io import load_image_bytes, release_memory
 
@@ -50,10 +54,18 @@ def image_url(image_id: str) -> str:
     return "/images/" + quote(image_id, safe="/")
 
 
-def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
+def create_app(searcher: Searcher, limits: Limits = Limits(), batching: BatchingConfig = BatchingConfig()) -> FastAPI:
+    batcher = MicroBatcher(searcher, batching)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        batcher.close()
+
     # Swagger UI and ReDoc load their scripts from a CDN (a blank page offline): /docs is our own page
-    app = FastAPI(title="zscir", version="1", docs_url=None, redoc_url=None,
+    app = FastAPI(title="zscir", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Composed image retrieval: a reference image + a text saying what should differ.")
+    app.state.batcher = batcher
     app.add_middleware(BodyLimitMiddleware, limits=limits)
     page = resources.files("zscir.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     scrub = _scrubber(searcher)
@@ -83,7 +95,9 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
         man = searcher.index.manifest
         return {"status": "ok", "images": len(searcher.index), "dim": man.dim, "kind": searcher.index.kind,
                 "backbone": man.backbone_spec, "fingerprint": man.backbone_fingerprint,
-                "limits": limits.__dict__}
+                "limits": limits.__dict__, "search": {"params": searcher.index.search_params,
+                                                      "rerank": searcher.index.rerank},
+                "batching": batcher.info()}
 
     @app.get("/methods")
     def methods() -> dict:
@@ -96,11 +110,13 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
     def image(image_id: str):
         item = _item(searcher, image_id)
         data = read_indexed_file(item)
-        path = Path(item["path"])
-        return Response(data, media_type=_MEDIA.get(path.suffix.lower(), "application/octet-stream"))
+        from zscir.data.sources import split_location
+
+        name = split_location(item["path"])[1] or item["path"]
+        return Response(data, media_type=_MEDIA.get(Path(name).suffix.lower(), "application/octet-stream"))
 
     @app.post("/search")
-    def search(
+    async def search(
         text: Annotated[str, Form(description="what should differ from the reference")] = "",
         image: Annotated[UploadFile | None, File(description="reference image file")] = None,
         gallery_id: Annotated[str | None, Form(description="a gallery image id as the reference")] = None,
@@ -114,24 +130,18 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
             raise HTTPException(422, f"k={k}: must be between 1 and {limits.max_k}")
         if image is not None and gallery_id:
             raise HTTPException(422, "send either an image file or a gallery_id, not both")
-        images: list[Image.Image] = []
-        exclude = []
-        if image is not None:
-            images.append(_read_upload(image, limits))
-        elif gallery_id:
-            item = _item(searcher, gallery_id)
-            # an indexed file was accepted under the files' limit (80 MP), not the uploads'
-            images.append(load_image_bytes(read_indexed_file(item), f"gallery image {gallery_id!r}"))
-            exclude.append(gallery_id)
-        large = any(im.width * im.height > 4_000_000 for im in images)
-        t0 = time.perf_counter()
-        try:
-            hits = searcher.search(images, text, method, alpha, k, exclude_ids=exclude)
-        finally:
-            if large:
-                images.clear()
-                release_memory()  # a burst of large uploads must not leave the service at its peak
-        took = (time.perf_counter() - t0) * 1000
+        pixels, ref = None, None
+        with batcher.active():
+            if image is not None:
+                # decoding and preprocessing run in the bounded decode pool, never on the event loop
+                pixels = await batcher.run_decode(_decode_upload, image, limits, batcher)
+            elif gallery_id:
+                if searcher.index.position.get(gallery_id) is None:
+                    raise HTTPException(404, f"no image with id {gallery_id!r} in the index")
+                ref = gallery_id  # composed from its stored embedding, and never listed in the answer
+            t0 = time.perf_counter()
+            hits = await batcher.search(text, method, alpha, k, pixels=pixels, ref=ref)
+            took = (time.perf_counter() - t0) * 1000
         results = []
         for h in hits:
             d = h.to_json()
@@ -142,6 +152,18 @@ def create_app(searcher: Searcher, limits: Limits = Limits()) -> FastAPI:
                 "took_ms": round(took, 2)}
 
     return app
+
+
+def _decode_upload(upload: UploadFile, limits: Limits, batcher: MicroBatcher):
+    """Upload -> checked, decoded image -> the backbone's pixels (runs in the decode pool)."""
+    im = _read_upload(upload, limits)
+    large = im.width * im.height > 4_000_000
+    try:
+        return batcher.preprocess(im)
+    finally:
+        if large:
+            del im
+            release_memory()  # a burst of large uploads must not leave the service at its peak
 
 
 def _read_upload(upload: UploadFile, limits: Limits) -> Image.Image:
@@ -170,7 +192,11 @@ def read_indexed_file(item: dict[str, Any]) -> bytes:
     file's size, mtime and inode, so a file replaced, edited, or swapped for a symlink to elsewhere since
     indexing is refused (409); without a record (older indexes) a symlink is refused. The file is checked
     through the descriptor it is read from, so it cannot be swapped between the check and the read."""
-    image_id, path = item["id"], item["path"]
+    from zscir.data.sources import read_location, split_location
+
+    image_id, location = item["id"], item["path"]
+    # an image inside a WebDataset shard (`<tar>#<member>`) is identified by its tar file
+    path, member = split_location(location)
     recorded = item.get("file")
     try:
         if recorded is None and os.path.islink(path):
@@ -187,6 +213,14 @@ def read_indexed_file(item: dict[str, Any]) -> bytes:
         if recorded is not None and not file_matches(recorded, st):
             raise HTTPException(409, f"image {image_id!r}: its file changed since it was indexed; "
                                      "re-index it (`zscir index --add`) to serve it")
+        if member is not None:
+            try:
+                data = read_location(location)
+            except InputError:
+                raise HTTPException(410, f"image {image_id!r} is indexed but its shard no longer holds it") from None
+            if len(data) > MAX_SERVED_IMAGE_BYTES:
+                raise HTTPException(409, f"image {image_id!r}: larger than {MAX_SERVED_IMAGE_BYTES} bytes")
+            return data
         if st.st_size > MAX_SERVED_IMAGE_BYTES:
             raise HTTPException(409, f"image {image_id!r}: its file is larger than {MAX_SERVED_IMAGE_BYTES} bytes")
         return f.read(MAX_SERVED_IMAGE_BYTES + 1)
