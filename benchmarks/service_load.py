@@ -309,7 +309,9 @@ def main() -> None:
         port = free_port()
         log = work / "serve.log"
         t0 = time.perf_counter()
-        proc = start_server(index, port, user_spec if args.index else None, env, log)
+        # a py: spec is code: the server never takes it from the manifest, it is passed on its command line
+        spec = user_spec if args.index else (user_spec if user_spec.startswith("py:") else None)
+        proc = start_server(index, port, spec, env, log)
         health = wait_health(proc, port, args.startup_timeout, log)
         startup_s = time.perf_counter() - t0
         print(f"server up on port {port} in {startup_s:.1f}s: {health['images']} images, {health['kind']}, "

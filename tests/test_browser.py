@@ -33,7 +33,7 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(Searcher.open(root / "idx")), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(Searcher.open(root / "idx", backbone=SPEC)), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()

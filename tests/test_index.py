@@ -96,7 +96,7 @@ def test_add_appends_without_duplicates(tmp_path):
     everything = tmp_path / "all.jsonl"
     everything.write_text("".join(json.dumps({"path": str(p), "id": p.stem}) + "\n"
                                   for p in sorted((tmp_path / "g").rglob("*.*"))))
-    man = build_index(everything, out, add=True, backbone="", shard_size=4, progress=False)
+    man = build_index(everything, out, add=True, backbone=SPEC, shard_size=4, progress=False)
     ids, _ = contents(out)
     assert man.count == 24 and len(set(ids)) == 24
     idx = GalleryIndex(out)
@@ -167,7 +167,7 @@ def test_other_backbone_is_refused(index):
 def test_index_kinds_find_the_exact_neighbours(tmp_path, gallery, kind):
     out = tmp_path / kind.replace(",", "_")
     man = build_index(gallery, out, SPEC, kind=kind, shard_size=16, progress=False)
-    s = Searcher.open(out)
+    s = Searcher.open(out, backbone=SPEC)
     ids = [it["id"] for it in s.index.items]
     assert man.faiss.count == 30
     from zscir.utils.io import load_image
@@ -184,13 +184,13 @@ def test_search_cli_table_and_json(index, gallery, capsys):
     from zscir.cli import main
 
     ref = str(next(gallery.rglob("img0003.png")))
-    assert main(["search", str(index), "--image", ref, "--text", "a red circle", "-k", "3", "--json"]) == 0
+    assert main(["search", str(index), "--backbone", SPEC, "--image", ref, "--text", "a red circle", "-k", "3", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert len(doc["results"]) == 3 and doc["results"][0]["rank"] == 1
     assert {"score", "id", "path"} <= set(doc["results"][0])
-    assert main(["search", str(index), "--image", ref, "--image", ref, "--text", "red", "--method", "slerp",
+    assert main(["search", str(index), "--backbone", SPEC, "--image", ref, "--image", ref, "--text", "red", "--method", "slerp",
                  "--alpha", "0.5", "-k", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["rank", "score", "path"] and len(out) == 3
-    assert main(["search", str(index), "--image", ref, "--text", "x", "--alpha", "2"]) == 2
+    assert main(["search", str(index), "--backbone", SPEC, "--image", ref, "--text", "x", "--alpha", "2"]) == 2
     assert "alpha" in capsys.readouterr().err

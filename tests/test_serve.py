@@ -21,7 +21,7 @@ def client(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     write_gallery(root / "g", 20)
     build_index(root / "g", root / "idx", SPEC, shard_size=8, progress=False)
-    return TestClient(create_app(Searcher.open(root / "idx"), LIMITS))
+    return TestClient(create_app(Searcher.open(root / "idx", backbone=SPEC), LIMITS))
 
 
 def png(im: Image.Image) -> bytes:

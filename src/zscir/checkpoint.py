@@ -38,6 +38,12 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    def tensor(self, name: str) -> torch.Tensor:
+        """A named tensor, or a CheckpointError naming the missing one."""
+        if name not in self.tensors:
+            raise CheckpointError(f"{self.path}: missing tensor {name!r} in {WEIGHTS_NAME}")
+        return self.tensors[name]
+
     @property
     def fingerprint(self) -> str:
         return str(self.meta.get("fingerprint", ""))
@@ -80,20 +86,60 @@ def save_checkpoint(
     return path
 
 
+def read_checkpoint_doc(cfg_path: Path) -> dict[str, Any]:
+    """A config.json as a JSON object, or a one-line CheckpointError (unreadable, not UTF-8, not JSON, not
+    an object). Also used for Hugging Face folders, whose config.json has no zscir 'kind'."""
+    try:
+        raw = Path(cfg_path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{cfg_path}: cannot be read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: corrupt config (not UTF-8 text: byte {e.start})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: corrupt config ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise CheckpointError(f"{cfg_path}: corrupt config (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{cfg_path}: corrupt config (expected a JSON object, got {type(doc).__name__})")
+    return doc
+
+
+def validate_checkpoint_doc(doc: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    """The one check of a zscir checkpoint's config.json, by type: 'kind' a non-empty string, 'config' an
+    object, fingerprints strings. The settings inside 'config' are checked by the loader of the kind, with
+    zscir.config.from_dict (unknown keys and wrong types refused)."""
+    kind = doc.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise CheckpointError(f"{cfg_path}: not a zscir checkpoint config (no 'kind')" if kind is None else
+                              f"{cfg_path}: 'kind' must be a non-empty string, got {type(kind).__name__}")
+    if "config" not in doc:
+        raise CheckpointError(f"{cfg_path}: no 'config' (the settings of the {kind} checkpoint)")
+    if not isinstance(doc["config"], dict):
+        raise CheckpointError(f"{cfg_path}: 'config' must be an object, got {_json_type(doc['config'])}")
+    for key in ("fingerprint", "backbone_fingerprint", "zscir_version"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise CheckpointError(f"{cfg_path}: '{key}' must be a string, got {_json_type(doc[key])}")
+    return doc
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The validated config.json of a checkpoint folder (validate_checkpoint_doc)."""
     path = Path(path)
     cfg_path = path / CONFIG_NAME
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint folder not found")
     if not cfg_path.is_file():
         raise CheckpointError(f"{path}: not a zscir checkpoint (no {CONFIG_NAME})")
-    try:
-        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: corrupt config ({e.msg})") from e
-    if not isinstance(doc, dict) or "kind" not in doc:
-        raise CheckpointError(f"{cfg_path}: not a zscir checkpoint config (no 'kind')")
-    return doc
+    return validate_checkpoint_doc(read_checkpoint_doc(cfg_path), cfg_path)
 
 
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] | None = None) -> Checkpoint:
@@ -110,8 +156,8 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] | None = None)
         raise CheckpointError(f"{path}: missing {WEIGHTS_NAME}")
     try:
         tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{weights}: corrupt weights ({e})") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt weights ({' '.join(str(e).split())[:160]})") from None
     meta = {k: v for k, v in doc.items() if k not in ("kind", "config")}
     return Checkpoint(kind=doc["kind"], config=doc["config"], tensors=tensors, meta=meta, path=path)
 

@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "zscir.export",
     "zscir.demo",
     "zscir.eval.cli",
+    "zscir.data.cli",
     "zscir.index.cli",
     "zscir.index.search_cli",
     "zscir.serve.cli",

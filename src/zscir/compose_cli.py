@@ -16,7 +16,7 @@ import torch
 
 from zscir.backbones import load_backbone
 from zscir.methods import get_method_class
-from zscir.utils.io import atomic_path, check_text, load_image
+from zscir.utils.io import atomic_path, check_output_file, check_text, load_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def run(args: argparse.Namespace) -> int:
         text = check_text(args.text, "--text")
+        if args.out:
+            check_output_file(args.out)  # before the model is loaded, not after the work
         cls = get_method_class(args.method)
         settings = {} if args.alpha is None else {"alpha": args.alpha}
         if settings:

@@ -11,3 +11,7 @@ class InputError(ZscirError):
 
 class CheckpointError(ZscirError):
     """A checkpoint that cannot be used: wrong kind, another backbone, missing or corrupt files."""
+
+
+class ImageTooLargeError(InputError):
+    """An image whose header declares more pixels than the limit (refused before decoding; HTTP 413)."""

@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17)
 
     def run(args: argparse.Namespace) -> int:
+        from zscir.utils.io import check_output_file
+
+        check_output_file(args.out)  # before the export, not after it
         path = export_isa_onnx(args.checkpoint, args.out, args.opset)
         print(f"wrote {path} (input '{INPUT_NAME}', output '{OUTPUT_NAME}')")
         return 0

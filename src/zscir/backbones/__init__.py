@@ -6,11 +6,14 @@
     <folder>                a zscir checkpoint folder (config.json with "kind") or a Hugging Face folder
 
 Loaders register next to their class with `@register_backbone(scheme)`.
+
+Trust: a spec naming code (`py:<module>:<callable>`, zscir.backbones.pyref) is honoured only when the user
+gives it (a command-line flag, a Python call). A spec read from an index manifest or a checkpoint folder
+(`recorded_in=`) that names code is refused: such a folder is data and never chooses code to run.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -63,8 +66,27 @@ def _load_default(arg: str) -> Backbone:
     return DefaultBackbone.load(path)
 
 
-def load_backbone(spec: str = "default", device: str | None = None) -> Backbone:
-    """Load a backbone from its spec string (see module docstring), in eval mode, on `device`."""
+CODE_SCHEMES = ("py",)  # schemes whose spec imports and calls code
+
+
+def refuse_code_spec(spec: str, where: str) -> None:
+    """Raise if `spec`, read from the file `where`, names code to run."""
+    if spec.partition(":")[0] in CODE_SCHEMES:
+        raise CheckpointError(
+            f"{where}: records backbone {spec!r}, which names Python code; a folder never chooses code to run. "
+            f"If you trust that code, pass it yourself: --backbone {spec}"
+        )
+
+
+def load_backbone(spec: str = "default", device: str | None = None, *, recorded_in: str | None = None) -> Backbone:
+    """Load a backbone from its spec string (see module docstring), in eval mode, on `device`.
+
+    `recorded_in`: the file the spec was read from (a manifest, a config), when it was not given by the
+    user; a spec naming code is then refused (refuse_code_spec)."""
+    if not isinstance(spec, str) or not spec:
+        raise InputError(f"backbone spec {spec!r}: expected a non-empty string")
+    if recorded_in is not None:
+        refuse_code_spec(spec, recorded_in)
     _import_all()
     scheme, _, arg = spec.partition(":")
     if scheme in _LOADERS and (arg or scheme == "default"):
@@ -85,10 +107,9 @@ def _load_folder(path: Path) -> Backbone:
             f"backbone {str(path)!r}: not a known scheme ({', '.join(s + ':' for s in sorted(_LOADERS))}) "
             "nor a checkpoint folder with a config.json"
         )
-    try:
-        doc = json.loads(cfg.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg}: corrupt config ({e.msg})") from e
+    from zscir.checkpoint import read_checkpoint_doc
+
+    doc = read_checkpoint_doc(cfg)
     kind = doc.get("kind")
     if kind == "zscir.default-backbone":
         return _LOADERS["default"](str(path))
@@ -105,5 +126,6 @@ __all__ = [
     "default_model_path",
     "list_backbone_schemes",
     "load_backbone",
+    "refuse_code_spec",
     "register_backbone",
 ]

@@ -22,7 +22,7 @@ from torch import nn
 
 from zscir.backbones.base import Backbone, TokenizedTexts, pack_token_rows, warn_truncated
 from zscir.backbones.preprocess import PreprocessConfig
-from zscir.checkpoint import load_checkpoint, save_checkpoint, tensors_fingerprint
+from zscir.checkpoint import CONFIG_NAME, load_checkpoint, save_checkpoint, tensors_fingerprint
 from zscir.config import from_dict
 from zscir.errors import CheckpointError, InputError
 
@@ -44,6 +44,20 @@ class DefaultBackboneConfig:
     head_heads: int = 6
     max_text_tokens: int = 64
     preprocess_mode: str = "resize"
+
+    def validate(self) -> None:
+        """Relations between fields (types are checked by from_dict); ValueError names the field."""
+        for name in ("image_size", "embed_dim", "head_dim", "head_heads", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be positive")
+        if self.image_size < 32 or self.image_size > 1024:
+            raise ValueError(f"image_size={self.image_size}: must be between 32 and 1024")
+        if self.head_dim % self.head_heads:
+            raise ValueError(f"head_heads={self.head_heads}: must divide head_dim={self.head_dim}")
+        from zscir.backbones.preprocess import MODES
+
+        if self.preprocess_mode not in MODES:
+            raise ValueError(f"preprocess_mode={self.preprocess_mode!r}: expected one of {', '.join(MODES)}")
 
 
 class AttentionPoolHead(nn.Module):
@@ -247,7 +261,7 @@ class DefaultBackbone(Backbone):
     @classmethod
     def load(cls, path: str | Path) -> "DefaultBackbone":
         ckpt = load_checkpoint(path, KIND)
-        model = cls(from_dict(DefaultBackboneConfig, ckpt.config))
+        model = cls(from_dict(DefaultBackboneConfig, ckpt.config, f"{Path(path) / CONFIG_NAME}: config"))
         image = {k[len("image_head."):]: v for k, v in ckpt.tensors.items() if k.startswith("image_head.")}
         text = {k[len("text_head."):]: v for k, v in ckpt.tensors.items() if k.startswith("text_head.")}
         try:
@@ -256,7 +270,10 @@ class DefaultBackbone(Backbone):
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit the default backbone ({e})") from e
         with torch.no_grad():
-            model.logit_scale.copy_(ckpt.tensors["logit_scale"])
+            scale = ckpt.tensor("logit_scale")
+            if scale.shape != model.logit_scale.shape:
+                raise CheckpointError(f"{path}: tensor 'logit_scale' has shape {tuple(scale.shape)}")
+            model.logit_scale.copy_(scale)
         model.spec = f"default:{Path(path)}"
         if model.refresh_fingerprint() != ckpt.fingerprint:
             raise CheckpointError(f"{path}: fingerprint mismatch (the weights changed after saving?)")

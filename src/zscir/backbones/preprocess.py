@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from zscir.errors import InputError
+from zscir.utils.io import to_rgb
 
 Mode = Literal["center_crop", "target_pad", "resize"]
 MODES: tuple[str, ...] = ("center_crop", "target_pad", "resize")
@@ -71,7 +72,7 @@ def target_pad(image: Image.Image, target_ratio: float) -> Image.Image:
 
 def preprocess_image(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
     """PIL image -> float tensor (3, size, size), normalised with cfg.mean / cfg.std."""
-    image = image.convert("RGB")
+    image = to_rgb(image)  # the shared conversion: 16-bit scaled, transparency on white
     resample = _RESAMPLE[cfg.interpolation]
     s = cfg.size
     if cfg.mode == "target_pad":

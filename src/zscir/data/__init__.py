@@ -25,15 +25,25 @@ Streaming (zscir.data.stream) - decode + preprocess in DataLoader worker process
     (after min_seen items) or nothing readable raises InputError. loader.set_epoch(e) reshuffles.
 
 Frozen-feature cache (zscir.data.cache) - memory-mapped, keyed by backbone fingerprint + preprocessing
-digest + source fingerprint + feature name (+ dtype); built in a hidden sibling and renamed; DDP-aware:
+digest + source fingerprint + feature name (+ dtype); built in a hidden sibling and renamed; a killed build
+resumes where it stopped; DDP-aware (every rank computes its share, rank 0 commits):
     feats = image_features(backbone, src_or_paths, "image_tokens"|"image_embedding", cache=root_or_None)
     texts = text_features(backbone, captions, "text_trunk"|"text_embedding", cache=root_or_None)
     len(feats), feats.keys/.locations/.captions, feats[i] (numpy), feats.gather(idx), feats.tensor(idx)
+    for idx, rows in feats.batches(256, seed=0, epoch=e, rank=r, world_size=w): ...   # equal steps per rank
     FeatureCache(root).get(CacheKey(...)) / .build(key, batches, rank=, world_size=, barrier=)
 
 Synthetic CIR triplets from a user's image-caption pairs (zscir.data.triplets; CLI `zscir data make-triplets`):
-    report = make_cir_triplets(backbone, src, out="triplets.jsonl", min_similarity=0.2)
+    report = make_cir_triplets(backbone, src, "triplets.jsonl", edit, min_similarity=0.2, targets=None)
+        edit(captions, per_caption, seed) -> objects with .reference/.modification/.target captions (the CLI
+        passes zscir.train.triplets.generate_triplets; the library never imports zscir.train)
+    report.kept_fraction, report.summary()
     read_cir_triplets("triplets.jsonl") -> [CIRTriplet(reference, modification, target)] (absolute locations)
+
+CLI flags (zscir.data.cli): add_source_arguments(parser) adds --image-column/--caption-column/--id-column
+(+ --max-bad-fraction); source_from_args(spec, args) opens the source with them. `zscir data inspect SOURCE`
+shows what a source holds. zscir.data.stream.iter_location_batches: thread-pool decoding of locations
+(what `zscir index`'s mapper runs).
 
 Output folders (zscir.utils.io): check_output_dir(path, is_ours, what) / safe_output_dir(...) refuse to write
 into or replace a non-empty folder that is not an output of the same kind.

@@ -9,9 +9,11 @@ An entry is a folder `<root>/<feature>-<key digest>/`:
     features-NNNNN.npy    (rows, *shape) arrays, opened with numpy's mmap (never read whole into RAM)
     failures.jsonl        the items that could not be decoded (not cached; a later source change retries)
 
-An entry is built in a hidden sibling folder and renamed into place when complete, so a reader never sees a
-half-written entry; a build interrupted or refused (too many unreadable items) leaves nothing behind. Under
-DDP every rank computes its own part of the stream into the same build folder, and rank 0 commits.
+An entry is built in a hidden sibling folder (`.<entry>.building`) and renamed into place when complete, so a
+reader never sees a half-written entry. Rows are flushed to numbered shards every `shard_bytes` (memory stays
+flat); a build that is killed is resumed by the next build of the same key, which skips the items already
+written without decoding them; a refused build (too many unreadable items) is removed. Under DDP every rank
+computes its own part of the stream into the same build folder, and rank 0 commits.
 
 Keys: a different backbone (weights), preprocessing, source content (file sizes and mtimes, listing
 bytes, tar stats; see each Source.fingerprint) or feature name is a different entry: a stale feature is never
@@ -19,12 +21,13 @@ served."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -33,7 +36,7 @@ import torch
 
 import zscir
 from zscir.data.sources import PathsSource, Source
-from zscir.data.stream import StreamConfig, stream
+from zscir.data.stream import StreamConfig, StreamingDataset, StreamingLoader
 from zscir.errors import CheckpointError, InputError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 META = "meta.json"
 ROWS = "rows.jsonl"
 FAILURES = "failures.jsonl"
+BUILD = "build.json"
 CACHE_FORMAT = "zscir.feature-cache"
 CACHE_VERSION = 1
 
@@ -133,6 +137,27 @@ class CachedFeatures:
         idx = np.arange(len(self)) if indices is None else indices
         return torch.from_numpy(self.gather(idx))
 
+    def batches(self, batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1, drop_last: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """One epoch of (row indices, rows as a tensor) batches, read from the memory map batch by batch.
+
+        Rows are permuted with (seed, epoch) and dealt to ranks round-robin, cut to the same count on every
+        rank (DDP needs equal step counts), so each row is used at most once per epoch over all ranks."""
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size}: must be at least 1")
+        n = len(self)
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        per_rank = n // world_size
+        mine = order[rank::world_size][:per_rank]
+        stop = len(mine) - len(mine) % batch_size if drop_last else len(mine)
+        for i in range(0, stop, batch_size):
+            idx = mine[i : i + batch_size]
+            # sorted reads are sequential on disk; the batch keeps the shuffled order
+            srt = np.argsort(idx, kind="stable")
+            rows = np.empty((len(idx), *self.shape), self.dtype)
+            rows[srt] = self.gather(idx[srt])
+            yield idx, torch.from_numpy(rows)
+
     def position(self, key: str) -> int:
         if self._position is None:
             self._position = {k: i for i, k in enumerate(self.keys)}
@@ -162,58 +187,149 @@ class FeatureCache:
             return None
         return entry if entry.key == key else None
 
-    def build(self, key: CacheKey, batches: Iterable[tuple[Sequence[str], Sequence[str], Sequence[str | None], np.ndarray]],
+    def build(self, key: CacheKey, batches: Iterable[tuple[Sequence[str], Sequence[str], Sequence[str | None], np.ndarray]]
+              | Callable[[set[str]], Iterable[tuple[Sequence[str], Sequence[str], Sequence[str | None], np.ndarray]]],
               *, rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None,
-              failures: Callable[[], list[dict[str, str]]] | None = None) -> CachedFeatures:
+              failures: Callable[[], list[dict[str, str]]] | None = None,
+              shard_bytes: int = 64 << 20) -> CachedFeatures:
         """Write an entry from `batches` of (keys, locations, captions, features (B, *shape)) and return it.
+
+        `batches` may be a callable taking the set of keys a previous, interrupted build of the same key
+        already wrote (so that it does not compute them again); a plain iterable's rows with such keys are
+        dropped. Rows are flushed to disk every `shard_bytes`, so memory stays flat. An interrupted build
+        leaves a hidden `.<entry>.building` folder that the next build of the same key (and world size)
+        resumes; a refused one (InputError) is removed.
 
         With world_size > 1 every rank calls build with its own part of the stream and the same key;
         `barrier` (e.g. torch.distributed.barrier) separates the writing from rank 0's commit."""
         final = self.path(key)
-        work = final.parent / f".{final.name}.building"
         if world_size > 1 and barrier is None:
             raise ValueError("build with world_size > 1 needs a barrier")
-        if rank == 0:
-            if work.exists():
-                shutil.rmtree(work)  # a build that died; ours starts over
-            work.mkdir(parents=True)
+        # One builder per entry across processes (two trainers started at once): the second waits for the
+        # lock, then finds the entry made. Under DDP rank 0 holds it for all ranks.
+        lock = self._lock(final) if rank == 0 else None
+        try:
+            return self._build_locked(key, final, batches, rank, world_size, barrier, failures, shard_bytes)
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+    @staticmethod
+    def _lock(final: Path) -> int:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(final.parent / f".{final.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _build_locked(self, key: CacheKey, final: Path, batches: Any, rank: int, world_size: int,
+                      barrier: Callable[[], None] | None, failures: Callable[[], list[dict[str, str]]] | None,
+                      shard_bytes: int) -> CachedFeatures:
+        work = final.parent / f".{final.name}.building"
+        state = {"key": key.digest(), "world_size": world_size}
+        if rank == 0 and self.get(key) is None:
+            try:
+                resumable = json.loads((work / BUILD).read_text(encoding="utf-8")) == state
+            except (OSError, ValueError):
+                resumable = False
+            if work.exists() and not resumable:
+                shutil.rmtree(work)  # another world size, or not ours: start over
+            if not work.exists():
+                tmp = final.parent / f".{final.name}.building-{os.getpid()}"
+                tmp.mkdir(parents=True, exist_ok=True)
+                (tmp / BUILD).write_text(json.dumps(state), encoding="utf-8")
+                os.replace(tmp, work)
         if barrier is not None:
             barrier()
+        if not (work / BUILD).is_file():  # rank 0 found the entry complete (made while it waited for the lock)
+            entry = self.get(key)
+            if entry is None:
+                raise CheckpointError(f"{final}: the feature cache entry is neither built nor being built")
+            return entry
+        done, next_shard = self._resume_part(work, rank)
+        if done:
+            log.info("feature cache: resuming %s (%d rows already written by rank %d)", final.name, len(done), rank)
+        stream_ = batches(done) if callable(batches) else batches
         try:
-            self._write_part(work, rank, batches)
+            self._write_part(work, rank, stream_, done, next_shard, shard_bytes)
             if failures is not None:
                 with open(work / f"failures-r{rank:03d}.jsonl", "w", encoding="utf-8") as f:
                     for row in failures():
                         f.write(json.dumps(row, ensure_ascii=True) + "\n")
-        except BaseException:
+        except InputError:
             if world_size == 1:
-                shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)  # refused data: nothing worth resuming
             raise
         if barrier is not None:
             barrier()
+        error: BaseException | None = None
         if rank == 0:
-            self._commit(work, final, key, world_size)
+            try:
+                self._commit(work, final, key, world_size)
+            except BaseException as e:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
+                error = e
         if barrier is not None:
             barrier()
+        if error is not None:
+            raise error
         entry = self.get(key)
         if entry is None:
             raise CheckpointError(f"{final}: the feature cache entry was not written")
         return entry
 
     @staticmethod
-    def _write_part(work: Path, rank: int, batches: Iterable) -> None:
-        n_shard = 0
-        with open(work / f"rows-r{rank:03d}.jsonl", "w", encoding="utf-8") as rows:
-            for keys, locations, captions, feats in batches:
-                arr = np.ascontiguousarray(feats)
-                if len(arr) == 0:
-                    continue
-                if not (len(keys) == len(locations) == len(captions) == len(arr)):
-                    raise ValueError("keys, locations, captions and features differ in length")
-                np.save(work / f"features-r{rank:03d}-{n_shard:05d}.npy", arr, allow_pickle=False)
-                n_shard += 1
-                for k, loc, c in zip(keys, locations, captions):
-                    rows.write(json.dumps({"key": k, "location": loc, "caption": c}, ensure_ascii=True) + "\n")
+    def _resume_part(work: Path, rank: int) -> tuple[set[str], int]:
+        """Keys already written by this rank (complete shards only) and the next shard number."""
+        done: set[str] = set()
+        last = -1
+        for f in sorted(work.glob(f"rows-r{rank:03d}-*.jsonl")):
+            n = int(f.stem.rsplit("-", 1)[1])
+            if not (work / f"features-r{rank:03d}-{n:05d}.npy").is_file():
+                f.unlink()  # its features never landed
+                continue
+            with open(f, encoding="utf-8") as fh:
+                done.update(json.loads(line)["key"] for line in fh)
+            last = max(last, n)
+        for f in work.glob(f".features-r{rank:03d}-*.tmp"):
+            f.unlink()
+        return done, last + 1
+
+    @staticmethod
+    def _write_part(work: Path, rank: int, batches: Iterable, done: set[str], n_shard: int, shard_bytes: int) -> None:
+        buf_rows: list[dict[str, Any]] = []
+        buf: list[np.ndarray] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal buf_rows, buf, size, n_shard
+            if not buf_rows:
+                return
+            name = f"r{rank:03d}-{n_shard:05d}"
+            with open(work / f"rows-{name}.jsonl", "w", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(r, ensure_ascii=True) + "\n" for r in buf_rows))
+            tmp = work / f".features-{name}.tmp"
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.concatenate(buf), allow_pickle=False)
+            os.replace(tmp, work / f"features-{name}.npy")  # the shard's commit point
+            n_shard += 1
+            buf_rows, buf, size = [], [], 0
+
+        for keys, locations, captions, feats in batches:
+            arr = np.ascontiguousarray(feats)
+            if not (len(keys) == len(locations) == len(captions) == len(arr)):
+                raise ValueError("keys, locations, captions and features differ in length")
+            if done:
+                keep = [i for i, k in enumerate(keys) if k not in done]
+                if len(keep) < len(keys):
+                    arr, keys = arr[keep], [keys[i] for i in keep]
+                    locations, captions = [locations[i] for i in keep], [captions[i] for i in keep]
+            if len(arr) == 0:
+                continue
+            buf.append(arr)
+            buf_rows += [{"key": k, "location": loc, "caption": c} for k, loc, c in zip(keys, locations, captions)]
+            size += arr.nbytes
+            if size >= shard_bytes:
+                flush()
+        flush()
 
     @staticmethod
     def _commit(work: Path, final: Path, key: CacheKey, world_size: int) -> None:
@@ -227,14 +343,14 @@ class FeatureCache:
                     elif a.shape[1:] != shape or a.dtype != dtype:
                         raise ValueError(f"{f.name}: rows {a.shape[1:]} {a.dtype}, expected {shape} {dtype}")
                     shards.append({"file": f.name, "rows": int(a.shape[0])})
-                part_rows = work / f"rows-r{r:03d}.jsonl"
-                if part_rows.is_file():
+                    part_rows = work / f"rows-{f.stem.split('-', 1)[1]}.jsonl"
                     rows_out.write(part_rows.read_text(encoding="utf-8"))
                     part_rows.unlink()
                 part_fail = work / f"failures-r{r:03d}.jsonl"
                 if part_fail.is_file():
                     fails.write(part_fail.read_text(encoding="utf-8"))
                     part_fail.unlink()
+        (work / BUILD).unlink(missing_ok=True)
         if shape is None:
             shutil.rmtree(work, ignore_errors=True)
             raise InputError("no features to cache: every item was unreadable or the source is empty")
@@ -280,6 +396,7 @@ def image_features(
     dtype: torch.dtype = torch.float16,
     config: StreamConfig | None = None,
     failures_path: str | Path | None = None,
+    shard_bytes: int = 64 << 20,
 ) -> CachedFeatures:
     """A frozen image feature of every readable item of `source` (a Source or a list of image paths), from
     the cache when an entry with the same key exists, else computed by streaming the source through
@@ -293,16 +410,28 @@ def image_features(
     pre = backbone.preprocess_config
     key = CacheKey(backbone.fingerprint(), pre.digest(), f"{source.fingerprint()}", feature,
                    extra=str(dtype).replace("torch.", ""))
+    rank, world, barrier = _dist()
     hit = store.get(key)
+    if world > 1:  # every rank must take the same branch (a build has barriers): build unless all hit
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, hit is not None)
+        if not all(flags):
+            hit = None
     if hit is not None:
         log.info("feature cache hit: %s (%d rows)", hit.folder, len(hit))
         return hit
-    rank, world, barrier = _dist()
     compute = fn or _image_fn(backbone, feature)
     cfg = config or StreamConfig(batch_size=64, workers=0, shuffle=False, max_bad_fraction=1.0)
-    loader = stream(source, pre, cfg, rank=rank, world_size=world, failures_path=failures_path)
+    loaders: list[StreamingLoader] = []
 
-    def batches() -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+    def batches(done: set[str]) -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+        # `done`: keys an interrupted build already wrote; the workers skip them before decoding
+        ds = StreamingDataset(source, pre, replace(cfg, shuffle=False, repeat=False), rank, world,
+                              skip_keys=frozenset(done))
+        loader = StreamingLoader(ds, failures_path)
+        loaders.append(loader)
         dev = backbone.device
         with torch.inference_mode():
             for b in loader:
@@ -311,8 +440,8 @@ def image_features(
                     out.float().numpy()
 
     log.info("feature cache miss: computing %s for %s", feature, source)
-    return store.build(key, batches(), rank=rank, world_size=world, barrier=barrier,
-                       failures=lambda: loader.failures)
+    return store.build(key, batches, rank=rank, world_size=world, barrier=barrier,
+                       failures=lambda: loaders[-1].failures if loaders else [], shard_bytes=shard_bytes)
 
 
 def text_features(
@@ -333,7 +462,14 @@ def text_features(
     for t in texts:
         h.update(t.encode("utf-8", "surrogateescape") + b"\0")
     key = CacheKey(backbone.fingerprint(), "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
+    rank, world, barrier = _dist()
     hit = store.get(key)
+    if world > 1:
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, hit is not None)
+        hit = hit if all(flags) else None
     if hit is not None:
         return hit
     if fn is None:
@@ -352,4 +488,19 @@ def text_features(
                 yield ([str(j) for j in range(i, i + len(chunk))], [""] * len(chunk), chunk,
                        out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
 
-    return store.build(key, batches())  # texts are cheap next to images: one process computes them
+    if world == 1:
+        return store.build(key, batches())
+    # texts are cheap next to images: under DDP rank 0 computes them all while the others wait
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            store.build(key, batches())
+        except BaseException as e:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
+            error = e
+    barrier()
+    if error is not None:
+        raise error
+    entry = store.get(key)
+    if entry is None:
+        raise CheckpointError(f"{store.path(key)}: rank 0 could not build the text features")
+    return entry

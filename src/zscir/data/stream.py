@@ -100,12 +100,14 @@ class StreamingDataset(IterableDataset):
     """Yields `Batch`es of the source's records, decoded by `transform` (a PreprocessConfig, a callable
     PIL image -> tensor, or None for PIL images), split across DataLoader workers and DDP ranks.
 
-    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1."""
+    rank / world_size default to torch.distributed's when it is initialised, else 0 / 1. Records whose key
+    is in `skip_keys` are passed over without decoding."""
 
     def __init__(self, source: Source | str, transform: PreprocessConfig | Transform | None,
                  config: StreamConfig = StreamConfig(), rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, skip_keys: frozenset[str] = frozenset()) -> None:
         super().__init__()
+        self.skip_keys = skip_keys  # records already handled (a resumed feature-cache build): not decoded
         self.source = open_source(source) if isinstance(source, str) else source
         self.transform = transform
         self.config = config
@@ -134,7 +136,7 @@ class StreamingDataset(IterableDataset):
             units = list(units)
             random.Random(f"{cfg.seed}/{epoch}/units").shuffle(units)
         by_unit = len(units) > 1 and len(units) >= nparts
-        reported = len(src.failures)
+        reported = 0  # from the start: problems met while the source was opened belong to the report too
 
         def new_failures() -> Iterator[dict[str, str]]:
             nonlocal reported
@@ -208,6 +210,8 @@ class StreamingDataset(IterableDataset):
                 if isinstance(x, dict):
                     failures.append(x)
                     continue
+                if self.skip_keys and x.key in self.skip_keys:
+                    continue
                 if cfg.need_captions and not x.caption:
                     failures.append({"id": x.key, "path": x.location, "error": "no caption"})
                     continue
@@ -249,6 +253,7 @@ class StreamingLoader:
                                  pin_memory=cfg.pin_memory, **kwargs)
         self.failures_path = Path(failures_path) if failures_path else None
         self.failures: list[dict[str, str]] = []
+        self._reported: set[tuple[str, str]] = set()
         self.seen = 0
         self.ok = 0
         if self.failures_path is not None:
@@ -262,6 +267,14 @@ class StreamingLoader:
         return f"; see {self.failures_path}" if self.failures_path else ""
 
     def _record(self, failures: list[dict[str, str]]) -> None:
+        # Each distinct problem once, although every epoch (and every worker of an item split) meets it again.
+        fresh = []
+        for row in failures:
+            ident = (row.get("id", ""), row.get("error", ""))
+            if ident not in self._reported:
+                self._reported.add(ident)
+                fresh.append(row)
+        failures = fresh
         self.failures += failures
         if self.failures_path is not None:
             with open(self.failures_path, "a", encoding="utf-8") as f:
@@ -286,9 +299,9 @@ class StreamingLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
+            self.seen += len(batch) + len(batch.failures)
             if batch.failures:
                 self._record(batch.failures)
-            self.seen += len(batch) + len(batch.failures)
             self.ok += len(batch)
             self.check()
             if len(batch):

@@ -7,7 +7,8 @@ text, edited caption) - the edit function is passed in (the CLI passes zscir.tra
 is nearest to the edited caption's text embedding (the reference excluded), kept only when that cosine is at
 least `min_similarity` and, with `min_margin` set, the target matches the edited caption better than the
 original caption by that margin (otherwise the "target" is just another picture of the reference). Image
-embeddings come from the frozen-feature cache, so a second run (or a trainer) does not recompute them.
+and text embeddings come from the frozen-feature cache, so a second run (another floor, or a trainer) does
+not recompute them.
 
 File format (JSONL, one object per line): {"reference": path, "modification": text, "target": path, ...};
 paths relative to the file's folder (absolute ones allowed); a path may name a tar member
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir.data.cache import CachedFeatures, FeatureCache, image_features
+from zscir.data.cache import CachedFeatures, FeatureCache, image_features, text_features
 from zscir.data.sources import Source, iter_jsonl, split_location
 from zscir.data.stream import StreamConfig
 from zscir.errors import InputError
@@ -65,6 +66,8 @@ class TripletReport:
     mean_similarity_kept: float
     out: str
     unreadable: int
+    #: 10th, 50th and 90th percentile of the best target similarity over all edits (to choose a floor)
+    similarity_quantiles: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
     def kept_fraction(self) -> float:
@@ -77,7 +80,8 @@ class TripletReport:
         margin = f", {self.below_margin} closer to the original caption" if self.min_margin is not None else ""
         return (f"{self.out}: kept {self.kept} of {self.candidates} edited captions ({self.kept_fraction:.1%}; "
                 f"{self.below_floor} below similarity {self.min_similarity:g}{margin}) from {self.pairs} pairs, "
-                f"{self.images} images" + (f", {self.unreadable} unreadable" if self.unreadable else ""))
+                f"{self.images} images" + (f", {self.unreadable} unreadable" if self.unreadable else "")
+                + "; best-target similarity p10/p50/p90 " + "/".join(f"{q:.2f}" for q in self.similarity_quantiles))
 
 
 def _nearest(feats: CachedFeatures, queries: torch.Tensor, exclude: Sequence[int], k: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -100,12 +104,6 @@ def _nearest(feats: CachedFeatures, queries: torch.Tensor, exclude: Sequence[int
     return best_s.numpy(), best_i.numpy()
 
 
-@torch.inference_mode()
-def _encode_texts(backbone, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
-    return torch.cat([backbone.encode_text(list(texts[i : i + batch])).float().cpu()
-                      for i in range(0, len(texts), batch)]) if texts else torch.zeros(0, backbone.embed_dim)
-
-
 def _rel(location: str, base: Path) -> str:
     try:
         return os.path.relpath(location, base)
@@ -121,13 +119,17 @@ def make_cir_triplets(
     *,
     per_caption: int = 2,
     min_similarity: float = 0.2,
-    min_margin: float | None = 0.0,
+    min_margin: float | None = None,
     seed: int = 0,
     max_triplets: int | None = None,
     cache: FeatureCache | str | Path | None = None,
     config: StreamConfig | None = None,
+    targets: Source | None = None,
 ) -> TripletReport:
     """Write synthetic CIR triplets made from `source`'s image-caption pairs to `out` (JSONL) and report.
+
+    Targets are chosen among the pairs' images and, when given, the images of `targets` (e.g. unlabelled
+    images: a larger pool holds more right targets); the reference image is never its own target.
 
     Refused (InputError) when the source has no captions, or when no edit clears the floor (the message
     gives the best similarity seen, so the floor can be chosen)."""
@@ -147,10 +149,24 @@ def make_cir_triplets(
     if not edits:
         raise InputError(f"{source.spec}: the caption editor made no edit of these captions")
     refs = [caption_row[t.reference] for t in edits]
-    target_emb = _encode_texts(backbone, [t.target for t in edits])
+    # text embeddings are cached too: another floor or margin on the same pairs recomputes nothing
+    target_emb = text_features(backbone, [t.target for t in edits], "text_embedding", cache=cache).tensor().float()
     scores, rows = _nearest(feats, target_emb, refs, k=1)
+    pools = [feats] * len(edits)  # which cache entry each chosen target row belongs to
+    if targets is not None:
+        extra = image_features(backbone, targets, "image_embedding", cache=cache, dtype=torch.float16,
+                               config=config or StreamConfig(batch_size=64, workers=0, max_bad_fraction=1.0))
+        xs, xr = _nearest(extra, target_emb, [], k=2)
+        for j in range(len(edits)):
+            ref_loc = feats.locations[refs[j]]
+            for c in range(xs.shape[1]):  # the reference may be in the extra pool too: never its own target
+                if xr[j, c] >= 0 and extra.locations[int(xr[j, c])] != ref_loc:
+                    if xs[j, c] > scores[j, 0]:
+                        scores[j, 0], rows[j, 0], pools[j] = xs[j, c], xr[j, c], extra
+                    break
     if min_margin is not None:
-        ref_cap_emb = _encode_texts(backbone, [t.reference for t in edits])
+        ref_cap_emb = text_features(backbone, [t.reference for t in edits], "text_embedding",
+                                    cache=cache).tensor().float()
     kept: list[dict[str, Any]] = []
     below_floor = below_margin = 0
     base = out.resolve().parent
@@ -160,26 +176,32 @@ def make_cir_triplets(
         if r < 0 or s < min_similarity:
             below_floor += 1
             continue
+        pool = pools[j]
         if min_margin is not None:
-            img = torch.from_numpy(np.asarray(feats[r], np.float32))
+            img = torch.from_numpy(np.asarray(pool[r], np.float32))
             img = F.normalize(img, dim=0)
             if s - float(F.normalize(ref_cap_emb[j], dim=0) @ img) < min_margin:
                 below_margin += 1
                 continue
         kept.append({"reference": _rel(feats.locations[refs[j]], base), "modification": t.modification,
-                     "target": _rel(feats.locations[r], base), "similarity": round(s, 4),
+                     "target": _rel(pool.locations[r], base), "similarity": round(s, 4),
                      "reference_caption": t.reference, "target_caption": t.target})
         if max_triplets is not None and len(kept) >= max_triplets:
             break
     if not kept:
+        if below_margin:
+            raise InputError(f"{source.spec}: {below_floor} of {len(edits)} edits fall below the similarity floor "
+                             f"{min_similarity:g} and the other {below_margin} below the margin {min_margin:g}; "
+                             "lower --min-margin (or leave it out)")
         raise InputError(f"{source.spec}: no edit clears the similarity floor {min_similarity:g} (best "
                          f"{best_seen:.3f} over {len(edits)} edits); lower --min-similarity")
     write_text(out, "".join(json.dumps(row, ensure_ascii=True) + "\n" for row in kept))
-    report = TripletReport(images=len(feats), pairs=len(pair_rows), candidates=len(edits), kept=len(kept),
+    report = TripletReport(images=len(feats) + (len(extra) if targets is not None else 0), pairs=len(pair_rows), candidates=len(edits), kept=len(kept),
                            below_floor=below_floor, below_margin=below_margin, min_similarity=min_similarity,
                            min_margin=min_margin,
                            mean_similarity_kept=round(float(np.mean([k["similarity"] for k in kept])), 4),
-                           out=str(out), unreadable=int(feats.meta.get("failures", 0)))
+                           out=str(out), unreadable=int(feats.meta.get("failures", 0)),
+                           similarity_quantiles=tuple(round(float(q), 4) for q in np.quantile(scores[:, 0], [0.1, 0.5, 0.9])))
     log.info(report.summary())
     return report
 

@@ -70,7 +70,10 @@ def set_preprocess_mode(backbone, mode: str | None):
 
 
 def check_template(template: str, benchmark: str) -> None:
-    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    except ValueError as e:  # "{caption" and the like
+        raise InputError(f"template {template!r}: not a valid template ({e}); write a literal brace as {{{{ or }}}}") from None
     allowed = TEMPLATE_FIELDS[benchmark]
     if "caption" not in fields:
         raise InputError(f"template {template!r} has no {{caption}} field")

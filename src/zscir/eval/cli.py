@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     out = args.out or data_home() / "results" / f"{args.benchmark}-{args.split}-{args.method}.json"
+    from zscir.eval.benchmarks import check_template
+    from zscir.utils.io import check_output_file, check_utf8
+
+    check_template(check_utf8(args.template, "--template"), args.benchmark)  # before any model or data is loaded
+    check_output_file(out)
     settings = EvalSettings(
         benchmark=args.benchmark, root=args.root, split=args.split, subsets=args.subsets, template=args.template,
         caption_order=args.caption_order, cache_dir=None if args.no_cache else (args.cache or cache_dir()),

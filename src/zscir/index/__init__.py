@@ -6,7 +6,8 @@ Layout of an index folder (stages talk through it; see docs/index.md):
                            shards with checksums, faiss factory string + metric + search parameters
     shards/shard-NNNNN.npy         float16 embeddings (n, dim), L2-normalised before rounding
     shards/shard-NNNNN.jsonl       one line per row: id, path, metadata
-    gallery.faiss          the faiss index over every shard, in shard order
+    gallery.faiss          the faiss index over every shard, in shard order (an --add writes the other name,
+                           gallery-next.faiss, and the manifest says which is current)
     failures.jsonl         images that could not be read (not fatal)
 
 Gallery embedding is reader -> mapper -> writer, driven by a runner; the distributor decides where the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from zscir.data.cli import add_source_arguments
 from zscir.index.kinds import KINDS
 from zscir.index.runner import DEFAULT_SHARD_SIZE
 
@@ -19,11 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "'path'/'image'/'filepath'/... or --image-column; optional id and caption columns; other columns "
                    "become metadata), or WebDataset tar shards: a .tar, a folder of tars, or a brace pattern such "
                    "as 'shards/{00000..00331}.tar' (quote it); see docs/data.md")
-    p.add_argument("--image-column", default=None, help="listing column holding the image path (default: auto)")
-    p.add_argument("--caption-column", default=None,
-                   help="listing column (or key of the shards' .json) holding the caption, kept as metadata")
-    p.add_argument("--id-column", default=None, help="listing column holding a unique id (default: 'id' if "
-                   "present, else the image path as written)")
+    add_source_arguments(p, failures=False)  # --image-column, --caption-column, --id-column
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--backbone", default="", help="backbone spec (default: 'default', or the index's own on resume/--add)")
     p.add_argument("--add", action="store_true", help="append to a complete index")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterable
 
 import faiss
@@ -47,7 +48,8 @@ def factory_for(kind: str, n: int, dim: int) -> tuple[str, str, int]:
     try:
         probe = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        raise InputError(f"index kind {kind!r}: neither one of {', '.join(KINDS)} nor a faiss factory string ({e})") from e
+        raise InputError(f"index kind {kind!r}: neither one of {', '.join(KINDS)} nor a faiss factory string "
+                         f"({faiss_reason(e)})") from None
     return kind, "", 0 if isinstance(probe, faiss.IndexFlat) else 4
 
 
@@ -75,15 +77,48 @@ def _hnsw_of(index):
 
 def apply_search_params(index, params: str) -> None:
     if params:
-        faiss.ParameterSpace().set_index_parameters(index, params)
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, params)
+        except RuntimeError as e:
+            raise InputError(f"faiss search parameters {params!r} do not apply to this index "
+                             f"({faiss_reason(e)})") from None
 
 
 def read(path: str):
-    """Memory-map the index file where faiss can, else read it."""
+    """Read the index file into memory. Never memory-mapped: a file truncated or rewritten under a running
+    server would otherwise crash it (SIGBUS) or change its rankings silently; a read copy is immune, and
+    a damaged file is a CheckpointError here."""
+    from zscir.errors import CheckpointError
+
     try:
-        return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:
         return faiss.read_index(path)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: damaged faiss index ({faiss_reason(e)}); rebuild or restore it") from None
+
+
+def faiss_reason(e: BaseException) -> str:
+    """The human part of a faiss C++ error ("Error in <signature> at <file>:<line>: <reason>")."""
+    msg = " ".join(str(e).split())
+    m = re.search(r"failed: (.*)$", msg) or re.search(r"\.(?:cpp|h):\d+: (.*)$", msg)
+    return (m.group(1) if m else msg)[:200]
+
+
+def check_buildable(factory: str, n: int, dim: int) -> None:
+    """Refuse, before any embedding, a factory string faiss cannot train on `n` vectors of `dim`
+    (IVF with more lists than vectors, PQ codebooks larger than the data, sub-quantizers not dividing dim)."""
+    try:
+        index = faiss.downcast_index(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+    except RuntimeError as e:
+        raise InputError(f"index kind {factory!r}: not a faiss factory string for {dim}-d vectors "
+                         f"({faiss_reason(e)})") from None
+    nlist = int(getattr(index, "nlist", 0) or 0)
+    if nlist and n < nlist:
+        raise InputError(f"index kind {factory!r}: {nlist} IVF lists need at least {nlist} images to train, "
+                         f"the index will hold {n}; use a smaller IVF<lists> or --kind auto")
+    pq = getattr(index, "pq", None)
+    if pq is not None and n < int(pq.ksub):
+        raise InputError(f"index kind {factory!r}: PQ codebooks of {int(pq.ksub)} centroids need at least "
+                         f"{int(pq.ksub)} images to train, the index will hold {n}; use fewer bits (PQ<m>x4) or --kind auto")
 
 
 def write(index, path: str) -> None:

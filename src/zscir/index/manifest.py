@@ -4,12 +4,14 @@ manifest.json is the commit point of every write: a shard counts only once the m
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import zscir
+from zscir.config import from_dict
 from zscir.errors import CheckpointError
 from zscir.utils.io import read_json, write_json
 
@@ -26,6 +28,15 @@ class ShardRecord:
     meta_sha256: str  # of the .jsonl
     failed: list[dict[str, str]] = field(default_factory=list)  # [{"id", "path", "error"}]
 
+    def validate(self) -> None:
+        if not re.fullmatch(r"shards/shard-\d{5,}", self.name):
+            raise ValueError(f"name={self.name!r}: not a shard name (shards/shard-NNNNN)")
+        if self.count < 0:
+            raise ValueError(f"count={self.count}: must be >= 0")
+        for key in ("sha256", "meta_sha256"):
+            if not re.fullmatch(r"[0-9a-f]{64}", getattr(self, key)):
+                raise ValueError(f"{key}: not a SHA-256 hex digest")
+
 
 @dataclass
 class FaissRecord:
@@ -36,6 +47,22 @@ class FaissRecord:
     sha256: str
     count: int
     rerank: int  # candidates re-scored exactly = rerank * k (0: none)
+
+    def validate(self) -> None:
+        if not self.factory:
+            raise ValueError("factory: empty")
+        if self.metric != "ip":
+            raise ValueError(f"metric={self.metric!r}: only 'ip' is supported")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+\.faiss", self.file) or self.file.startswith("."):
+            raise ValueError(f"file={self.file!r}: must be a file name inside the index folder (*.faiss)")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ValueError("sha256: not a SHA-256 hex digest")
+        if self.count < 0:
+            raise ValueError(f"count={self.count}: must be >= 0")
+        if not 0 <= self.rerank <= 1000:
+            raise ValueError(f"rerank={self.rerank}: must be between 0 and 1000")
+        if self.search and not re.fullmatch(r"[A-Za-z_]+=[0-9.]+(,[A-Za-z_]+=[0-9.]+)*", self.search):
+            raise ValueError(f"search={self.search!r}: expected faiss parameters such as 'nprobe=16,efSearch=64'")
 
 
 @dataclass
@@ -57,6 +84,14 @@ class Manifest:
     zscir_version: str = zscir.__version__
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+
+    def validate(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"dim={self.dim}: must be positive")
+        if self.dtype != "float16":
+            raise ValueError(f"dtype={self.dtype!r}: only float16 shards are written by this zscir")
+        if not self.backbone_spec:
+            raise ValueError("backbone_spec: empty")
 
     @property
     def count(self) -> int:
@@ -89,10 +124,11 @@ class Manifest:
                 f"{folder}: index format version {version}, this zscir reads version {FORMAT_VERSION}; "
                 "rebuild it with `zscir index`"
             )
-        try:
-            d.pop("count", None)
-            d["shards"] = [ShardRecord(**s) for s in d.get("shards", [])]
-            d["faiss"] = FaissRecord(**d["faiss"]) if d.get("faiss") else None
-            return cls(**d)
-        except TypeError as e:
-            raise CheckpointError(f"{path}: manifest does not match format version {FORMAT_VERSION} ({e})") from e
+        d.pop("count", None)
+        where = str(path)
+        shards = d.get("shards", [])
+        if not isinstance(shards, list):
+            raise CheckpointError(f"{where}: shards: expected a list, got {type(shards).__name__}")
+        d["shards"] = [from_dict(ShardRecord, s, f"{where}: shards[{i}]") for i, s in enumerate(shards)]
+        d["faiss"] = from_dict(FaissRecord, d["faiss"], f"{where}: faiss") if d.get("faiss") is not None else None
+        return from_dict(cls, d, where)

@@ -19,16 +19,19 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from zscir.data.sources import split_location
 from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
 from zscir.index.reader import read_items
-from zscir.index.writer import SHARDS, read_shard_embeddings, read_shard_items, verify_shard, write_shard
+from zscir.index.writer import (SHARDS, file_identity, read_shard_embeddings, read_shard_items, verify_shard,
+                                write_shard)
 from zscir.utils.io import atomic_path, check_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
 FAISS_FILE = "gallery.faiss"
+FAISS_FILE_ALT = "gallery-next.faiss"
 FAILURES = "failures.jsonl"
 LOCK = ".lock"
 DEFAULT_SHARD_SIZE = 4096
@@ -89,7 +92,20 @@ def build_index(
         if man is not None and man.complete and not add:
             raise InputError(f"{out}: already a complete index of {man.count} images; pass --add to append, "
                              "or choose another --out")
-        spec = backbone if man is None or backbone else man.backbone_spec
+        indexed: dict[str, str] = {}  # id -> path of every image already in the index
+        if man is not None:
+            for rec in man.shards:
+                verify_shard(out, rec)
+                indexed.update((r["id"], r["path"]) for r in read_shard_items(out, rec))
+            _refuse_id_collisions(items, indexed, source)
+        if man is None or not backbone:
+            spec = backbone if man is None else man.backbone_spec
+            if spec.startswith("py:") and man is not None:
+                from zscir.backbones import refuse_code_spec
+
+                refuse_code_spec(spec, f"{out}/{MANIFEST}")
+        else:
+            spec = backbone
         from zscir.index.mapper import load_gallery_encoder
 
         bb, m = load_gallery_encoder(spec, method if man is None else man.gallery_method, device)
@@ -103,8 +119,10 @@ def build_index(
         elif bb.fingerprint() != man.backbone_fingerprint or m.gallery_id != man.gallery_id:
             raise CheckpointError(f"{out}: made with backbone {man.backbone_spec} (fingerprint "
                                   f"{man.backbone_fingerprint}); {spec} has fingerprint {bb.fingerprint()}")
-        for rec in man.shards:
-            verify_shard(out, rec)
+        expected = len(indexed) + len([it for it in items if it.id not in indexed])
+        if kind != "auto" or man.faiss is None:  # pre-flight: a kind faiss cannot build fails now, not after embedding
+            factory = kinds.factory_for(kind, expected, man.dim)[0]
+            kinds.check_buildable(factory, expected, man.dim)
         for stale in (out / SHARDS).glob(".*.tmp") if (out / SHARDS).is_dir() else []:
             stale.unlink()  # a write interrupted before its rename
         done: set[str] = set()
@@ -138,7 +156,9 @@ def build_index(
                 kept = [chunk[i] for i in ok]
                 failed = [{"id": chunk[i].id, "path": chunk[i].path, "error": e} for i, e in sorted(errors.items())]
                 number = len(man.shards)
-                man.shards.append(write_shard(out, number, emb, kept, failed))
+                # an image inside a WebDataset tar is identified by its tar file
+                files = [file_identity(split_location(it.path)[0]) for it in kept]
+                man.shards.append(write_shard(out, number, emb, kept, failed, files))
                 man.save(out)  # the commit point
                 n_done += len(chunk)
                 bar.update(len(chunk))
@@ -163,6 +183,19 @@ def is_index_folder(folder: Path) -> bool:
     return (folder / MANIFEST).is_file() or all(p.name == LOCK for p in folder.iterdir())
 
 
+def _refuse_id_collisions(items, indexed: dict[str, str], source) -> None:
+    """An id already in the index for another file would be skipped as "already indexed", and that file
+    could never be found: refuse the whole source, loudly, before anything is embedded. (The same id for
+    the same file is a resume or a repeated --add, and is skipped.)"""
+    clashes = [it for it in items if it.id in indexed and indexed[it.id] != it.path]
+    if clashes:
+        ex = clashes[0]
+        raise InputError(
+            f"{source}: {len(clashes)} of its {len(items)} image id(s) are already in the index for other files "
+            f"(e.g. id {ex.id!r}); ids of a folder are its relative paths, so give this source distinct ids "
+            "(a .csv/.jsonl listing with an 'id' column) or index it into another --out")
+
+
 def _write_failures(out: Path, man: Manifest, listing: list[dict[str, str]] = ()) -> int:
     indexed: set[str] = set()
     for rec in man.shards:
@@ -184,14 +217,18 @@ def _write_failures(out: Path, man: Manifest, listing: list[dict[str, str]] = ()
 
 def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | None) -> None:
     n, dim = man.count, man.dim
-    path = out / FAISS_FILE
+    old_path = out / previous.file if previous is not None else None
+    # The new index never overwrites the one the manifest still names: a reader that opened the old manifest
+    # (a search during `--add`) still finds its file. Two names alternate; the older is overwritten next time.
+    name = FAISS_FILE if previous is None or previous.file != FAISS_FILE else FAISS_FILE_ALT
+    path = out / name
     arrays = [read_shard_embeddings(out, rec) for rec in man.shards]
-    if previous is not None and kind == "auto" and path.is_file() and sha256_file(path) == previous.sha256 \
+    if previous is not None and kind == "auto" and old_path.is_file() and sha256_file(old_path) == previous.sha256 \
             and previous.count <= n:
         # Append to the existing index (same factory, trained quantizers kept).
         import faiss
 
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(old_path))
         skip = previous.count
         for a in arrays:
             if skip >= len(a):
@@ -214,7 +251,7 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
         log.info("faiss %s over %d vectors built in %.1f s", factory, n, time.perf_counter() - t0)
     with atomic_path(path) as tmp:
         kinds.write(index, str(tmp))
-    man.faiss = FaissRecord(factory=factory, metric="ip", search=params, file=FAISS_FILE,
+    man.faiss = FaissRecord(factory=factory, metric="ip", search=params, file=name,
                             sha256=sha256_file(path), count=int(index.ntotal), rerank=rerank)
 
 

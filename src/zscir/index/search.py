@@ -53,7 +53,11 @@ class Searcher:
         from zscir.backbones import load_backbone
 
         index = GalleryIndex(folder, verify=verify)
-        bb = load_backbone(backbone or index.manifest.backbone_spec, device=device)
+        from zscir.index.manifest import MANIFEST
+
+        # the manifest's spec is data: one naming code is refused unless the user passes it as `backbone`
+        bb = load_backbone(backbone or index.manifest.backbone_spec, device=device,
+                           recorded_in=None if backbone else str(index.folder / MANIFEST))
         s = cls(index, bb)
         s.method("image")  # checks the backbone against the manifest now, not at the first query
         return s

@@ -4,6 +4,7 @@ the runner then lists it (with checksums) in the manifest."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,10 @@ def shard_name(number: int) -> str:
     return f"{SHARDS}/shard-{number:05d}"
 
 
-def write_shard(folder: Path, number: int, emb: np.ndarray, items: list[Item], failed: list[dict[str, str]]) -> ShardRecord:
+def write_shard(folder: Path, number: int, emb: np.ndarray, items: list[Item], failed: list[dict[str, str]],
+                files: list[dict | None] | None = None) -> ShardRecord:
+    """`files`: per item, the identity of the file that was embedded (file_identity), kept in its row so the
+    service serves a gallery file only while it is still that file."""
     if emb.shape[0] != len(items):
         raise ValueError(f"{emb.shape[0]} embeddings for {len(items)} items")
     name = shard_name(number)
@@ -30,9 +34,21 @@ def write_shard(folder: Path, number: int, emb: np.ndarray, items: list[Item], f
             np.save(f, np.ascontiguousarray(emb, dtype=np.float16), allow_pickle=False)
     with atomic_path(meta) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            for it in items:
-                f.write(json.dumps(it.to_json(), ensure_ascii=False) + "\n")
+            for i, it in enumerate(items):
+                row = it.to_json()
+                if files is not None and files[i] is not None:
+                    row["file"] = files[i]
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return ShardRecord(name=name, count=len(items), sha256=sha256_file(npy), meta_sha256=sha256_file(meta), failed=failed)
+
+
+def file_identity(path: str) -> dict | None:
+    """size, mtime (ns) and inode of the file a path leads to now; None if it cannot be stat-ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
 def verify_shard(folder: Path, rec: ShardRecord) -> None:
