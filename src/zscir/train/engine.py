@@ -31,6 +31,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -385,7 +386,9 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
-            sched.step()
+            with warnings.catch_warnings():  # fp16: a step the scaler skipped (inf gradients) still advances the schedule
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                sched.step()
             if task.after_step is not None:
                 task.after_step()
             step += 1

@@ -111,13 +111,8 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
         sf = source_image_features(model, cfg.pairs, "image_tokens", image_column=cfg.image_column,
                                    caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=True)
         img = sf.rows
-        # text_features builds its cache entry in one process: rank 0 first, then the others read it
-        if dist.enabled and not dist.is_main:
-            dist.barrier()
         txt = FeatureRows(text_features(model, [str(c) for c in sf.captions], "text_trunk",
-                                        cache=cfg.feature_cache or None))
-        if dist.enabled and dist.is_main:
-            dist.barrier()
+                                        cache=cfg.feature_cache or None))  # DDP-safe: rank 0 builds, all read
         n = len(img)
         trained_on = {"pairs": cfg.pairs, "items": n, "skipped": sf.failures}
     else:
