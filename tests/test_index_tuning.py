@@ -104,7 +104,8 @@ def test_query_vector_from_compose_out_equals_composed_search(tmp_path, capsys):
     assert main(["compose", "--backbone", SPEC, "--image", str(paths[1]), "--text", "make it red",
                  "--out", str(tmp_path / "q.npy")]) == 0
     capsys.readouterr()
-    assert main(["search", str(out), "--image", str(paths[1]), "--text", "make it red", "-k", "4", "--json"]) == 0
+    assert main(["search", str(out), "--image", str(paths[1]), "--text", "make it red", "-k", "4", "--json",
+                 "--backbone", SPEC]) == 0
     composed = json.loads(capsys.readouterr().out)["results"]
     assert main(["search", str(out), "--query-vector", str(tmp_path / "q.npy"), "-k", "4", "--json"]) == 0
     by_vector = json.loads(capsys.readouterr().out)["results"]

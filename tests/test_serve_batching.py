@@ -39,7 +39,7 @@ def searcher(tmp_path_factory):
     root = tmp_path_factory.mktemp("batching")
     write_gallery(root / "g", 24)
     build_index(root / "g", root / "idx", SPEC, shard_size=8, progress=False)
-    return Searcher.open(root / "idx")
+    return Searcher.open(root / "idx", backbone=SPEC)
 
 
 def png(im: Image.Image) -> bytes:
@@ -113,7 +113,7 @@ def test_text_cache_is_an_lru():
 def test_gallery_id_reference_uses_the_stored_embedding(tmp_path):
     write_gallery(tmp_path / "g", 12)
     build_index(tmp_path / "g", tmp_path / "idx", SPEC, progress=False)
-    s = Searcher.open(tmp_path / "idx")
+    s = Searcher.open(tmp_path / "idx", backbone=SPEC)
     first = s.index.items[0]
     with_file = s.search([], "make it red", "slerp", None, 4, refs=[first["id"]])
     shutil.rmtree(tmp_path / "g")  # the stored images are gone: the embedding is enough for slerp
@@ -203,7 +203,7 @@ def test_workers_build_their_app_from_the_environment(searcher, monkeypatch):
     from zscir.serve.cli import ENV, _config, app_from_env
 
     args = build_parser(["zscir.serve.cli"]).parse_args(
-        ["serve", str(searcher.index.folder), "--workers", "2", "--no-batching", "--max-k", "7", "--rerank", "0"])
+        ["serve", str(searcher.index.folder), "--backbone", SPEC, "--workers", "2", "--no-batching", "--max-k", "7", "--rerank", "0"])
     monkeypatch.setenv(ENV, _json.dumps(_config(args)))
     threads = torch.get_num_threads()
     try:
