@@ -99,15 +99,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17)
 
     def run(args: argparse.Namespace) -> int:
+        from zscir.utils.io import check_output_file
+
+        check_output_file(args.out)  # before the export, not after it
         from zscir.methods.build import precheck
 
         name = precheck(args.method, [args.checkpoint])  # the same refusals as every other command
         if name not in EXPORTABLE:
             raise InputError(f"method {name!r} has no query side to export on its own (exportable: "
                              f"{', '.join(EXPORTABLE)}; isa/symmetric runs the large image tower on the query side)")
-        from zscir.utils.io import check_output_file
-
-        check_output_file(args.out)  # before the export, not after it
         path = export_isa_onnx(args.checkpoint, args.out, args.opset)
         print(f"wrote {path} (input '{INPUT_NAME}', output '{OUTPUT_NAME}')")
         return 0

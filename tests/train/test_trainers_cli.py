@@ -192,3 +192,21 @@ def test_a_diverging_run_stops_and_saves_nothing(data, tmp_path, capsys, full):
     assert _run(cmd) == 2
     assert "nothing was saved" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_real_kill_then_resume_reaches_the_uninterrupted_weights(full, data, tmp_path):
+    """The same as above with a real process death: `os._exit(137)` right after the step-2 resume state is
+    written (ZSCIR_TRAIN_CRASH_AFTER_SAVE), so no clean-up, finaliser or atexit runs, as under `kill -9`."""
+    from zscir.train.engine import CRASH_ENV
+
+    out = tmp_path / "killed"
+    cmd = trainer_commands(data, out, STEPS, ("--save-every", "1"))["pic2word"]
+    env = {**os.environ, CRASH_ENV: "2"}
+    r = subprocess.run([sys.executable, "-m", "zscir", *cmd], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 137, r.stderr[-2000:]
+    assert (out / "pic2word.partial" / "state.pt").is_file() and not (out / "pic2word").exists()
+    assert _run(cmd) == 0
+    want, got = _tensors(full / "pic2word"), _tensors(out / "pic2word")
+    assert want.keys() == got.keys()
+    for k in want:  # another process may reduce floats in another thread order: equal to float32 rounding
+        assert torch.allclose(want[k], got[k], atol=1e-6, rtol=0), k

@@ -53,7 +53,7 @@ class GalleryIndex:
                                                                    params)
             kinds.apply_search_params(self.index, self.search_params)
         except InputError as e:
-            if params is not None:
+            if params is not None and any(v is not None for v in (params.ef_search, params.nprobe, params.rerank)):
                 raise  # the user's own --ef-search / --nprobe / --rerank
             raise CheckpointError(f"{self.folder / MANIFEST}: faiss.search: {e}") from None
 

@@ -231,7 +231,7 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     distill = float("nan")
     if method.light is not None and cfg.distill_epochs > 0 and not (main_state and main_state.is_file()):
         # (a resumable state of the main phase holds the distilled light encoder already)
-        distill = distill_light(method, pixels, feats, embs, cfg, gen, device, dist)
+        distill = distill_light(method, pixels, local, embs, cfg, gen, device, dist)
 
     module = nn.ModuleDict({"learner": method.learner, "probe": probe})
     groups = param_groups(module, cfg.weight_decay)
