@@ -176,7 +176,7 @@ def _read_items(folder: Path, rec) -> list[dict[str, Any]]:
 def search_vectors(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: int, exclude: Sequence[int] = (),
                    rerank: int = 0, exclude_rows: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """faiss top-k; with rerank > 0, rerank*k candidates are re-scored exactly from the float16 `arrays`
-    (the shards, memory-mapped), which recovers most of what product quantisation loses.
+    (the shards, held in memory), which recovers most of what product quantisation loses.
 
     `exclude` positions are left out of every row; `exclude_rows[r]` (a micro-batch of requests) out of row r
     only. A row's answer depends only on its query, k and how many positions it excludes, so a batch of
