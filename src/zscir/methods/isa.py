@@ -233,7 +233,7 @@ class ISA(PseudoTokenMethod):
 
     expected_mode = "asymmetric"
     checkpoint_kinds = (KIND,)
-    train_hint = "`zscir train isa --mode asymmetric --world DIR --out DIR`"
+    train_hint = "`zscir train isa --mode asymmetric --images SOURCE --out DIR`"
 
     @classmethod
     def serves(cls, doc: dict) -> tuple[int, str]:
@@ -287,7 +287,7 @@ class ISASymmetric(ISA):
     """ISA with the token learner on the large tower's local features (query and gallery share the tower)."""
 
     expected_mode = "symmetric"
-    train_hint = "`zscir train isa --mode symmetric --world DIR --out DIR`"
+    train_hint = "`zscir train isa --mode symmetric --images SOURCE --out DIR`"
 
 
 def load_isa_modules(path: str | Path) -> tuple[ISAConfig, LightEncoder | None, AdaptiveTokenLearner, dict]:

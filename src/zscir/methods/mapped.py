@@ -115,7 +115,7 @@ class Pic2Word(MappedTokenMethod):
     """Pic2Word-style: one pseudo word from an MLP on the pooled image embedding; towers frozen."""
 
     made_by = ("pic2word",)
-    train_hint = "`zscir train pic2word --world DIR --out DIR`"
+    train_hint = "`zscir train pic2word --images SOURCE --out DIR`"
 
 
 @register_method("two-stage/mapping-only")
@@ -126,7 +126,7 @@ class TwoStageMappingOnly(MappedTokenMethod):
     kinds = (MAPPER_KIND, TWO_STAGE_KIND)
     checkpoint_kinds = (MAPPER_KIND, TWO_STAGE_KIND)
     made_by = ("two-stage/mapping-only",)
-    train_hint = "`zscir train mapping --world DIR --out DIR`"
+    train_hint = "`zscir train mapping --pairs SOURCE --out DIR`"
 
     @classmethod
     def serves(cls, doc: dict[str, Any]) -> tuple[int, str]:
@@ -142,8 +142,8 @@ class TwoStage(MappedTokenMethod):
     kinds = (TWO_STAGE_KIND,)
     checkpoint_kinds = (TWO_STAGE_KIND,)
     made_by = ("two-stage",)
-    train_hint = ("`zscir train mapping --world DIR --out S1`, then `zscir train composing --world DIR "
-                  "--mapper S1 --out DIR`")
+    train_hint = ("`zscir train mapping --pairs SOURCE --out S1`, then `zscir train composing "
+                  "--cir-triplets FILE --mapper S1 --out DIR` (`zscir data make-triplets` makes the triplets)")
 
     @classmethod
     def serves(cls, doc: dict[str, Any]) -> tuple[int, str]:

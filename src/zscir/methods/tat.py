@@ -213,7 +213,7 @@ class SlerpTAT(Slerp):
     already built TunedBackbone; without one, `backbone` is taken to be tuned already."""
 
     checkpoint_kinds = (ADAPTERS_KIND, MERGED_KIND)
-    train_hint = "`zscir train tat --images DIR --captions FILE --out DIR`"
+    train_hint = "`zscir train tat --pairs SOURCE --out DIR`"
 
     def __init__(self, backbone: Backbone, tat: "str | Path | TunedBackbone | None" = None, alpha: float = 0.8) -> None:
         if isinstance(tat, (str, Path)):
