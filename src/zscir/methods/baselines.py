@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import Sequence
 
 import torch
@@ -87,14 +88,14 @@ class TextOnly(CompositionMethod):
         return text_embeddings
 
 
-@register_method("sum")
-class NormalisedSum(CompositionMethod):
-    """normalise(normalise(v) + normalise(w)): the linear-interpolation baseline at equal weights."""
+class ImageTextVectors(CompositionMethod):
+    """A query composed from one image-tower vector and one text-tower vector per query (sum, Slerp, TAT).
+    Both towers can then be batched and the texts cached (`zscir serve`); an empty text's row is the
+    reference itself (`fill_blank_rows`). Subclasses say how the two vectors combine."""
 
     def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
         check_batch(pixels, texts)
-        v = self.backbone.encode_image(require_pixels(pixels, self.name))
-        return self.compose_embedded(v, texts)
+        return self.compose_embedded(self.embed_reference(require_pixels(pixels, self.name)), texts)
 
     def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         return self.compose_parts(ref_embeddings, self.embed_texts(texts))
@@ -107,5 +108,16 @@ class NormalisedSum(CompositionMethod):
 
     def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
         ref = require_pixels(ref_embeddings, self.name)
-        w = fill_blank_rows(text_embeddings, ref)
-        return F.normalize(F.normalize(ref, dim=-1) + w, dim=-1)
+        return self.combine(ref, fill_blank_rows(text_embeddings, ref))
+
+    @abc.abstractmethod
+    def combine(self, ref: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The (B, D) query from reference embeddings and text embeddings of the same dtype."""
+
+
+@register_method("sum")
+class NormalisedSum(ImageTextVectors):
+    """normalise(normalise(v) + normalise(w)): the linear-interpolation baseline at equal weights."""
+
+    def combine(self, ref: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(F.normalize(ref, dim=-1) + text, dim=-1)

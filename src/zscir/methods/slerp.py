@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from zscir.backbones.base import Backbone
-from zscir.methods.base import CompositionMethod, check_alpha, check_batch, register_method, require_pixels
+from zscir.methods.base import check_alpha, register_method
+from zscir.methods.baselines import ImageTextVectors
 
 
 def slerp(v: torch.Tensor, w: torch.Tensor, alpha: float, eps: float = 1e-4) -> torch.Tensor:
@@ -30,7 +30,7 @@ def slerp(v: torch.Tensor, w: torch.Tensor, alpha: float, eps: float = 1e-4) -> 
 
 
 @register_method("slerp")
-class Slerp(CompositionMethod):
+class Slerp(ImageTextVectors):
     """Spherical interpolation between the image and raw-text embeddings (published defaults: 0.9 for
     CIRR-like data, 0.8 for CIRCO and FashionIQ; our default 0.8)."""
 
@@ -40,26 +40,8 @@ class Slerp(CompositionMethod):
         super().__init__(backbone)
         self.alpha = check_alpha(alpha)
 
-    def compose(self, pixels: torch.Tensor | None, texts: Sequence[str]) -> torch.Tensor:
-        check_batch(pixels, texts)
-        return self.compose_embedded(self.backbone.encode_image(require_pixels(pixels, self.name)), texts)
-
-    def compose_embedded(self, ref_embeddings: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
-        return self.compose_parts(ref_embeddings, self.embed_texts(texts))
-
-    def embed_reference(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode_image(pixels)
-
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        from zscir.methods.baselines import encode_texts_blank_zero
-
-        return encode_texts_blank_zero(self.backbone, texts)
-
-    def compose_parts(self, ref_embeddings: torch.Tensor | None, text_embeddings: torch.Tensor) -> torch.Tensor:
-        from zscir.methods.baselines import fill_blank_rows
-
-        ref = require_pixels(ref_embeddings, self.name)
-        return slerp(ref, fill_blank_rows(text_embeddings, ref), self.alpha)
+    def combine(self, ref: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return slerp(ref, text, self.alpha)
 
     def settings(self) -> dict[str, object]:
         return {"alpha": self.alpha}
