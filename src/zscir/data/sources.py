@@ -39,7 +39,7 @@ from typing import Any, Iterator, Sequence
 from PIL import Image
 
 from zscir.errors import InputError
-from zscir.utils.io import load_image, load_image_bytes
+from zscir.utils.io import iter_jsonl_objects, load_image, load_image_bytes, utf8_lines
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_EXTENSIONS = (".tar", ".tar.gz", ".tgz")
@@ -375,31 +375,9 @@ def _pick(name: str | None, fields: Sequence[str], candidates: Sequence[str], wh
     return None
 
 
-def _utf8_lines(f: io.BufferedReader, path: Path) -> Iterator[str]:
-    for n, raw in enumerate(f, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                             "save the listing as UTF-8") from None
-        yield line[1:] if n == 1 and line.startswith("\ufeff") else line
-
-
 def iter_jsonl(path: str | Path, expected: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
-    """Streamed `(line number, object)` for each non-blank line; a line that is not UTF-8, not JSON or not an
-    object raises InputError naming the file and line (the messages of utils.io.read_jsonl_objects)."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        for n, line in enumerate(_utf8_lines(f, path), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected an object {expected}".rstrip())
-            yield n, row
+    """Streamed `(line number, object)` for each non-blank line (zscir.utils.io.iter_jsonl_objects)."""
+    return iter_jsonl_objects(path, expected)
 
 
 class ListingSource(Source):
@@ -424,7 +402,7 @@ class ListingSource(Source):
             return
         delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
         with open(self.path, "rb") as f:
-            reader = csv.DictReader(_utf8_lines(f, self.path), delimiter=delim)
+            reader = csv.DictReader(utf8_lines(f, self.path), delimiter=delim)
             try:
                 for row in reader:
                     if None in row:
@@ -437,7 +415,7 @@ class ListingSource(Source):
         cfg, where = self.config, str(self.path)
         if self.format == "csv":
             with open(self.path, "rb") as f:
-                reader = csv.reader(_utf8_lines(f, self.path), delimiter="\t" if self.path.suffix.lower() == ".tsv" else ",")
+                reader = csv.reader(utf8_lines(f, self.path), delimiter="\t" if self.path.suffix.lower() == ".tsv" else ",")
                 fields = next(reader, None)
             if not fields:
                 raise InputError(f"{self.path}: empty listing (no header row)")
@@ -751,7 +729,7 @@ def iter_texts(path: str | os.PathLike[str], column: str | None = None) -> Itera
                     yield " ".join(v.split())
             return
         with open(p, "rb") as f:
-            reader = csv.DictReader(_utf8_lines(f, p), delimiter="\t" if low.endswith(".tsv") else ",")
+            reader = csv.DictReader(utf8_lines(f, p), delimiter="\t" if low.endswith(".tsv") else ",")
             col = _pick(column, list(reader.fieldnames or []), CAPTION_COLUMNS, "caption", str(p),
                         "--caption-column", True)
             for row in reader:
@@ -775,7 +753,7 @@ def iter_texts(path: str | os.PathLike[str], column: str | None = None) -> Itera
                 yield " ".join(v.split())
         return
     with open(p, "rb") as f:
-        for n, line in enumerate(_utf8_lines(f, p), 1):
+        for n, line in enumerate(utf8_lines(f, p), 1):
             t = line.strip()
             if not t:
                 continue

@@ -14,7 +14,6 @@ the way in (the index stores cosines); non-finite or all-zero rows are refused, 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from zscir.errors import InputError
 from zscir.index.reader import Item
+from zscir.utils.io import read_jsonl_objects
 
 _CLIP_EMB = re.compile(r"^img_emb_(\d+)\.npy$")
 _CLIP_META = re.compile(r"^metadata_(\d+)\.parquet$")
@@ -168,18 +168,7 @@ def _read_plain(root: Path, npys: list[Path]) -> EmbeddingSource:
         listing = npy.with_suffix(".jsonl")
         if not listing.is_file():
             raise InputError(f"{npy.name}: no {listing.name} beside it (one JSON object per row: id, path, metadata)")
-        rows = []
-        with open(listing, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{listing.name} line {line_no}: not JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise InputError(f"{listing.name} line {line_no}: expected a JSON object")
-                rows.append(obj)
+        rows = [obj for _, obj in read_jsonl_objects(listing, "(id, path, metadata)")]
         if len(rows) != len(a):
             raise InputError(f"{listing.name} has {len(rows)} rows but {npy.name} has {len(a)} embeddings")
         for r, obj in enumerate(rows):

@@ -98,13 +98,24 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
 
 
-def read_jsonl_objects(path: str | os.PathLike[str], expected: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL file. A line that is not valid JSON, or not an
-    object, stops the read with an error naming the file and line; `expected` says what an object must hold
-    (e.g. "with a 'path'")."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+def utf8_lines(f: BinaryIO, path: str | os.PathLike[str]) -> Iterator[str]:
+    """The lines of a file opened in binary mode, decoded as UTF-8 (a leading BOM dropped); an undecodable
+    line is an InputError naming the file, line and byte."""
+    for n, raw in enumerate(f, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                             "save the listing as UTF-8") from None
+        yield line[1:] if n == 1 and line.startswith("\ufeff") else line
+
+
+def iter_jsonl_objects(path: str | os.PathLike[str], expected: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Streamed (line number, object) for each non-blank line of a JSONL file. A line that is not UTF-8, not
+    valid JSON or not an object stops the read with an error naming the file and line; `expected` says what
+    an object must hold (e.g. "with a 'path'")."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(utf8_lines(f, path), 1):
             if not line.strip():
                 continue
             try:
@@ -112,9 +123,13 @@ def read_jsonl_objects(path: str | os.PathLike[str], expected: str) -> list[tupl
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from e
             if not isinstance(row, dict):
-                raise InputError(f"{path}:{n}: expected an object {expected}")
-            rows.append((n, row))
-    return rows
+                raise InputError(f"{path}:{n}: expected an object {expected}".rstrip())
+            yield n, row
+
+
+def read_jsonl_objects(path: str | os.PathLike[str], expected: str) -> list[tuple[int, dict[str, Any]]]:
+    """`iter_jsonl_objects`, read whole."""
+    return list(iter_jsonl_objects(path, expected))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
