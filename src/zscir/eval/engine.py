@@ -170,29 +170,3 @@ def topk_stable(scores: torch.Tensor, k: int, drop_excluded: bool = True) -> lis
             sel = sel[row[sel] != float("-inf")]
         rows.append(sel[:k].tolist())
     return rows
-
-
-def _decode_or_error(path: Path, cfg: PreprocessConfig) -> torch.Tensor | str:
-    try:
-        return preprocess_image(load_image(path), cfg)
-    except InputError as e:
-        return str(e)
-
-
-def iter_pixel_batches_tolerant(
-    paths: Sequence[Path | str], cfg: PreprocessConfig, batch_size: int = DEFAULT_BATCH, workers: int = 2
-) -> Iterator[tuple[torch.Tensor | None, list[int], dict[int, str]]]:
-    """Like iter_pixel_batches, for galleries where a bad file must not stop the run: yields
-    (pixels of the readable images or None, their positions within the batch, {position: error})."""
-    batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = None
-        for i in range(len(batches) + 1):
-            nxt = (pool.map(_decode_or_error, [Path(p) for p in batches[i]], [cfg] * len(batches[i]))
-                   if i < len(batches) else None)
-            if pending is not None:
-                results = list(pending)
-                ok = [j for j, r in enumerate(results) if isinstance(r, torch.Tensor)]
-                errors = {j: r for j, r in enumerate(results) if not isinstance(r, torch.Tensor)}
-                yield (torch.stack([results[j] for j in ok]) if ok else None), ok, errors
-            pending = nxt
