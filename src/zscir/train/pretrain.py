@@ -193,12 +193,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder (model.safetensors + config.json with a fingerprint).",
     )
     p.add_argument("--world", default="", help="world folder made by `zscir world` (its image-caption pairs)")
-    p.add_argument("--pairs", default="", metavar="SOURCE",
-                   help="your image-caption pairs: a CSV/TSV/JSONL listing, a folder or WebDataset shards with .txt")
-    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
-    p.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
-    p.add_argument("--feature-cache", default="", metavar="DIR",
-                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
+    from zscir.train.data import add_source_args
+
+    add_source_args(p, pairs=True)  # --pairs SOURCE, its columns and the feature cache, as every trainer has them
     d = PretrainConfig()
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
                     out_help="checkpoint folder", out_default=str(default_model_path()))
