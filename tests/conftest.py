@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import sys
 from pathlib import Path
 
@@ -18,6 +19,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Session- and module-scoped fixtures run before the per-test home below: give them a throw-away home too, so
+# nothing a test builds (feature caches, worlds, models) can land in the user's ./data.
+os.environ["ZSCIR_HOME"] = tempfile.mkdtemp(prefix="zscir-test-home-")
 
 
 @pytest.fixture(autouse=True)

@@ -81,12 +81,12 @@ def make_checkpoints(root: Path, patch: int = 32) -> TinySetup:
                         batch_size=6, epochs=1.0, lr=1e-3, warmup=0.0, save_every=0, progress=False,
                         val_fraction=0.0), backbone=b)
     ck["slerp+tat"] = root / "tat"
-    small = dict(world="tiny", steps=2, batch_size=6, hidden=32, cache_dir=cache)
+    small = dict(world="tiny", steps=2, batch_size=6, hidden=32, feature_cache=cache)
     ck["pic2word"] = train_pic2word(pic2word_config(out=str(root / "p2w"), **small), backbone=b, world=world).path
     ck["two-stage/mapping-only"] = train_mapping(mapping_config(out=str(root / "s1"), **small), backbone=b,
                                                  world=world).path
     stage2 = dict(world="tiny", mapper=str(ck["two-stage/mapping-only"]), steps=2, batch_size=8, rank=2,
-                  cache_dir=cache)
+                  feature_cache=cache)
     ck["two-stage"] = train_composing(ComposingConfig(out=str(root / "s2"), **stage2), backbone=b, world=world).path
     trips = triplets_from_dicts(world.text_triplets)
 

@@ -70,17 +70,17 @@ def test_pic2word_then_two_stage_train_save_and_load(world, tmp_path, default_ba
     b = default_backbone
     cache = tmp_path / "cache"
     p2w = train_pic2word(pic2word_config(world="tiny", out=str(tmp_path / "p2w"), steps=3, batch_size=6,
-                                         hidden=64, cache_dir=str(cache)), backbone=b, world=world)
-    assert p2w.path.is_dir() and list(cache.glob("image-tokens-*.safetensors"))
+                                         hidden=64, feature_cache=str(cache)), backbone=b, world=world)
+    assert p2w.path.is_dir() and list(cache.glob("image_tokens-*/meta.json"))
     m = load_mapped_method(b, p2w.path)
     assert isinstance(m, Pic2Word) and not m.mapper.uses_local
     s1 = train_mapping(mapping_config(world="tiny", out=str(tmp_path / "s1"), steps=3, batch_size=6, hidden=64,
-                                      cache_dir=str(cache)), backbone=b, world=world)
+                                      feature_cache=str(cache)), backbone=b, world=world)
     s1m = load_mapped_method(b, s1.path)
     assert isinstance(s1m, TwoStageMappingOnly) and s1m.mapper.uses_local
     before = {k: v.clone() for k, v in b.text_tower.state_dict().items()}
     s2 = train_composing(ComposingConfig(world="tiny", mapper=str(s1.path), out=str(tmp_path / "s2"), steps=3,
-                                         batch_size=8, rank=4, fraction=0.5, noise=0.3, cache_dir=str(cache)),
+                                         batch_size=8, rank=4, fraction=0.5, noise=0.3, feature_cache=str(cache)),
                          backbone=b, world=world)
     assert s2.info["triplets"] == 12 and s2.info["trainable"] < 0.02 * s2.info["total"]
     assert all(torch.equal(before[k], v) for k, v in b.text_tower.state_dict().items())  # backbone untouched

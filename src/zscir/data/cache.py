@@ -408,7 +408,9 @@ def image_features(
         source = PathsSource(source)
     store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     pre = backbone.preprocess_config
-    key = CacheKey(backbone.fingerprint(), pre.digest(), f"{source.fingerprint()}", feature,
+    # a named feature keys on what it depends on (the trunk, for the embedded default); a custom fn on the model
+    model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
+    key = CacheKey(model_key, pre.digest(), f"{source.fingerprint()}", feature,
                    extra=str(dtype).replace("torch.", ""))
     rank, world, barrier = _dist()
     hit = store.get(key)
@@ -461,7 +463,8 @@ def text_features(
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8", "surrogateescape") + b"\0")
-    key = CacheKey(backbone.fingerprint(), "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
+    model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
+    key = CacheKey(model_key, "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
     rank, world, barrier = _dist()
     hit = store.get(key)
     if world > 1:

@@ -39,7 +39,7 @@ def default_settings(quick: bool, seed: int = 0, device: str = "") -> dict[str, 
 
 
 def _key(backbone_fp: str, cfg: Any, parent: str = "") -> str:
-    doc = {k: v for k, v in asdict(cfg).items() if k not in ("world", "out", "mapper", "cache_dir", "device")}
+    doc = {k: v for k, v in asdict(cfg).items() if k not in ("world", "out", "mapper", "feature_cache", "device")}
     h = hashlib.sha256(json.dumps([backbone_fp, doc, parent], sort_keys=True).encode()).hexdigest()[:10]
     return f"{backbone_fp[:8]}-{h}"
 
@@ -51,21 +51,20 @@ def pseudo_token_variant(ctx: DemoContext, name: str, pic2word: Any = None, mapp
     from zscir.train.pseudo_token import train_composing, train_mapping, train_pic2word
 
     fp = ctx.backbone.fingerprint()
-    cache = str(ctx.workdir / "features")
     if pic2word is not None:
         out = ctx.workdir / f"pic2word-{_key(fp, pic2word)}"
         if not (out / "config.json").is_file():
-            train_pic2word(replace(pic2word, out=str(out), cache_dir=cache), backbone=ctx.backbone, world=ctx.world)
+            train_pic2word(replace(pic2word, out=str(out)), backbone=ctx.backbone, world=ctx.world)
         return out
     if composing is None:
         out = ctx.workdir / f"mapping-{_key(fp, mapping)}"
         if not (out / "config.json").is_file():
-            train_mapping(replace(mapping, out=str(out), cache_dir=cache), backbone=ctx.backbone, world=ctx.world)
+            train_mapping(replace(mapping, out=str(out)), backbone=ctx.backbone, world=ctx.world)
         return out
     stage1 = pseudo_token_variant(ctx, name, mapping=mapping)
     out = ctx.workdir / f"two-stage-{_key(fp, composing, stage1.name)}"
     if not (out / "config.json").is_file():
-        train_composing(replace(composing, mapper=str(stage1), out=str(out), cache_dir=cache),
+        train_composing(replace(composing, mapper=str(stage1), out=str(out)),
                         backbone=ctx.backbone, world=ctx.world)
     return out
 

@@ -141,3 +141,55 @@ class Location:
 
     def __str__(self) -> str:
         return self.location
+
+
+def world_image_features(backbone: Any, world: Any, universe: Sequence[str], ids: Sequence[str],
+                         feature: str = "image_tokens", *, cache: str = "", fn: Any = None,
+                         dtype: torch.dtype = torch.float16) -> FeatureRows:
+    """The frozen `feature` of the synthetic world's images `ids`, rows in the order of `ids`.
+
+    The cache entry covers the whole `universe` (a world split: its pairs', unlabelled or triplet images), so
+    trainers that use different parts of one split (a `--max-images` prefix, a fraction of the triplets) and
+    pre-training, which reads the same pairs through the same frozen trunk, share one trunk pass."""
+    from zscir.data import PathsSource, image_features
+
+    universe = list(dict.fromkeys(universe))
+    src = PathsSource([world.image_path(i) for i in universe], keys=universe, spec=f"{world.root}")
+    feats = image_features(backbone, src, feature, cache=cache or None, fn=fn, dtype=dtype)
+    pos = {k: i for i, k in enumerate(feats.keys)}
+    missing = [i for i in ids if i not in pos]
+    if missing:  # a world's images are ours: one that cannot be read is a damaged world, never skipped quietly
+        raise InputError(f"{world.root}: {len(missing)} world image(s) could not be read (e.g. {missing[0]}); "
+                         "regenerate the world with `zscir world`")
+    return FeatureRows(feats, [pos[i] for i in ids])
+
+
+class LazyRows:
+    """Rows computed per batch from other rows: `lazy[idx] == fn(rows[idx])` (e.g. the frozen image embedding
+    of cached local features, or those features pooled onto another grid), so nothing of the data set's size
+    is held in memory. `shape` is the full (N, ...) shape of what it yields."""
+
+    def __init__(self, rows: Any, fn: Any, row_shape: Sequence[int]) -> None:
+        self.rows, self.fn, self.row_shape = rows, fn, tuple(row_shape)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.row_shape)
+
+    def __getitem__(self, idx: Any) -> torch.Tensor:
+        with torch.no_grad():  # not inference_mode: the rows enter autograd graphs as constants
+            return self.fn(self.rows[idx])
+
+
+def pooled_rows(backbone: Any, tokens: Any) -> LazyRows:
+    """The frozen, L2-normalised image embedding (float32, on the backbone's device) of cached local-feature
+    rows, through the image head, batch by batch."""
+    import torch.nn.functional as F
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(backbone.image_head(x.to(backbone.device, torch.float32)), dim=-1).float()
+
+    return LazyRows(tokens, pool, (backbone.embed_dim,))

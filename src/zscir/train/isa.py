@@ -1,8 +1,9 @@
 """`zscir train isa`: train ISA's query side on unlabelled images only.
 
-Frozen-tower outputs are computed once: the large tower's local features (B, L, C) and its embedding of each
-image (the gallery-side target), and, for the asymmetric variant, the preprocessed pixels the light encoder
-reads. Then:
+Frozen-tower outputs are computed once, into the shared on-disk feature cache (memory-mapped; read batch by
+batch): the large tower's local features (B, L, C) and, for the asymmetric variant, the preprocessed pixels the
+light encoder reads; the large tower's embedding of each image (the gallery-side target) is pooled from the
+cached features per batch. Then:
 
 1. (asymmetric only) a cheap warm-up distils the light CNN from the large tower: each light feature-map
    cell, through a linear probe, is pulled to the large tower's feature at the same cell (cosine).
@@ -22,18 +23,18 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
-from zscir.eval.engine import iter_pixel_batches
+from zscir.data.sources import Source
 from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for, load_isa
 from zscir.objectives import info_nce
+from zscir.train.data import FeatureRows, LazyRows, pooled_rows
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
     StepContext, Task, add_engine_args, check_batch_size, check_out_dir, check_positive_lr, config_signature,
@@ -44,8 +45,6 @@ from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 log = logging.getLogger(__name__)
 
 TRAIN_TEMPLATE = "a photo of $"
-# the last cache_inputs result, keyed by (backbone fingerprint, device, image paths)
-_CACHE: dict[str, object] = {}
 
 
 @dataclass
@@ -56,6 +55,7 @@ class ISATrainConfig:
     out: str = ""
     images: str = ""  # a SOURCE of unlabelled images (zscir.data) instead of the world's
     image_column: str = ""
+    feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
     backbone: str = "default"
     mode: str = "asymmetric"
     n_tokens: int = 4
@@ -92,19 +92,33 @@ class ISATrainResult:
     seconds: float
 
 
-@torch.inference_mode()
-def cache_inputs(backbone: Backbone, paths: Sequence[Path | str], keep_pixels: bool, batch_size: int = 64):
-    """(local features (N, L, C) fp16, gallery embeddings (N, D) fp32, pixels (N, 3, H, W) fp16 or None)."""
-    feats, embs, pix = [], [], []
-    for px in tqdm(iter_pixel_batches(paths, backbone.preprocess_config, batch_size), desc="isa cache",
-                   total=(len(paths) + batch_size - 1) // batch_size, leave=False):
-        px = px.to(backbone.device)
-        tok = backbone.image_tokens(px)
-        feats.append(tok.to("cpu", torch.float16))
-        embs.append(F.normalize(backbone.image_head(tok), dim=-1).float().cpu())
-        if keep_pixels:
-            pix.append(px.to("cpu", torch.float16))
-    return torch.cat(feats), torch.cat(embs), (torch.cat(pix) if keep_pixels else None)
+def _identity(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels
+
+
+def isa_inputs(backbone: Backbone, source: Source, cfg: ISATrainConfig, keep_pixels: bool) -> tuple[Any, Any, list[str]]:
+    """(local features rows (N, L, C), pixel rows (N, 3, H, W) or None, keys), memory-mapped from the shared
+    feature cache (computed once per backbone trunk and source: the two ISA variants, an M sweep and pic2word
+    on the same images share the large tower's pass). Rows are in key order, the first `cfg.max_images`."""
+    from zscir.data import image_features
+
+    cache = cfg.feature_cache or None
+    feats = image_features(backbone, source, "image_tokens", cache=cache)
+    # key order: an entry built by several processes lists its rows in another order than one process's
+    keep = sorted(range(len(feats)), key=lambda i: feats.keys[i])[: cfg.max_images or None]
+    if len(keep) < 2:
+        raise InputError(f"ISA training needs at least 2 readable images, the data has {len(keep)}")
+    keys = [feats.keys[i] for i in keep]
+    pixels = None
+    if keep_pixels:
+        pix = image_features(backbone, source, "pixels", cache=cache, fn=_identity, dtype=torch.float16)
+        pos = {k: i for i, k in enumerate(pix.keys)}
+        missing = [k for k in keys if k not in pos]
+        if missing:
+            raise InputError(f"{source}: {len(missing)} image(s) decoded for the features but not for the pixels "
+                             f"(e.g. {missing[0]}): did the files change during training?")
+        pixels = FeatureRows(pix, [pos[k] for k in keys])
+    return FeatureRows(feats, keep), pixels, keys
 
 
 def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, embs: torch.Tensor, cfg: ISATrainConfig,
@@ -167,9 +181,17 @@ def isa_losses(method: ISA, inputs: torch.Tensor, feats: torch.Tensor, target: t
 def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
                        **meta: object) -> tuple[ISA, ISATrainResult]:
     """Train an ISA query side on the images at `paths` (no labels used) and save it to `cfg.out`."""
-    t0 = time.time()
     if not paths:
         raise InputError("ISA training needs unlabelled images; none were given")
+    from zscir.data import PathsSource
+
+    return train_isa_on_source(backbone, PathsSource(paths), cfg, **meta)
+
+
+def train_isa_on_source(backbone: Backbone, source: Source, cfg: ISATrainConfig,
+                        **meta: object) -> tuple[ISA, ISATrainResult]:
+    """Train an ISA query side on the images of a data-layer source (no labels used); save it to `cfg.out`."""
+    t0 = time.time()
     _check(cfg)
     gen = seed_everything(cfg.seed)
     # the backbone stays frozen (and in eval mode: no dropout in the text tower) while ISA trains
@@ -180,7 +202,7 @@ def train_isa_on_paths(backbone: Backbone, paths: Sequence[Path | str], cfg: ISA
         with distributed(cfg.device) as dist:
             if dist.enabled:
                 backbone = backbone.to(dist.device)
-            return _train(backbone, paths, cfg, gen, backbone.device, t0, meta, dist)
+            return _train(backbone, source, cfg, gen, backbone.device, t0, meta, dist)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -205,23 +227,18 @@ def _check(cfg: ISATrainConfig) -> None:
     check_out_dir(cfg.out, KIND)
 
 
-def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig, gen: torch.Generator,
+def _train(backbone: Backbone, source: Source, cfg: ISATrainConfig, gen: torch.Generator,
            device: torch.device, t0: float, meta: dict, dist: DistInfo) -> tuple[ISA, ISATrainResult]:
-    if cfg.max_images:
-        paths = list(paths)[: cfg.max_images]
     icfg = isa_config_for(backbone, cfg.mode, cfg.n_tokens)
     torch.manual_seed(cfg.seed)
     method = (ISA if cfg.mode == "asymmetric" else ISASymmetric)(backbone, icfg)
-    key = (backbone.fingerprint(), str(device), tuple(str(p) for p in paths))
-    if _CACHE.get("key") != key:  # the two variants (and an M sweep) share one pass of the large tower
-        _CACHE.clear()
-        _CACHE["key"], _CACHE["tensors"] = key, cache_inputs(backbone, paths, keep_pixels=True)
-    feats, embs, pixels = _CACHE["tensors"]
-    if cfg.mode != "asymmetric":
-        pixels = None
+    feats, pixels, keys = isa_inputs(backbone, source, cfg, keep_pixels=method.light is not None)
+    embs = pooled_rows(backbone, feats)  # the gallery-side target, pooled per batch
     # the light encoder's grid may differ from the large tower's tokens (a ViT: CLS + patches of any size):
     # the per-cell targets are the large features pooled onto the light grid (identity when they match)
-    local = align_cells(feats, icfg.n_cells) if method.light is not None else feats
+    local: Any = feats
+    if method.light is not None and feats.shape[1] != icfg.n_cells:
+        local = LazyRows(feats, lambda x: align_cells(x, icfg.n_cells), (icfg.n_cells, feats.shape[-1]))
     n = len(feats)
     bs = min(cfg.batch_size, n)
     if bs % dist.world:
@@ -261,7 +278,7 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     ecfg = engine_config(cfg)
     task = Task(f"isa train ({cfg.mode}, M={cfg.n_tokens})", module, batches, loss_fn, steps_per_epoch=n // bs,
                 param_groups=groups, train_mode=train_mode,
-                signature={**config_signature(cfg), "images": n, "paths": _paths_digest(paths)})
+                signature={**config_signature(cfg), "images": n, "data": _keys_digest(source, keys)})
     fit(task, ecfg, dist)
     method.eval()
     seconds = time.time() - t0
@@ -278,10 +295,12 @@ def _train(backbone: Backbone, paths: Sequence[Path | str], cfg: ISATrainConfig,
     return method, result
 
 
-def _paths_digest(paths: Sequence[Path | str]) -> str:
+def _keys_digest(source: Source, keys: Sequence[str]) -> str:
     import hashlib
 
-    return hashlib.sha256("\n".join(str(p) for p in paths).encode()).hexdigest()[:16]
+    h = hashlib.sha256(source.fingerprint().encode())
+    h.update("\n".join(keys).encode())
+    return h.hexdigest()[:16]
 
 
 def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None) -> tuple[ISA, ISATrainResult]:
@@ -298,21 +317,24 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
         from zscir.backbones import load_backbone
 
         backbone = load_backbone(cfg.backbone).to(pick_device(cfg.device or None))
-    if cfg.images:
-        from zscir.train.data import Location, source_locations
+    from zscir.data import PathsSource
+    from zscir.train.data import open_training_source
 
-        locs, _ = source_locations(cfg.images, cfg.image_column)
-        return train_isa_on_paths(backbone, [Location(x) for x in locs], cfg, images=cfg.images)
+    if cfg.images:
+        return train_isa_on_source(backbone, open_training_source(cfg.images, cfg.image_column), cfg,
+                                   images=cfg.images)
     world = world if world is not None else load_world(cfg.world)
-    paths = [world.image_path(i) for i in world.unlabelled]
-    return train_isa_on_paths(backbone, paths, cfg, world=str(cfg.world), world_seed=world.meta.get("seed"),
-                              world_size=world.meta.get("size"))
+    ids = list(world.unlabelled)
+    # the same source (paths, keys) as the pseudo-token trainers' unlabelled images: one cached trunk pass
+    src = PathsSource([world.image_path(i) for i in ids], keys=ids, spec=str(world.root))
+    return train_isa_on_source(backbone, src, cfg, world=str(cfg.world), world_seed=world.meta.get("seed"),
+                               world_size=world.meta.get("size"))
 
 
 def _settings(train: dict) -> dict:
     """The training settings that change the result (not where it is written or run)."""
     light_only = ("distill_epochs", "distill_lr", "light_lr") if train.get("mode") == "symmetric" else ()
-    skip = ("out", "device", "world", "backbone", "progress", "save_every", "resume", *light_only)
+    skip = ("out", "device", "world", "backbone", "progress", "save_every", "resume", "feature_cache", *light_only)
     return {k: v for k, v in train.items() if k not in skip}
 
 
@@ -341,6 +363,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default="", metavar="SOURCE",
                    help="your unlabelled images: a folder, a glob, a CSV/TSV/JSONL listing or WebDataset shards")
     p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
+    p.add_argument("--feature-cache", default="", metavar="DIR",
+                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
     p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
     p.add_argument("--mode", choices=("asymmetric", "symmetric"), default=d.mode,
                    help="asymmetric: light query CNN (default); symmetric: token learner on the large tower")
@@ -358,6 +382,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ISATrainConfig:
     return ISATrainConfig(
         **engine_args(args, min_batch=2), world=args.world, images=args.images, image_column=args.image_column,
+        feature_cache=args.feature_cache,
         backbone=args.backbone, mode=args.mode,
         n_tokens=args.tokens, light_lr=args.light_lr, distill_epochs=args.distill_epochs, distill_lr=args.distill_lr,
         w_global=args.w_global, w_local=args.w_local, temperature=args.temperature, max_images=args.max_images,

@@ -26,7 +26,6 @@ from zscir.train.engine import (
     EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for,
     distributed, engine_args, engine_config, finish, fit, is_main_process,
 )
-from zscir.train.features import image_token_features, text_trunk_features
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -116,12 +115,17 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
         n = len(img)
         trained_on = {"pairs": cfg.pairs, "items": n, "skipped": sf.failures}
     else:
+        from zscir.data import text_features
+        from zscir.train.data import FeatureRows, world_image_features
+
         world = load_world(cfg.world)
         pairs = world.pairs
-        paths = [world.image_path(p["image"]) for p in pairs]
-        captions = [p["caption"] for p in pairs]
-        img = image_token_features(model, paths, desc="image features")
-        txt = text_trunk_features(model, captions, desc="caption features")
+        ids = [p["image"] for p in pairs]
+        # the frozen trunks' outputs, in the shared feature cache: the pseudo-token trainers read the same pairs
+        # through the same trunk later (keyed by the trunk, not by these heads), so the pass is not repeated
+        img = world_image_features(model, world, ids, ids, cache=cfg.feature_cache)
+        txt = FeatureRows(text_features(model, [p["caption"] for p in pairs], "text_trunk",
+                                        cache=cfg.feature_cache or None))
         n = len(pairs)
         trained_on = {"world": str(cfg.world), "world_seed": world.meta.get("seed"), "world_size": world.meta.get("size")}
     if n < 3:

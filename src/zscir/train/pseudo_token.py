@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,8 +45,7 @@ from zscir.train.engine import (
     EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
     engine_args, engine_config, finish, fit, is_main_process, total_steps,
 )
-from zscir.train.data import add_source_args, source_args
-from zscir.train.features import image_token_features
+from zscir.train.data import add_source_args, pooled_rows, source_args, world_image_features
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -79,13 +77,12 @@ class MapperTrainConfig:
     max_images: int = 0  # 0 = all
     seed: int = 0
     device: str = ""
-    cache_dir: str = ""
     # your own data instead of --world (zscir.train.data): a SOURCE of images / image-caption pairs
     images: str = ""
     pairs: str = ""
     image_column: str = ""
     caption_column: str = ""
-    feature_cache: str = ""  # frozen-feature cache folder for SOURCE data ("" = $ZSCIR_HOME/cache/features)
+    feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
     # the engine's shared settings (see zscir.train.engine)
     epochs: float = 0.0  # > 0 and steps == 0: passes over the images instead of a step count
     precision: str = "fp32"
@@ -126,9 +123,8 @@ class ComposingConfig:
     template: str = DEFAULT_TEMPLATE
     seed: int = 0
     device: str = ""
-    cache_dir: str = ""
     cir_triplets: str = ""  # JSONL of {reference, modification, target} image paths, instead of --world
-    feature_cache: str = ""  # frozen-feature cache folder for --cir-triplets ("" = $ZSCIR_HOME/cache/features)
+    feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
     epochs: float = 0.0  # > 0 and steps == 0: passes over the triplets instead of a step count
     precision: str = "fp32"
     grad_clip: float = 0.0
@@ -186,46 +182,6 @@ def _world_key(world: Any) -> str:
     meta = getattr(world, "meta", {}) or {}
     return json.dumps({"root": str(getattr(world, "root", "")), "seed": meta.get("seed"), "size": meta.get("size")},
                       sort_keys=True)
-
-
-_MEMO: dict[str, torch.Tensor] = {}
-
-
-def cached_image_tokens(backbone: Backbone, world: Any, ids: Sequence[str], cache_dir: str | Path | None,
-                        name: str) -> torch.Tensor:
-    """(N, L, C) frozen local features of world images `ids` (float16, CPU), cached in memory and, when
-    cache_dir is given, on disk (keyed by backbone fingerprint + preprocessing + world + ids), so trainers
-    and recipes share them."""
-    h = hashlib.sha256()
-    h.update(f"{backbone.fingerprint()}|{backbone.preprocess_config.digest()}|{_world_key(world)}".encode())
-    h.update("\n".join(ids).encode())
-    key = h.hexdigest()[:16]
-    if key in _MEMO:
-        return _MEMO[key]
-    from safetensors.torch import load_file, save_file
-
-    path = Path(cache_dir) / f"image-tokens-{key}.safetensors" if cache_dir else None
-    if path is not None and path.is_file():
-        feats = load_file(str(path))["tokens"]
-    else:
-        feats = image_token_features(backbone, [world.image_path(i) for i in ids], desc=f"{name} features")
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file({"tokens": feats.contiguous()}, str(tmp))
-            tmp.replace(path)
-    if len(_MEMO) > 8:
-        _MEMO.clear()
-    _MEMO[key] = feats
-    return feats
-
-
-@torch.inference_mode()
-def _pooled(backbone: Backbone, tokens: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    dev = backbone.device
-    out = [F.normalize(backbone.image_head(tokens[i : i + batch].to(dev, torch.float32)), dim=-1).cpu()
-           for i in range(0, len(tokens), batch)]
-    return torch.cat(out)
 
 
 @torch.inference_mode()
@@ -297,8 +253,9 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
     if len(ids) < 2:
         raise InputError(f"need at least 2 training images, the data has {len(ids)}")
     if not spec:
-        local = cached_image_tokens(backbone, world, ids, cfg.cache_dir, "pairs" if use_pairs else "unlabelled")
-    pooled = _pooled(backbone, local)
+        universe = [p["image"] for p in world.pairs] if use_pairs else list(world.unlabelled)
+        local = world_image_features(backbone, world, universe, ids, cache=cfg.feature_cache)
+    pooled = pooled_rows(backbone, local)
     cap = _text_embeddings(backbone, captions) if captions else None
 
     mcfg = replace(mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden),
@@ -461,9 +418,10 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
         local: Any = FeatureRows(feats, [pos[i] for i in image_ids])
         world.key = f"{cfg.cir_triplets}|{feats.key.digest()}"
     else:
-        local = cached_image_tokens(backbone, world, image_ids, cfg.cache_dir, "cir_train")
+        universe = sorted({t["reference"] for t in world.cir_train} | {t["target"] for t in world.cir_train})
+        local = world_image_features(backbone, world, universe, image_ids, cache=cfg.feature_cache)
     col = {i: k for k, i in enumerate(image_ids)}
-    pooled = _pooled(backbone, local)
+    pooled = pooled_rows(backbone, local)
     ref_idx = torch.tensor([col[t["reference"]] for t in triplets])
     tgt_idx = torch.tensor([col[t["target"]] for t in triplets])
     with torch.inference_mode():  # the mapper is frozen: every reference's pseudo token is computed once
@@ -544,7 +502,6 @@ def _add_common(p: argparse.ArgumentParser, d: Any) -> None:
     p.add_argument("--world", default="", help="a world folder made by `zscir world` (its images / pairs / triplets)")
     p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
     p.add_argument("--template", default=d.template, help="composition template (default: %(default)r)")
-    p.add_argument("--cache-dir", default="", help="cache frozen image features here")
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)
 
 
@@ -568,7 +525,7 @@ def _mapper_args(defaults: MapperTrainConfig):
 def _mapper_cfg(args: argparse.Namespace, base: MapperTrainConfig) -> MapperTrainConfig:
     return MapperTrainConfig(
         **engine_args(args, min_batch=2), **source_args(args), world=args.world, backbone=args.backbone,
-        template=args.template, cache_dir=args.cache_dir, hidden=args.hidden, n_tokens=args.tokens,
+        template=args.template, hidden=args.hidden, n_tokens=args.tokens,
         max_images=args.max_images, dropout=args.dropout, injection=base.injection and not getattr(args, "no_injection", False),
         soft_weight=getattr(args, "soft_weight", base.soft_weight),
     )
@@ -596,7 +553,7 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
                    help="JSONL of {reference, modification, target} image paths (relative to the file), e.g. made "
                         "from your pairs by `zscir data make-triplets`")
     p.add_argument("--feature-cache", default="", metavar="DIR",
-                   help="frozen-feature cache folder for --cir-triplets (default: $ZSCIR_HOME/cache/features)")
+                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
     p.add_argument("--fraction", type=float, default=d.fraction, help="share of the training triplets used")
     p.add_argument("--noise", type=float, default=d.noise, help="share of modification texts shuffled")
     p.add_argument("--max-epochs", type=float, default=d.max_epochs,
@@ -613,7 +570,7 @@ def _add_composing(p: argparse.ArgumentParser) -> None:
 def _run_composing(args: argparse.Namespace) -> int:
     res = train_composing(ComposingConfig(
         **engine_args(args, min_batch=2), world=args.world, mapper=args.mapper, backbone=args.backbone,
-        template=args.template, cache_dir=args.cache_dir, fraction=args.fraction, noise=args.noise, rank=args.rank,
+        template=args.template, fraction=args.fraction, noise=args.noise, rank=args.rank,
         dropout=args.dropout, per_reference=args.per_reference, reference_negatives=not args.no_reference_negatives,
         text_init=args.text_init, max_epochs=args.max_epochs, cir_triplets=args.cir_triplets,
         feature_cache=args.feature_cache,

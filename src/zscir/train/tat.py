@@ -47,7 +47,6 @@ from zscir.train.engine import (
     StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
     engine_args, engine_config, finish, fit, is_main_process,
 )
-from zscir.train.features import text_trunk_features
 from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -264,7 +263,10 @@ def _prefix_features(backbone: Backbone, start: int, paths: Sequence[Path], batc
 
 @torch.inference_mode()
 def _text_embeddings(backbone: Backbone, captions: Sequence[str], progress: bool) -> torch.Tensor:
-    feats = text_trunk_features(backbone, captions, desc="caption features")
+    from zscir.data import text_features
+
+    # the frozen text trunk's output, from the shared feature cache (pre-training read the same captions)
+    feats = text_features(backbone, list(captions), "text_trunk").tensor().float()
     out = [F.normalize(backbone.text_head(feats[i : i + 1024].to(backbone.device)), dim=-1).float().cpu()
            for i in range(0, len(feats), 1024)]
     return torch.cat(out)

@@ -1,0 +1,69 @@
+"""The frozen-trunk pass is computed once per world split and shared: pre-training caches the pairs' trunk
+features (keyed by the trunk, not by the heads it trains), stage 1 reads them; pic2word caches the unlabelled
+images' features, ISA reads them. A trunk with other weights never gets those entries."""
+
+import pytest
+import torch
+
+from zscir.backbones.default import DefaultBackbone
+from zscir.train.isa import ISATrainConfig, train_isa
+from zscir.train.pretrain import PretrainConfig, pretrain
+from zscir.train.pseudo_token import mapping_config, pic2word_config, train_mapping, train_pic2word
+from zscir.world import generate_world, load_world
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shared")
+    generate_world(root / "world", seed=0, size="tiny")
+    return root
+
+
+def _count_trunk_calls(monkeypatch, backbone) -> list[int]:
+    calls = [0]
+    real = backbone.image_tokens
+
+    def counting(pixels):
+        if pixels.abs().sum() > 0:  # not the one blank image that sizes a mapper or an ISA grid
+            calls[0] += len(pixels)
+        return real(pixels)
+
+    monkeypatch.setattr(backbone, "image_tokens", counting)
+    return calls
+
+
+def test_one_trunk_pass_per_split_across_trainers(tiny, tmp_path, monkeypatch):
+    cache = str(tiny / "features")
+    world_dir = str(tiny / "world")
+    pretrain(PretrainConfig(world=world_dir, out=str(tmp_path / "model"), epochs=1, batch_size=16,
+                            feature_cache=cache, progress=False))
+    model = DefaultBackbone.load(tmp_path / "model")
+    world = load_world(world_dir)
+    calls = _count_trunk_calls(monkeypatch, model)
+
+    # stage 1 reads the pairs, which pre-training already passed through the same trunk
+    train_mapping(mapping_config(out=str(tmp_path / "s1"), steps=1, batch_size=8, hidden=32, feature_cache=cache,
+                                 progress=False), backbone=model, world=world)
+    assert calls[0] == 0
+
+    # pic2word computes the unlabelled images once; ISA (both variants) reuses them
+    train_pic2word(pic2word_config(out=str(tmp_path / "p2w"), steps=1, batch_size=8, hidden=32, feature_cache=cache,
+                                   progress=False), backbone=model, world=world)
+    assert calls[0] == len(world.unlabelled)
+    calls[0] = 0
+    train_isa(ISATrainConfig(out=str(tmp_path / "isa"), mode="symmetric", n_tokens=2, steps=1, batch_size=8,
+                             feature_cache=cache, progress=False), backbone=model, world=world)
+    assert calls[0] == 0
+
+
+def test_a_changed_trunk_never_reads_the_plain_trunks_entry():
+    torch.manual_seed(0)
+    a = DefaultBackbone()
+    key = a.feature_fingerprint("image_tokens")
+    torch.manual_seed(1)
+    b = DefaultBackbone()  # other heads, same trunk: same trunk key, other model fingerprint
+    assert b.feature_fingerprint("image_tokens") == key and b.fingerprint() != a.fingerprint()
+    with torch.no_grad():
+        next(b.image_tower.trunk.parameters()).add_(1e-3)  # a tuned trunk
+    assert b.feature_fingerprint("image_tokens") != key
+    assert a.feature_fingerprint("text_trunk") != key
