@@ -378,6 +378,12 @@ def _image_fn(backbone, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise InputError(f"unknown image feature {feature!r} (image_tokens, image_embedding, or pass fn=)")
 
 
+def decode_workers() -> int:
+    """Decode processes for a feature pass: decoding overlaps the model's forward where there are cores to
+    spare (a GPU is fed by them), none on a 2-core machine, where a worker would only take the model's core."""
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
+
+
 def _dist() -> tuple[int, int, Callable[[], None] | None]:
     import torch.distributed as dist
 
@@ -425,7 +431,7 @@ def image_features(
         log.info("feature cache hit: %s (%d rows)", hit.folder, len(hit))
         return hit
     compute = fn or _image_fn(backbone, feature)
-    cfg = config or StreamConfig(batch_size=64, workers=0, shuffle=False, max_bad_fraction=1.0)
+    cfg = config or StreamConfig(batch_size=64, workers=decode_workers(), shuffle=False, max_bad_fraction=1.0)
     loaders: list[StreamingLoader] = []
 
     def batches(done: set[str]) -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
