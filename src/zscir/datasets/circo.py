@@ -7,11 +7,16 @@ Layout:
     annotations/{val,test}.json
     COCO2017_unlabeled/annotations/image_info_unlabeled2017.json
     COCO2017_unlabeled/unlabeled2017/000000xxxxxx.jpg      (file names from image_info)
+
+Protocol (`CIRCO` below): the whole gallery is ranked with the reference kept (as the official evaluation);
+mAP@5/10/25/50 on the top 50, R@K of the caption's own target, and on val mAP@10 per semantic aspect.
+`--split test` writes the server file.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any, Mapping
 
 from zscir.datasets.base import (
     BenchmarkSplit,
@@ -26,7 +31,12 @@ from zscir.datasets.base import (
     modification_text,
     require_keys,
 )
+from zscir.datasets.registry import Benchmark, register_benchmark, submission_dir, table_header, table_row
 from zscir.errors import InputError
+from zscir.eval import submission as sub
+from zscir.eval.metrics import MAP_KS, map_at_k, recall_at_k
+from zscir.eval.protocols import circo_protocol
+from zscir.eval.rankings import check_rankings
 
 SPLITS = ("val", "test")
 GALLERY_SIZE = 123403
@@ -94,3 +104,51 @@ def load_circo(root: str | os.PathLike[str], split: str = "val", strict_counts: 
     out = BenchmarkSplit("circo", split, split, root, gallery, queries)
     check_counts(out, EXPECTED[split], strict_counts)
     return out
+
+
+@register_benchmark("circo")
+class CIRCO(Benchmark):
+    title = "CIRCO"
+    official_counts = EXPECTED
+    template_fields = frozenset({"caption", "shared_concept"})
+    protocol = "gallery = all of image_info_unlabeled2017; reference kept (as the official evaluation); top-50 mAP"
+
+    def load(self, root, subset="", split="val", strict_counts=False, check_images=True) -> BenchmarkSplit:
+        return load_circo(root, split, strict_counts, check_images)
+
+    def evaluate(self, split, queries, gallery, settings) -> dict[str, Any]:
+        ids = [g.id for g in split.gallery]
+        test = not split.has_targets
+        res = circo_protocol(queries, gallery, ids, None if test else [q.targets for q in split.queries],
+                             None if test else [q.targets[0] for q in split.queries])
+        if test:
+            s = sub.circo_submission([q.qid for q in split.queries], [[ids[j] for j in row] for row in res.top])
+            path = submission_dir(settings) / "circo_test_submission.json"
+            return {"files": [str(sub.write_circo(path, s, len(split.queries), ids))]}
+        return {"metrics": res.metrics,
+                "semantic_mAP@10": semantic_map(split, [[ids[j] for j in row] for row in res.top])}
+
+    def table_rows(self, doc, average) -> list[str]:
+        cols = ["mAP@5", "mAP@10", "mAP@25", "mAP@50"]
+        return [table_header(cols), table_row("circo", [doc["summary"][c] for c in cols])]
+
+    def score_subset(self, split: BenchmarkSplit, predictions: Mapping[str, list[str]],
+                     subset_predictions: Mapping[str, list[str]] | None, where: str) -> dict[str, Any]:
+        """Query id -> ranked gallery ids (the server format); mAP@K on the top 50."""
+        qids = [q.qid for q in split.queries]
+        check_rankings(predictions, qids, {g.id for g in split.gallery}, max(MAP_KS), where)
+        top = [predictions[q][:50] for q in qids]
+        metrics = map_at_k(top, [q.targets for q in split.queries], MAP_KS)
+        ranks = [p.index(q.targets[0]) if q.targets[0] in p else 50 for p, q in zip(top, split.queries)]
+        metrics.update(recall_at_k(ranks, (5, 10, 25, 50), "R"))
+        return {"data": split.summary(), "metrics": metrics}
+
+
+def semantic_map(split: BenchmarkSplit, preds: list[list[str]]) -> dict[str, float]:
+    """mAP@10 over the queries tagged with each semantic aspect (val)."""
+    by_aspect: dict[str, list[int]] = {}
+    for i, q in enumerate(split.queries):
+        for a in q.fields.get("semantic_aspects", []):
+            by_aspect.setdefault(a, []).append(i)
+    return {a: map_at_k([preds[i] for i in idx], [split.queries[i].targets for i in idx], (10,))["mAP@10"]
+            for a, idx in sorted(by_aspect.items())}

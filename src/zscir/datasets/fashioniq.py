@@ -5,13 +5,17 @@ Accepted layouts under the root (SEARLE's first, then Pic2Word's):
     captions/cap.{cat}.{split}.json     or json/cap.{cat}.{split}.json
     image_splits/split.{cat}.{split}.json
     images/<ASIN>.{png|jpg}
+
+Protocol (`FashionIQ` below): per category on val, the reference kept in the gallery; R@10 and R@50 per
+category, their averages over the categories and the mean of the two averages. The two captions become one
+text ("c1 and c2"), the reverse, or both with their features averaged (`--caption-order`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from zscir.datasets.base import (
     BenchmarkSplit,
@@ -26,7 +30,10 @@ from zscir.datasets.base import (
     raise_missing,
     require_keys,
 )
+from zscir.datasets.registry import Benchmark, register_benchmark, table_header, table_row
 from zscir.errors import InputError
+from zscir.eval.protocols import single_target_protocol
+from zscir.eval.rankings import score_single_target
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val", "test")
@@ -123,3 +130,51 @@ def load_fashioniq(
     if (category, split) in EXPECTED:
         check_counts(out, EXPECTED[(category, split)], strict_counts)
     return out
+
+
+@register_benchmark("fashioniq")
+class FashionIQ(Benchmark):
+    title = "FashionIQ"
+    subsets = CATEGORIES
+    subset_noun = ("category", "categories")
+    official_counts = EXPECTED
+    protocol = "val, per category; gallery = image_splits; reference kept; ties by gallery order"
+    test_split_refusal = ("fashioniq has no test server and no public test targets (nobody reports FashionIQ "
+                          "test); use --split val")
+
+    def load(self, root, subset="", split="val", strict_counts=False, check_images=True) -> BenchmarkSplit:
+        # images are always looked at: their extension (.png or .jpg) depends on the mirror
+        return load_fashioniq(root, subset, split, strict_counts)
+
+    def modification_texts(self, query, caption_order) -> list[str]:
+        return join_captions(query.texts, caption_order)
+
+    def is_blank(self, query) -> bool:
+        return not join_captions(query.texts, "forward")[0]
+
+    def text_settings(self, settings) -> dict[str, Any]:
+        return {"caption_order": settings.caption_order}
+
+    def evaluate(self, split, queries, gallery, settings) -> dict[str, Any]:
+        gidx = split.gallery_index()
+        res = single_target_protocol(queries, gallery, [gidx[q.targets[0]] for q in split.queries], ks=(10, 50))
+        return {"metrics": res.metrics}
+
+    def aggregate(self, per) -> dict[str, float]:
+        ms = [r["metrics"] for r in per.values() if "metrics" in r]
+        if not ms:
+            return {}
+        r10 = sum(m["R@10"] for m in ms) / len(ms)
+        r50 = sum(m["R@50"] for m in ms) / len(ms)
+        return {"R@10": r10, "R@50": r50, "mean": (r10 + r50) / 2}
+
+    def table_rows(self, doc, average) -> list[str]:
+        s = doc["summary"]
+        return ([table_header(["R@10", "R@50"])]
+                + [table_row(k, [r["metrics"]["R@10"], r["metrics"]["R@50"]]) for k, r in doc["results"].items()]
+                + [table_row(average, [s["R@10"], s["R@50"]]), f"{'mean of averages':<18}{s['mean']:>10.2f}"])
+
+    def score_subset(self, split: BenchmarkSplit, predictions: Mapping[str, list[str]],
+                     subset_predictions: Mapping[str, list[str]] | None, where: str) -> dict[str, Any]:
+        """Keys "<category>-<i>" -> ranked ids (i = the query's index in cap.<category>.val.json)."""
+        return score_single_target(split, predictions, (10, 50), where)

@@ -10,6 +10,9 @@ Layout (annotation JSONs from the GeneCIS repo, images from COCO and Visual Geno
 Object tasks use whole COCO val2017 images; attribute tasks crop the instance box dilated by 0.7 and pad it to
 a square (GeneCIS's own loader, reproduced in `crop_instance`). Like the official loader, templates whose
 gallery length differs from the task's most common length are left out; this is logged and recorded.
+
+Protocol (`GeneCIS` below): each template ranks its own candidates [target] + gallery; R@1/2/3 per task,
+headline = the average R@1 over the tasks. There is one evaluation split and no server.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from zscir.datasets.base import (
     BenchmarkSplit,
@@ -32,7 +38,9 @@ from zscir.datasets.base import (
     modification_text,
     require_keys,
 )
+from zscir.datasets.registry import Benchmark, register_benchmark, table_header, table_row
 from zscir.errors import InputError
+from zscir.eval.metrics import recall_at_k, target_ranks
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +118,33 @@ def load_genecis(root: str | os.PathLike[str], task: str, split: str = "val", st
         check_counts(raw, EXPECTED[task], strict_counts)
         out.complete, out.notes = raw.complete, out.notes + raw.notes
     return out
+
+
+@register_benchmark("genecis")
+class GeneCIS(Benchmark):
+    title = "GeneCIS"
+    subsets = TASKS
+    subset_noun = ("task", "tasks")
+    official_counts = EXPECTED
+    protocol = "candidates = [target] + gallery; templates with a non-modal gallery length left out (official)"
+    test_split_refusal = "genecis has a single evaluation split with public answers and no server; use --split val"
+
+    def load(self, root, subset="", split="val", strict_counts=False, check_images=True) -> BenchmarkSplit:
+        return load_genecis(root, subset, split, strict_counts, check_images)
+
+    def evaluate(self, split, queries, gallery, settings) -> dict[str, Any]:
+        gidx = split.gallery_index()
+        cidx = [[gidx[c] for c in q.candidates] for q in split.queries]
+        cand = gallery[torch.as_tensor(cidx)]  # (Q, n, D)
+        s = torch.einsum("qd,qnd->qn", queries, cand)
+        ranks = target_ranks(s, torch.zeros(len(cidx), dtype=torch.long))  # the target is candidate 0
+        return {"metrics": recall_at_k(ranks, (1, 2, 3), "R"), "candidates_per_query": len(cidx[0])}
+
+    def aggregate(self, per) -> dict[str, float]:
+        ms = [r["metrics"] for r in per.values() if "metrics" in r]
+        return {"average R@1": sum(m["R@1"] for m in ms) / len(ms)} if ms else {}
+
+    def table_rows(self, doc, average) -> list[str]:
+        return ([table_header(["R@1", "R@2", "R@3"])]
+                + [table_row(k, [r["metrics"][f"R@{i}"] for i in (1, 2, 3)]) for k, r in doc["results"].items()]
+                + [f"{average + ' R@1':<18}{doc['summary']['average R@1']:>10.2f}"])

@@ -1,14 +1,12 @@
-"""Evaluate a composition method on a standard benchmark with the exact protocol (benchmarks.md §2.2).
+"""Evaluate a composition method on a registered benchmark with its exact protocol (benchmarks.md §2.2).
 
-    FashionIQ  per category: gallery = image split, reference kept; R@10, R@50; averages over categories
-    CIRR       reference removed; R@1/5/10/50, Rs@1/2/3 over img_set.members, (R@5 + Rs@1)/2
-    CIRCO      reference kept; mAP@5/10/25/50 on the top 50 (+ R@K of the caption's target, mAP@10 per
-               semantic aspect on val)
-    GeneCIS    per task: candidates = [target] + gallery; R@1/2/3; headline = average R@1 over tasks
-
-`--split test` ranks without ground truth and writes the server files (CIRR pair, CIRCO file) after
-validating them. Gallery embeddings are computed once per (encoder, gallery) and cached by the engine.
-Ties are broken by gallery (candidate-list) order everywhere (metrics.py).
+The steps every benchmark shares live here: check the template, load (and check) every subset before
+embedding anything, embed the gallery once per (encoder, gallery) (cached by the engine), compose the queries
+from the template and the benchmark's modification texts, then hand both to the benchmark's protocol and
+aggregate. What differs between benchmarks (subsets, template fields, protocol, summary numbers, table rows)
+is declared by each benchmark's module in zscir.datasets (registry.py). `--split test` ranks without ground
+truth and the protocol writes the server files after validating them. Ties are broken by gallery
+(candidate-list) order everywhere (metrics.py).
 """
 
 from __future__ import annotations
@@ -26,19 +24,13 @@ import torch.nn.functional as F
 
 import zscir
 from zscir.backbones.preprocess import MODES
-from zscir.datasets import SUBSETS, BenchmarkSplit, load_benchmark
-from zscir.datasets.fashioniq import join_captions
+from zscir.datasets import BenchmarkSplit, get_benchmark
 from zscir.errors import InputError
-from zscir.eval import submission as sub
 from zscir.eval.engine import compose_queries, embed_gallery
-from zscir.eval.metrics import map_at_k, recall_at_k, target_ranks
-from zscir.eval.protocols import circo_protocol, cirr_protocol, single_target_protocol
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "{caption}"
-TEMPLATE_FIELDS = {"fashioniq": {"caption"}, "cirr": {"caption"}, "circo": {"caption", "shared_concept"},
-                   "genecis": {"caption"}}
 
 
 @dataclasses.dataclass
@@ -75,7 +67,7 @@ def check_template(template: str, benchmark: str) -> None:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f}
     except ValueError as e:  # "{caption" and the like
         raise InputError(f"template {template!r}: not a valid template ({e}); write a literal brace as {{{{ or }}}}") from None
-    allowed = TEMPLATE_FIELDS[benchmark]
+    allowed = get_benchmark(benchmark).template_fields
     if "caption" not in fields:
         raise InputError(f"template {template!r} has no {{caption}} field")
     bad = fields - allowed
@@ -86,20 +78,17 @@ def check_template(template: str, benchmark: str) -> None:
 
 def blank_queries(split: BenchmarkSplit) -> list[str]:
     """Ids of the queries whose modification is empty in the official file (kept, answered, counted)."""
-    if split.benchmark == "fashioniq":
-        return [q.qid for q in split.queries if not join_captions(q.texts, "forward")[0]]
-    return [q.qid for q in split.queries if not q.texts or not q.texts[0].strip()]
+    bench = get_benchmark(split.benchmark)
+    return [q.qid for q in split.queries if bench.is_blank(q)]
 
 
 def query_texts(split: BenchmarkSplit, template: str, caption_order: str) -> list[list[str]]:
     """Per text variant, one text per query (FashionIQ with caption order "both" has two variants). An empty
     modification stays empty (the method answers it as it answers an empty text: the reference unchanged for
     interpolation methods, the template without its `that {text}` for pseudo-token methods)."""
-    if split.benchmark == "fashioniq":
-        per_query = [join_captions(q.texts, caption_order) for q in split.queries]
-        variants = [[t[v] for t in per_query] for v in range(len(per_query[0]))]
-    else:
-        variants = [[q.texts[0] if q.texts else "" for q in split.queries]]
+    bench = get_benchmark(split.benchmark)
+    per_query = [bench.modification_texts(q, caption_order) for q in split.queries]
+    variants = [[t[v] for t in per_query] for v in range(len(per_query[0]) if per_query else 1)]
     return [[template.format(caption=c, **{k: v for k, v in q.fields.items() if isinstance(v, str)}).strip()
              if c.strip() else "" for c, q in zip(var, split.queries)] for var in variants]
 
@@ -122,92 +111,22 @@ def _gallery(method, split: BenchmarkSplit, settings: EvalSettings) -> torch.Ten
 def _eval_subset(method, split: BenchmarkSplit, settings: EvalSettings) -> dict[str, Any]:
     gal = _gallery(method, split, settings)
     qry = _compose(method, split, settings)
-    gidx = split.gallery_index()
-    result: dict[str, Any] = {"data": split.summary()}
-    if split.benchmark == "fashioniq":
-        res = single_target_protocol(qry, gal, [gidx[q.targets[0]] for q in split.queries], ks=(10, 50))
-        result["metrics"] = res.metrics
-    elif split.benchmark == "cirr":
-        test = not split.has_targets
-        res = cirr_protocol(qry, gal, [gidx[q.reference] for q in split.queries],
-                            None if test else [gidx[q.targets[0]] for q in split.queries],
-                            [[gidx[m] for m in q.members] for q in split.queries])
-        names = [g.id for g in split.gallery]
-        if test:
-            recall, subset = sub.cirr_submissions([q.qid for q in split.queries],
-                                                  [[names[j] for j in row] for row in res.top],
-                                                  [[names[j] for j in row] for row in res.extra["subset_top"]])
-            result["files"] = [str(p) for p in sub.write_cirr(
-                settings.submission_dir or Path("."), recall, subset, {q.qid: q.reference for q in split.queries},
-                {q.qid: q.members for q in split.queries}, names)]
-        else:
-            m = dict(res.metrics)
-            m["(R@5+Rs@1)/2"] = (m["R@5"] + m["Rs@1"]) / 2
-            result["metrics"] = m
-    elif split.benchmark == "circo":
-        ids = [g.id for g in split.gallery]
-        test = not split.has_targets
-        res = circo_protocol(qry, gal, ids, None if test else [q.targets for q in split.queries],
-                             None if test else [q.targets[0] for q in split.queries])
-        if test:
-            s = sub.circo_submission([q.qid for q in split.queries], [[ids[j] for j in row] for row in res.top])
-            path = (settings.submission_dir or Path(".")) / "circo_test_submission.json"
-            result["files"] = [str(sub.write_circo(path, s, len(split.queries), ids))]
-        else:
-            result["metrics"] = res.metrics
-            result["semantic_mAP@10"] = _semantic_map(split, [[ids[j] for j in row] for row in res.top])
-    elif split.benchmark == "genecis":
-        cidx = [[gidx[c] for c in q.candidates] for q in split.queries]
-        n = len(cidx[0])
-        cand = gal[torch.as_tensor(cidx)]  # (Q, n, D)
-        s = torch.einsum("qd,qnd->qn", qry, cand)
-        ranks = target_ranks(s, torch.zeros(len(cidx), dtype=torch.long))
-        result["metrics"] = recall_at_k(ranks, (1, 2, 3), "R")
-        result["candidates_per_query"] = n
-    return result
-
-
-def _semantic_map(split: BenchmarkSplit, preds: list[list[str]]) -> dict[str, float]:
-    by_aspect: dict[str, list[int]] = {}
-    for i, q in enumerate(split.queries):
-        for a in q.fields.get("semantic_aspects", []):
-            by_aspect.setdefault(a, []).append(i)
-    return {a: map_at_k([preds[i] for i in idx], [split.queries[i].targets for i in idx], (10,))["mAP@10"]
-            for a, idx in sorted(by_aspect.items())}
-
-
-def aggregate(benchmark: str, per: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The tables' summary numbers over subsets (FashionIQ: average R@10, R@50 and their mean; GeneCIS:
-    average R@1 over tasks); for CIRR and CIRCO the one subset's metrics."""
-    ms = [r["metrics"] for r in per.values() if "metrics" in r]
-    if not ms:
-        return {}
-    if benchmark == "fashioniq":
-        r10 = sum(m["R@10"] for m in ms) / len(ms)
-        r50 = sum(m["R@50"] for m in ms) / len(ms)
-        return {"R@10": r10, "R@50": r50, "mean": (r10 + r50) / 2}
-    if benchmark == "genecis":
-        return {"average R@1": sum(m["R@1"] for m in ms) / len(ms)}
-    return dict(ms[0])
+    return {"data": split.summary(), **get_benchmark(split.benchmark).evaluate(split, qry, gal, settings)}
 
 
 def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
     """Run one benchmark; returns the results document (what `zscir eval` writes as JSON)."""
     b = settings.benchmark
-    if b not in SUBSETS:
-        raise InputError(f"unknown benchmark {b!r}; expected one of {', '.join(SUBSETS)}")
-    if settings.split == "test" and b == "fashioniq":
-        raise InputError("fashioniq has no test server and no public test targets (nobody reports FashionIQ "
-                         "test); use --split val")
-    if settings.split == "test" and b == "genecis":
-        raise InputError("genecis has a single evaluation split with public answers and no server; use --split val")
+    bench = get_benchmark(b)
+    if settings.split == "test" and bench.test_split_refusal:
+        raise InputError(bench.test_split_refusal)
     check_template(settings.template, b)
-    subsets = list(settings.subsets) if settings.subsets else list(SUBSETS[b])
-    bad = [s for s in subsets if s not in SUBSETS[b]]
+    subsets = list(settings.subsets) if settings.subsets else list(bench.subsets)
+    bad = [s for s in subsets if s not in bench.subsets]
     if bad:
-        raise InputError(f"{b}: unknown subset(s) {bad}; expected some of {', '.join(SUBSETS[b])}")
+        raise InputError(f"{b}: unknown subset(s) {bad}; expected some of {', '.join(bench.subsets)}")
     # Load (and check) every subset before embedding anything: a missing file fails in seconds.
-    splits = {s: load_benchmark(b, settings.root, s, settings.split, settings.strict_counts) for s in subsets}
+    splits = {s: bench.load(settings.root, s, settings.split, settings.strict_counts) for s in subsets}
     if settings.split == "test" and not settings.allow_incomplete:
         short = [n for sp in splits.values() for n in sp.notes] or \
             [f"{b} test: not the full split" for sp in splits.values() if not sp.complete]
@@ -221,14 +140,14 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         first = next(f"{k} query {v[0]}" for k, v in blanks.items() if v)
         log.warning("%d quer%s with an empty modification text in the official file (first: %s); kept and "
                     "answered as an empty text", n_blank, "y" if n_blank == 1 else "ies", first)
-    partial = b in ("fashioniq", "genecis") and sorted(subsets) != sorted(SUBSETS[b])
+    partial = sorted(subsets) != sorted(bench.subsets)
     t0 = time.perf_counter()
     per = {s or b: _eval_subset(method, sp, settings) for s, sp in splits.items()}
     for k, ids in blanks.items():
         per[k]["data"]["blank_modifications"] = len(ids)
         if ids:
             per[k]["data"]["blank_modification_queries"] = ids[:20]
-    summary = aggregate(b, per)
+    summary = bench.aggregate(per)
     if partial and summary:
         summary["partial"] = True
         summary["subsets"] = list(subsets)
@@ -250,9 +169,8 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
             "weights": getattr(bb, "weights_tag", None) or getattr(bb, "spec", None),
         },
         "preprocess": dataclasses.asdict(bb.preprocess_config),
-        "text": {"template": settings.template,
-                 **({"caption_order": settings.caption_order} if b == "fashioniq" else {})},
-        "protocol": PROTOCOL_NOTES[b],
+        "text": {"template": settings.template, **bench.text_settings(settings)},
+        "protocol": bench.protocol,
         "zscir_version": zscir.__version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - t0, 3),
@@ -263,18 +181,9 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
     return doc
 
 
-PROTOCOL_NOTES = {
-    "fashioniq": "val, per category; gallery = image_splits; reference kept; ties by gallery order",
-    "cirr": "reference removed; Recall_subset over img_set.members in the global order; gallery = all split keys",
-    "circo": "gallery = all of image_info_unlabeled2017; reference kept (as the official evaluation); top-50 mAP",
-    "genecis": "candidates = [target] + gallery; templates with a non-modal gallery length left out (official)",
-}
-
-
 def format_table(doc: dict[str, Any]) -> str:
-    """The standard table for a results document."""
+    """The standard table for a results document (of `zscir eval` or `zscir score`)."""
     b = doc["benchmark"]
-    per = doc["results"]
     lines = [f"{b} {doc['split']}  method={doc['method']['name']} {doc['method']['settings'] or ''}  "
              f"backbone={doc['backbone']['spec']}  preprocess={doc['preprocess']['mode']}"]
     if not doc.get("complete", True):
@@ -282,34 +191,9 @@ def format_table(doc: dict[str, Any]) -> str:
     if doc.get("blank_modifications"):
         lines.append(f"note: {doc['blank_modifications']} quer(ies) with an empty modification in the official file, "
                      "kept and answered as an empty text")
-    avg = "average (partial)" if doc.get("summary", {}).get("partial") else "average"
     if doc.get("submission_files"):
         lines += ["wrote " + f for f in doc["submission_files"]]
         return "\n".join(lines)
-
-    def row(name: str, vals: Sequence[float]) -> str:
-        return f"{name:<18}" + "".join(f"{v:>10.2f}" for v in vals)
-
-    def header(cols: Sequence[str]) -> str:
-        return f"{'':<18}" + "".join(f"{c:>10}" for c in cols)
-
-    if b == "fashioniq":
-        lines.append(header(["R@10", "R@50"]))
-        lines += [row(k, [r["metrics"]["R@10"], r["metrics"]["R@50"]]) for k, r in per.items()]
-        s = doc["summary"]
-        lines.append(row(avg, [s["R@10"], s["R@50"]]))
-        lines.append(f"{'mean of averages':<18}{s['mean']:>10.2f}")
-    elif b == "cirr":
-        cols = ["R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "(R@5+Rs@1)/2"]
-        m = doc["summary"]
-        lines.append(header([c if len(c) < 10 else "Avg" for c in cols]))
-        lines.append(row("cirr", [m[c] for c in cols]))
-    elif b == "circo":
-        cols = ["mAP@5", "mAP@10", "mAP@25", "mAP@50"]
-        lines.append(header(cols))
-        lines.append(row("circo", [doc["summary"][c] for c in cols]))
-    elif b == "genecis":
-        lines.append(header(["R@1", "R@2", "R@3"]))
-        lines += [row(k, [r["metrics"][f"R@{i}"] for i in (1, 2, 3)]) for k, r in per.items()]
-        lines.append(f"{avg + ' R@1':<18}{doc['summary']['average R@1']:>10.2f}")
+    avg = "average (partial)" if doc.get("summary", {}).get("partial") else "average"
+    lines += get_benchmark(b).table_rows(doc, avg)
     return "\n".join(lines)

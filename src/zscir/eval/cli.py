@@ -1,4 +1,5 @@
-"""`zscir eval`: a composition method on a standard benchmark (FashionIQ, CIRR, CIRCO, GeneCIS)."""
+"""`zscir eval`: a composition method on a registered benchmark (FashionIQ, CIRR, CIRCO, GeneCIS, and any
+other module that registers one: zscir.datasets.registry)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from pathlib import Path
 
 from zscir.backbones.preprocess import MODES
-from zscir.datasets import BENCHMARKS
+from zscir.datasets import list_benchmarks
 from zscir.datasets.fashioniq import CAPTION_ORDERS
 from zscir.errors import InputError
 from zscir.paths import cache_dir, data_home
@@ -23,7 +24,7 @@ def register(subparsers) -> None:
         "standard table and write a JSON record. --split test writes the CIRR / CIRCO server files (validated "
         "first). Dataset layouts: docs/benchmarks.md.",
     )
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--benchmark", required=True, choices=list_benchmarks())
     p.add_argument("--root", required=True, type=Path, help="the benchmark's folder (layout in docs/benchmarks.md)")
     p.add_argument("--split", default="val", choices=("val", "test"), help="test: CIRR test1 / CIRCO test server files")
     p.add_argument("--method", default=None,
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     args.method = precheck(args.method, args.checkpoint, alpha=args.alpha)
     safe = args.method.replace("/", "_")
-    out = args.out or data_home() / "results" / f"{args.benchmark}-{args.split}-{safe}.json"
+    bench = args.benchmark.replace("/", "_")
+    out = args.out or data_home() / "results" / f"{bench}-{args.split}-{safe}.json"
     check_template(check_utf8(args.template, "--template"), args.benchmark)  # before any model or data is loaded
     check_output_file(out)
     settings = EvalSettings(

@@ -21,6 +21,8 @@ PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b
 
 @dataclass
 class Hit:
+    """One ranked gallery image of a report example, and whether it is a right answer."""
+
     image_id: str
     path: Path
     score: float

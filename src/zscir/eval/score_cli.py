@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zscir.datasets import list_benchmarks
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "group ranking (else it is the global list filtered to the group); CIRCO: query id -> ranked gallery ids; "
         "FashionIQ: '<category>-<i>' -> ranked ids (i = index in cap.<category>.val.json).",
     )
-    p.add_argument("--benchmark", required=True, choices=("cirr", "circo", "fashioniq"))
+    p.add_argument("--benchmark", required=True, choices=list_benchmarks(scorable=True))
     p.add_argument("--root", required=True, type=Path, help="the benchmark's folder (annotations; images not needed "
                    "for CIRR and CIRCO)")
     p.add_argument("--predictions", required=True, type=Path, help="JSON {query id: [ranked image ids]}")

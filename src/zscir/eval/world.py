@@ -17,7 +17,6 @@ from zscir.eval.protocols import ProtocolResult, circo_protocol, cirr_protocol
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("cirr", "circo")
 CIRR_COLUMNS = ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3")
 CIRCO_COLUMNS = ("mAP@5", "mAP@10", "mAP@25", "mAP@50")
 

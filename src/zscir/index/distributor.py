@@ -55,10 +55,10 @@ class RayDistributor:
                  checkpoints: tuple[str, ...] = ()) -> None:
         try:
             import ray
-        except ImportError as e:  # pragma: no cover - ray is a core dependency
+        except ImportError as e:  # pragma: no cover - ray is the optional extra zscir[ray] (the dev extra has it)
             from zscir.errors import InputError
 
-            raise InputError("--engine ray needs the `ray[data]` package") from e
+            raise InputError("--engine ray needs the `ray[data]` package: pip install 'zscir[ray]'") from e
         self.ray = ray
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": num_cpus}

@@ -24,8 +24,8 @@ from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
 from zscir.index.reader import read_items
-from zscir.index.writer import (SHARDS, file_identity, read_shard_embeddings, read_shard_items, verify_shard,
-                                write_shard)
+from zscir.index.writer import (SHARDS, file_identity, gather_rows, read_shard_embeddings, read_shard_items,
+                                verify_shard, write_shard)
 from zscir.utils.io import atomic_path, check_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ def _build_kind(arrays: list[np.ndarray], factory: str, n: int, dim: int):
     if not faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT).is_trained:
         rng = np.random.default_rng(0)
         take = np.sort(rng.choice(n, size=min(n, 100_000), replace=False))
-        sample = _gather(arrays, take)
+        sample = gather_rows(arrays, take)
     t0 = time.perf_counter()
     index = kinds.build(factory, dim, (np.asarray(a, np.float32) for a in arrays), n, sample)
     log.info("faiss %s over %d vectors built in %.1f s", factory, n, time.perf_counter() - t0)
@@ -360,7 +360,7 @@ def _tune(index, arrays: list[np.ndarray], n: int, params: str, rerank: int, tar
     if index is None or _is_exact(index):
         return kinds.TuningResult(target_recall=target, k=k, queries=0, query_source="exact search (nothing to tune)",
                                   reached=True, recall=1.0, search=params, rerank=rerank, p50_ms=0.0)
-    queries = kinds.composed_queries(lambda pos: _gather(arrays, pos), n, TUNING_QUERIES, text_dirs)
+    queries = kinds.composed_queries(lambda pos: gather_rows(arrays, pos), n, TUNING_QUERIES, text_dirs)
     source = "text tower" if text_dirs is not None and len(text_dirs) else "gallery items"
     return kinds.tune(index, arrays, queries, k, target, params, rerank, source)
 
@@ -381,12 +381,3 @@ def tuning_text_directions(backbone) -> np.ndarray | None:
     except (AttributeError, NotImplementedError):
         return None
 
-
-def _gather(arrays: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
-    offsets = np.cumsum([0] + [len(a) for a in arrays])
-    out = np.empty((len(positions), arrays[0].shape[1]), np.float32)
-    shard = np.searchsorted(offsets, positions, side="right") - 1
-    for s in np.unique(shard):
-        sel = shard == s
-        out[sel] = arrays[s][positions[sel] - offsets[s]]
-    return out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,23 +22,10 @@ from PIL import Image
 
 from zscir.errors import CheckpointError, InputError
 from zscir.index.kinds import SearchParams
-from zscir.index.store import GalleryIndex
+from zscir.index.store import GalleryIndex, SearchHit
 
 
 METHOD_CACHE_SIZE = 32  # training-free methods kept ready (settings are applied per query, see with_settings)
-
-
-@dataclass
-class Hit:
-    rank: int
-    score: float
-    id: str
-    path: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id, "path": self.path,
-                "meta": self.meta}
 
 
 class Searcher:
@@ -179,7 +165,7 @@ class Searcher:
 
     def search(self, images: Sequence[Image.Image], text: str | None, method: str | None = None,
                alpha: float | None = None, k: int = 10, exclude_ids: Sequence[str] = (),
-               refs: Sequence[str] = ()) -> list[Hit]:
+               refs: Sequence[str] = ()) -> list[SearchHit]:
         """Top-k for reference `images` and/or gallery items `refs` (ids; used by their stored embedding and
         never listed in the answer) + a modification `text`."""
         if k < 1:

@@ -4,6 +4,7 @@ server), and answer top-k queries (approximate kinds re-scored exactly from the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,9 +13,23 @@ import numpy as np
 from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, Manifest
-from zscir.index.runner import _gather
-from zscir.index.writer import read_shard_embeddings, read_shard_items, verify_shard
+from zscir.index.writer import gather_rows, read_shard_embeddings, read_shard_items, verify_shard
 from zscir.utils.io import sha256_file
+
+
+@dataclass
+class SearchHit:
+    """One ranked gallery image of an index search (what `zscir search` prints and the service returns)."""
+
+    rank: int
+    score: float
+    id: str
+    path: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "score": round(float(self.score), 6), "id": self.id, "path": self.path,
+                "meta": self.meta}
 
 
 class GalleryIndex:
@@ -101,7 +116,7 @@ class GalleryIndex:
             raise InputError(f"no image with id {item_id!r} in the index") from None
 
     def vectors(self, positions: Sequence[int]) -> np.ndarray:
-        return _gather(self.arrays, np.asarray(positions, dtype=np.int64))
+        return gather_rows(self.arrays, np.asarray(positions, dtype=np.int64))
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[int] = (),
                exclude_rows: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,16 +139,14 @@ class GalleryIndex:
             raise InputError("query vector has non-finite values or is all zeros")
         return q / norms
 
-    def hits(self, scores: np.ndarray, positions: np.ndarray) -> list:
-        """One row of search() as ranked Hit records."""
-        from zscir.index.search import Hit
-
+    def hits(self, scores: np.ndarray, positions: np.ndarray) -> list[SearchHit]:
+        """One row of search() as ranked SearchHit records."""
         out = []
         for r, (s, p) in enumerate(zip(scores, positions)):
             if p < 0:
                 break
             it = self.items[int(p)]
-            out.append(Hit(rank=r + 1, score=float(s), id=it["id"], path=it["path"], meta=it.get("meta") or {}))
+            out.append(SearchHit(rank=r + 1, score=float(s), id=it["id"], path=it["path"], meta=it.get("meta") or {}))
         return out
 
 
@@ -199,7 +212,7 @@ def search_vectors(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: 
         valid = [(float(sc), int(p)) for sc, p in zip(scores[r], pos[r]) if p >= 0 and int(p) not in excl]
         keep = [p for _, p in valid]
         if rerank and keep:
-            exact = _gather(arrays, np.asarray(keep, np.int64)) @ q[r]
+            exact = gather_rows(arrays, np.asarray(keep, np.int64)) @ q[r]
             order = np.argsort(-exact, kind="stable")[:k]
             keep, s = [keep[i] for i in order], exact[order]
         else:

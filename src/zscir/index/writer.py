@@ -1,5 +1,6 @@
-"""Writer: one shard = float16 embeddings (.npy) + one JSON line per row (.jsonl), written atomically;
-the runner then lists it (with checksums) in the manifest."""
+"""Writer and shard format: one shard = float16 embeddings (.npy) + one JSON line per row (.jsonl), written
+atomically; the runner then lists it (with checksums) in the manifest. The readers here (and `gather_rows`,
+rows at global positions across shards) serve both the runner and the store."""
 
 from __future__ import annotations
 
@@ -69,6 +70,18 @@ def read_shard_embeddings(folder: Path, rec: ShardRecord, mmap: bool = True) -> 
     if arr.ndim != 2 or arr.shape[0] != rec.count:
         raise CheckpointError(f"{folder / rec.name}.npy: shape {arr.shape} does not match the manifest ({rec.count} rows)")
     return arr
+
+
+def gather_rows(arrays: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """float32 rows at global positions of an index whose embeddings are split into `arrays`, one per shard
+    in shard order (position p is row p - offset of the shard holding it)."""
+    offsets = np.cumsum([0] + [len(a) for a in arrays])
+    out = np.empty((len(positions), arrays[0].shape[1]), np.float32)
+    shard = np.searchsorted(offsets, positions, side="right") - 1
+    for s in np.unique(shard):
+        sel = shard == s
+        out[sel] = arrays[s][positions[sel] - offsets[s]]
+    return out
 
 
 def read_shard_items(folder: Path, rec: ShardRecord) -> list[dict]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir.index.search import Hit, Searcher, check_text
+from zscir.index.search import SearchHit, Searcher, check_text
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class MicroBatcher:
         return self.searcher.backbone.preprocess([image])
 
     async def search(self, text: str | None, method: str = "slerp", alpha: float | None = None, k: int = 10,
-                     pixels: torch.Tensor | None = None, ref: str | None = None) -> list[Hit]:
+                     pixels: torch.Tensor | None = None, ref: str | None = None) -> list[SearchHit]:
         """Top-k for one reference (preprocessed `pixels` or a gallery id `ref`, never listed) + `text`."""
         ref_pos = self.searcher.index.lookup(ref) if ref else None
         if not self.config.enabled:
@@ -202,7 +202,7 @@ class MicroBatcher:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # --- the model thread ---------------------------------------------------------------------------------
-    def _search_one(self, text, method, alpha, k, pixels, ref_pos) -> list[Hit]:
+    def _search_one(self, text, method, alpha, k, pixels, ref_pos) -> list[SearchHit]:
         """The unbatched path: the same query path as `zscir search` (Searcher), one request at a time."""
         s = self.searcher
         with s._lock:

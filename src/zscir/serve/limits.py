@@ -27,12 +27,11 @@ class Limits:
     max_pixels: int = 40_000_000  # width * height, checked from the header before decoding
     max_text_chars: int = 500
     max_k: int = 100
-    max_images: int = 4  # reference images per request
     read_timeout_s: float = 15.0  # headers of a request; longest pause while a body streams
     body_timeout_s: float = 120.0  # a whole request body
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_text_chars", "max_k", "max_images"):
+        for name in ("max_upload_bytes", "max_pixels", "max_text_chars", "max_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Limits.{name}={value!r}: must be a positive integer")
