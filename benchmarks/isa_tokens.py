@@ -13,6 +13,7 @@ Writes isa_tokens.json and prints both tables."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from zscir.demo import build_context
+from zscir.experiments import build_context
 from zscir.methods.isa import ISASymmetric, count_flops, cpu_latency_ms, isa_config_for, query_side_costs
-from zscir.paths import models_dir
-from zscir.train.isa import ISATrainConfig, ensure_isa
+from zscir.methods import build_method
+from zscir.train.isa import ISATrainConfig, train_isa
 from zscir.utils.runtime import configure_threads
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     configure_threads()
     t0 = time.time()
-    ctx = build_context(args.size, args.seed, args.size == "quick", args.device, progress=False)
+    ctx = build_context(args.size, args.seed, args.device, progress=False)
     world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
     size = backbone.preprocess_config.size
     x = torch.randn(1, 3, size, size, device=device)
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in [int(t) for t in args.tokens.split(",") if t.strip()]:
         cfg = ISATrainConfig(n_tokens=m, steps=args.steps, batch_size=args.batch_size,
                              distill_epochs=args.distill_epochs, seed=args.seed)
-        path = models_dir() / f"isa-sweep-{args.size}-s{args.seed}" / f"m{m}-steps{args.steps}-b{args.batch_size}"
-        method = ensure_isa(backbone, world, path, cfg).eval()
+        path = ctx.artifact(f"isa-sweep-m{m}", cfg, lambda out, cfg=cfg: train_isa(
+            dataclasses.replace(cfg, out=str(out)), backbone=backbone, world=world))
+        method = build_method("isa", backbone, [path]).eval()
         res = evaluator.evaluate(method)
         enc = method.query_encoder()
         row = {

@@ -15,7 +15,7 @@ Rows:
     ..., <= 8 epochs             the same, with at most 8 passes over that share (--max-epochs)
     stage 2, 30% noisy           stage 2 with 30% of the modification texts shuffled
 
-Checkpoints are cached under $ZSCIR_HOME/models/demo-<size>-s<seed> (shared with `zscir demo`), so a rerun
+Checkpoints are cached under $ZSCIR_HOME/models/experiments-<size>-s<seed> (shared with `zscir demo`), so a rerun
 only evaluates. Writes pseudo_token_ablations_<size>.json and prints a table (CIRR-like R@1/R@10/Rs@1, CIRCO-like
 mAP@10)."""
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from zscir.demo import build_context
-    from zscir.demo.pseudo_token import default_settings, pseudo_token_variant
+    from zscir.experiments import build_context
+    from zscir.experiments.recipes.pseudo_token import pseudo_token_settings, pseudo_token_variant
     from zscir.methods.mapped import load_mapped_method
     from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
     seed_everything(args.seed)
     size = args.size or ("quick" if args.quick else "default")
-    ctx = build_context(size, args.seed, args.quick, args.device, progress=False)
+    ctx = build_context(size, args.seed, args.device, progress=False)
     world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
     world_path = world.root
-    settings = default_settings(args.quick, args.seed, str(device) if args.device else "")
+    settings = pseudo_token_settings(ctx)
     rows = variants(settings)
     if args.only:
         wanted = [r.strip() for r in args.only.split(",") if r.strip()]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for name, spec in rows.items():
         t = time.time()
-        path = pseudo_token_variant(ctx, name, **spec)
+        path = pseudo_token_variant(ctx, **spec)
         method = load_mapped_method(backbone, path).eval()  # the checkpoint says which method it is
         res = evaluator.evaluate(method)
         results[name] = {

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from zscir.demo import build_context
-    from zscir.demo.rtd_recipes import _base_method, demo_rtd_config
+    from zscir.experiments import build_context, method_from_recipe
+    from zscir.experiments.recipes.rtd import rtd_config
     from zscir.methods.rtd import RTDMethod
     from zscir.train.rtd import train_rtd
     from zscir.train.triplets import generate_triplets, triplets_from_dicts
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
     seed_everything(args.seed)
     size = args.size or ("quick" if args.quick else "default")
-    ctx = build_context(size, args.seed, args.quick, args.device)
+    ctx = build_context(size, args.seed, args.device)
     world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
     world_path = world.root
-    base = _base_method(ctx, args.base)
+    base = method_from_recipe(ctx, args.base)
     if base is None:
         raise SystemExit(f"base method {args.base!r} is not available")
     base.eval()
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     world_trips = triplets_from_dicts(world.text_triplets)
     rule_trips = generate_triplets([p["caption"] for p in world.pairs], per_caption=2, seed=args.seed)
-    cfg0 = demo_rtd_config(args.quick, args.seed)
-    cfg0.device = str(device)
+    cfg0 = rtd_config(ctx)
     if args.steps:
         cfg0.steps = args.steps
     if args.batch_size:

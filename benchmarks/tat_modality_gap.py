@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from zscir.demo import build_context
-    from zscir.demo.recipes import list_recipes, select_alpha
-    from zscir.demo.tat import demo_tat_config
+    from zscir.eval.alpha import select_alpha
+    from zscir.experiments import build_context, list_recipes
+    from zscir.experiments.recipes.tat import tat_checkpoint, tat_config
     from zscir.methods import get_method_class
     from zscir.methods.tat import load_tat_backbone
     from zscir.train.pretrain import PretrainConfig
-    from zscir.train.tat import PairSet, measure_gap, split_val, train_tat
+    from zscir.train.tat import measure_gap, split_val
     from zscir.utils.io import write_json, write_text
     from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -67,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         seed_everything(args.seed)
         # the demo's own default for its starting temperature, a pre-training variant for any other
         variant = None if abs(temp - PretrainConfig().init_temperature) < 1e-9 else temp
-        ctx = build_context(args.size, args.seed, quick, args.device, progress=False, init_temperature=variant)
+        ctx = build_context(args.size, args.seed, args.device, progress=False, init_temperature=variant)
         world = ctx.world
-        pairs = PairSet([Path(world.image_path(p["image"])) for p in world.pairs], [p["caption"] for p in world.pairs],
-                        source="world")
-        cfg0 = demo_tat_config(ctx, ctx.workdir / "tat")
-        _, val = split_val(len(pairs.paths), cfg0)
-        vp, vc = [pairs.paths[i] for i in val.tolist()], [pairs.captions[i] for i in val.tolist()]
+        cfg0 = tat_config(ctx)
+        _, val = split_val(len(world.pairs), cfg0)
+        vp = [Path(world.image_path(world.pairs[i]["image"])) for i in val.tolist()]
+        vc = [world.pairs[i]["caption"] for i in val.tolist()]
         gap_base = measure_gap(ctx.backbone, vp, vc)
         learned = round(1.0 / float(ctx.backbone.logit_scale.exp()), 4)
         rows: dict[str, dict] = {}
@@ -84,13 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.long_epochs:
             variants[f"slerp+tat (head.out, {args.long_epochs:g} epochs)"] = {"head_out": True, "epochs": args.long_epochs}
         for name, extra in variants.items():
-            out = ctx.workdir / ("tat" + "".join(f"-{k}{v}" for k, v in sorted(extra.items())))
-            cfg = replace(demo_tat_config(ctx, out), **extra)
-            if not (out / "config.json").is_file():
-                train_tat(cfg, backbone=ctx.backbone, pairs=pairs)
+            out = tat_checkpoint(ctx, replace(cfg0, **extra))
             tuned = load_tat_backbone(ctx.backbone, out)
             cls = get_method_class("slerp+tat")
-            alpha = select_alpha(ctx, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), name)
+            n = int(ctx.settings.table("alpha_selection").get("triplets", 1000))
+            alpha = select_alpha(world, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), n).alpha
             rows[name] = {"scores": score(ctx, cls(ctx.backbone, tat=tuned, alpha=alpha)), "alpha": alpha,
                           "gap": measure_gap(tuned, vp, vc)}
             del tuned

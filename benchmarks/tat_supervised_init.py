@@ -110,21 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
 
-    from zscir.demo import build_context
-    from zscir.demo.tat import demo_tat_config
+    from zscir.experiments import build_context
+    from zscir.experiments.recipes.tat import tat_checkpoint
     from zscir.methods import get_method_class
     from zscir.methods.tat import load_tat_backbone
-    from zscir.train.tat import train_tat
     from zscir.utils.runtime import configure_threads, seed_everything
 
     t0 = time.time()
     configure_threads()
     seed_everything(args.seed)
-    ctx = build_context(args.size, args.seed, args.size == "quick", "cpu", progress=False)
+    ctx = build_context(args.size, args.seed, "cpu", progress=False)
     world, base, ev = ctx.world, ctx.backbone, ctx.evaluator
-    tat_path = ctx.workdir / "tat"
-    if not (tat_path / "config.json").is_file():
-        train_tat(demo_tat_config(ctx, tat_path), backbone=base)
+    tat_path = tat_checkpoint(ctx)  # the demo's adapters (the same cached artefact)
     tuned = load_tat_backbone(base, tat_path)
     g = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(world.cir_train), generator=g)[: args.triplets].tolist()

@@ -39,7 +39,7 @@ def test_checkpoint_roundtrip_kind_and_fingerprint(tmp_path):
 
 
 def test_library_never_imports_train():
-    """Training is kept apart from inference: no module outside zscir.train/zscir.demo imports zscir.train."""
+    """Training is kept apart from inference: no module outside zscir.train/zscir.experiments imports zscir.train."""
     import pathlib
     import re
 
@@ -47,7 +47,7 @@ def test_library_never_imports_train():
     offenders = []
     for f in root.rglob("*.py"):
         rel = f.relative_to(root).parts
-        if rel[0] in ("train", "demo") or rel[-1] == "cli.py":
+        if rel[0] in ("train", "experiments") or rel[-1] == "cli.py":
             continue
         if re.search(r"^\s*(from|import)\s+zscir\.train\b", f.read_text(), re.M):
             offenders.append(str(f.relative_to(root)))

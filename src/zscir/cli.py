@@ -20,7 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "zscir.train.cli",
     "zscir.compose_cli",
     "zscir.export",
-    "zscir.demo",
+    "zscir.experiments.demo",
     "zscir.eval.cli",
     "zscir.data.cli",
     "zscir.eval.score_cli",

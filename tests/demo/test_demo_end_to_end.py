@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from zscir.demo import DemoConfig, run_demo
+from zscir.experiments.demo import DemoConfig, run_demo
 
 SCHEMA_CIRR = {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"}
 SCHEMA_CIRCO = {"mAP@5", "mAP@10", "mAP@25", "mAP@50"}

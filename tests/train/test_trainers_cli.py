@@ -167,7 +167,7 @@ def test_out_that_is_not_a_checkpoint_of_that_kind_is_refused(data, victim, tmp_
     monkeypatch.chdir(victim)
     assert _run(["train", "pic2word", "--world", world, "--steps", "2", "--backbone", data["clip"], "--out", "."]) == 2
     assert [p.name for p in victim.iterdir()] == ["thesis.txt"]
-    from zscir.demo import check_demo_out
+    from zscir.experiments.demo import check_demo_out
     from zscir.errors import InputError
 
     with pytest.raises(InputError, match="refusing"):

@@ -49,9 +49,26 @@ def _import_all() -> None:
         pass
 
 
-def default_model_path() -> Path:
-    """The embedded default's checkpoint: $ZSCIR_HOME/models/default."""
+# the pre-trained defaults `zscir demo` leaves under $ZSCIR_HOME/models, in the order `default` falls back on them
+DEMO_MODELS = ("default-default-s0", "default-large-s0", "default-quick-s0")
+
+
+def own_default_path() -> Path:
+    """$ZSCIR_HOME/models/default: where `zscir pretrain` writes by default (the user's own default)."""
     return models_dir() / "default"
+
+
+def default_model_path() -> Path:
+    """The checkpoint `--backbone default` loads: the user's own ($ZSCIR_HOME/models/default) when there is
+    one, else the one `zscir demo` pre-trained (the default world's first, then the large, then the quick).
+    The demo never writes over the user's own."""
+    own = own_default_path()
+    if own.exists():
+        return own
+    for name in DEMO_MODELS:
+        if (models_dir() / name / "config.json").is_file():
+            return models_dir() / name
+    return own
 
 
 @register_backbone("default")
@@ -124,6 +141,7 @@ __all__ = [
     "PreprocessConfig",
     "TokenizedTexts",
     "default_model_path",
+    "own_default_path",
     "list_backbone_schemes",
     "load_backbone",
     "refuse_code_spec",

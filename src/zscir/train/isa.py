@@ -331,32 +331,6 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
                                world_size=world.meta.get("size"))
 
 
-def _settings(train: dict) -> dict:
-    """The training settings that change the result (not where it is written or run)."""
-    light_only = ("distill_epochs", "distill_lr", "light_lr") if train.get("mode") == "symmetric" else ()
-    skip = ("out", "device", "world", "backbone", "progress", "save_every", "resume", "feature_cache", *light_only)
-    return {k: v for k, v in train.items() if k not in skip}
-
-
-def ensure_isa(backbone: Backbone, world, path: Path, cfg: ISATrainConfig) -> ISA:
-    """Load the ISA checkpoint at `path` if it fits `backbone`, else train it there."""
-    from zscir.checkpoint import read_checkpoint_config
-    from zscir.errors import CheckpointError
-
-    if (path / "config.json").is_file():
-        try:
-            method = load_isa(path, backbone)
-            recorded = read_checkpoint_config(path).get("train", {})
-            if _settings(recorded) == _settings(asdict(cfg)):
-                return method
-            log.info("retraining ISA at %s: its training settings differ", path)
-        except CheckpointError as e:
-            log.info("retraining ISA: %s", e)
-    cfg.out = str(path)
-    method, _ = train_isa(cfg, backbone=backbone, world=world)
-    return method
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     d = ISATrainConfig()
     p.add_argument("--world", default="", help="a world folder made by `zscir world` (its unlabelled images are used)")

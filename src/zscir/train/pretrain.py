@@ -187,7 +187,7 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from zscir.backbones import default_model_path
+    from zscir.backbones import own_default_path
 
     p = sub.add_parser(
         "pretrain",
@@ -202,7 +202,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_source_args(p, pairs=True)  # --pairs SOURCE, its columns and the feature cache, as every trainer has them
     d = PretrainConfig()
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
-                    out_help="checkpoint folder", out_default=str(default_model_path()))
+                    out_help="checkpoint folder", out_default=str(own_default_path()))
     p.add_argument("--init-temperature", type=float, default=d.init_temperature,
                    help="starting value of the learnable temperature (default: %(default)s)")
 

@@ -1,25 +1,19 @@
-"""`zscir demo`: the whole pipeline on the embedded default, end to end.
+"""`zscir demo`: every method on the synthetic world, end to end, on the embedded default.
 
-Builds (or reuses) the synthetic world and the pre-trained default backbone under $ZSCIR_HOME, obtains
-every method through its recipe (recipes.py), evaluates all of them on both held-out protocols, prints one
-table and writes `results.json` and `report.html` into --out."""
+A thin composition of the experiments layer: build (or reuse) the context (world, pre-trained default, settings),
+obtain each method through its recipe, evaluate all of them on both held-out protocols, print one table and
+write `results.json` and `report.html` into --out."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-from zscir.paths import models_dir, worlds_dir
-
-if TYPE_CHECKING:  # the recipes import this package: the runtime import stays inside the functions
-    from zscir.demo.recipes import DemoContext
 
 log = logging.getLogger(__name__)
 
@@ -33,75 +27,11 @@ class DemoConfig:
     methods: str = ""  # comma-separated subset; empty = every recipe
     device: str = ""
     examples: int = 6
+    settings: str = ""  # a settings TOML replacing experiments/settings/<size>.toml
 
     @property
     def world_size(self) -> str:
         return self.size or ("quick" if self.quick else "default")
-
-
-def ensure_world(size: str, seed: int) -> Path:
-    from zscir.world import generate_world
-
-    path = worlds_dir() / f"{size}-s{seed}"
-    if not (path / "world.json").is_file():
-        log.info("generating the %s world (seed %d) -> %s", size, seed, path)
-        generate_world(path, seed=seed, size=size)
-    return path
-
-
-def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool,
-                         init_temperature: float | None = None) -> Path:
-    """The demo's pre-trained default for this world, trained if missing. `init_temperature` (None: the
-    pre-training default) makes a variant pre-trained with that starting temperature, kept beside it as
-    `default-<size>-s<seed>-T<t>`; a variant never becomes what `load_backbone("default")` loads."""
-    from zscir.backbones import default_model_path
-    from zscir.train.pretrain import PretrainConfig, pretrain
-
-    suffix = _variant_suffix(init_temperature)
-    path = models_dir() / f"default-{size}-s{seed}{suffix}"
-    if not (path / "config.json").is_file():
-        log.info("pre-training the embedded default on %s -> %s", world_path, path)
-        # 20 passes over the default world's 6,000 pairs (the quick world's 1,000 get 30): sized for `make demo`'s
-        # time budget on 2 cores; `zscir pretrain --epochs` trains longer.
-        extra = {} if init_temperature is None else {"init_temperature": init_temperature}
-        pretrain(PretrainConfig(world=str(world_path), out=str(path), seed=seed, epochs=30 if quick else 20, **extra))
-    if suffix:
-        return path
-    # `load_backbone("default")` uses models/default; give it the first (or the full-size) model made here.
-    target = default_model_path()
-    if not target.exists() or (not quick and size == "default"):
-        if target.resolve() != path.resolve():
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(path, tmp)
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
-    return path
-
-
-def _variant_suffix(init_temperature: float | None) -> str:
-    return "" if init_temperature is None else f"-T{init_temperature:g}"
-
-
-def build_context(size: str, seed: int, quick: bool, device: str = "", progress: bool = True,
-                  init_temperature: float | None = None) -> DemoContext:
-    """The world, the pre-trained default backbone and the evaluator that the recipes work in, built or reused
-    under $ZSCIR_HOME: shared by `zscir demo` and the benchmark scripts so they train and cache the same things.
-    `init_temperature` selects a pre-training variant (see `ensure_default_model`) with a workdir of its own."""
-    from zscir.backbones.default import DefaultBackbone
-    from zscir.demo.recipes import DemoContext
-    from zscir.eval.world import WorldEvaluator
-    from zscir.utils.runtime import pick_device
-    from zscir.world import load_world
-
-    dev = pick_device(device or None)
-    world_path = ensure_world(size, seed)
-    world = load_world(world_path)
-    model = ensure_default_model(world_path, size, seed, quick, init_temperature)
-    backbone = DefaultBackbone.load(model).to(dev).eval()
-    workdir = models_dir() / f"demo-{size}-s{seed}{_variant_suffix(init_temperature)}"
-    return DemoContext(world=world, backbone=backbone, evaluator=WorldEvaluator(world, progress=progress),
-                       workdir=workdir, quick=quick, seed=seed, device=str(dev))
 
 
 def _is_demo_output(path: Path) -> bool:
@@ -117,9 +47,26 @@ def check_demo_out(out: str | Path) -> Path:
     return check_output_dir(out, _is_demo_output, "a zscir demo output (results.json, report.html)")
 
 
+def isa_check(protocols: dict[str, dict[str, dict[str, float]]], extras: dict[str, Any]) -> dict[str, Any] | None:
+    """ISA's claim, from the measured rows: the asymmetric variant keeps >= 90% of the symmetric one's CIRR-like
+    R@10 at <= 1/5 of its query-side FLOPs (None unless both variants were evaluated)."""
+    flops = extras.get("isa", {}).get("query_flops", {})
+    cirr = protocols["cirr"]
+    if not {"isa", "isa/symmetric"} <= set(cirr) or not {"isa", "isa/symmetric"} <= set(flops):
+        return None
+    r_a, r_s = cirr["isa"]["R@10"], cirr["isa/symmetric"]["R@10"]
+    check = {"cirr_R@10_isa": r_a, "cirr_R@10_isa_symmetric": r_s, "r10_ratio": round(r_a / max(r_s, 1e-9), 3),
+             "query_flops_isa": flops["isa"], "query_flops_isa_symmetric": flops["isa/symmetric"],
+             "flops_ratio": round(flops["isa"] / max(flops["isa/symmetric"], 1), 3)}
+    check["passed"] = bool(check["r10_ratio"] >= 0.9 and check["flops_ratio"] <= 0.2)
+    return check
+
+
 def run_demo(cfg: DemoConfig) -> dict:
-    from zscir.demo.recipes import list_recipes
+    from zscir.errors import InputError
     from zscir.eval.world import format_table
+    from zscir.experiments.context import build_context
+    from zscir.experiments.recipes import list_recipes
     from zscir.utils.io import write_json
     from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -127,15 +74,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     check_demo_out(cfg.out)  # before any work: never write into someone else's folder
     configure_threads()
     seed_everything(cfg.seed)
-    ctx = build_context(cfg.world_size, cfg.seed, cfg.quick, cfg.device)
-    world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
     recipes = list_recipes()
     wanted = [m.strip() for m in cfg.methods.split(",") if m.strip()] or list(recipes)
     unknown = [m for m in wanted if m not in recipes]
     if unknown:
-        from zscir.errors import InputError
-
         raise InputError(f"unknown method(s) {unknown}; available: {', '.join(recipes)}")
+    ctx = build_context(cfg.world_size, cfg.seed, cfg.device, settings_file=cfg.settings or None)
+    world, backbone, evaluator = ctx.world, ctx.backbone, ctx.evaluator
 
     protocols: dict[str, dict[str, dict[str, float]]] = {"cirr": {}, "circo": {}}
     settings: dict[str, dict] = {}
@@ -156,17 +101,23 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings[name] = round(time.time() - t, 1)
         log.info("%s: CIRR-like R@1 %.1f, CIRCO-like mAP@10 %.1f (%.0f s)", name,
                  protocols["cirr"][name]["R@1"], protocols["circo"][name]["mAP@10"], timings[name])
+    check = isa_check(protocols, ctx.extras)
+    if check is not None:
+        ctx.extras["isa"]["asymmetric_vs_symmetric"] = check
+        log.info("ISA: asymmetric keeps %.0f%% of symmetric R@10 at %.0f%% of its query-side FLOPs",
+                 100 * check["r10_ratio"], 100 * check["flops_ratio"])
 
     results = {
         "backbone": backbone.spec,
         "backbone_fingerprint": backbone.fingerprint(),
         "world": {"path": str(world.root), "seed": world.meta.get("seed"), "size": world.meta.get("size"),
-                  "counts": world.meta.get("counts")},
+                  "version": world.meta.get("version"), "counts": world.meta.get("counts")},
+        "settings_file": ctx.settings.source,
         "protocols": protocols,
         "settings": settings,
         **ctx.extras,
         "timings_s": {**timings, "total": round(time.time() - t0, 1)},
-        "device": str(device),
+        "device": str(ctx.device),
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(cfg.out)
@@ -176,8 +127,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(format_table(protocols))
     print(f"\nwrote {out / 'results.json'} and {out / 'report.html'} ({time.time() - t0:.0f} s)")
     return results
-
-
 def _write_demo_report(path: Path, world, results: dict, outputs: dict, evaluator, n_examples: int) -> None:
     from zscir.eval.report import Example, Hit, write_report
 
@@ -216,7 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole pipeline on the embedded default: world, pre-training, every method, table + report",
         description="Build (or reuse) the synthetic world and the pre-trained default backbone under "
-        "$ZSCIR_HOME (default ./data), evaluate every available method on the CIRR-like and CIRCO-like "
+        "$ZSCIR_HOME (default ./data; trained artefacts are cached under models/experiments-<size>-s<seed>), "
+        "evaluate every available method on the CIRR-like and CIRCO-like "
         "protocols, print the table, write results.json and report.html into --out.",
     )
     d = DemoConfig()
@@ -227,10 +177,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
     p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--examples", type=int, default=d.examples, help="example queries in the report")
+    p.add_argument("--settings", default="", metavar="FILE",
+                   help="a settings TOML replacing the size's (src/zscir/experiments/settings/<size>.toml): "
+                        "one table per trainer, e.g. [pic2word] steps = 400")
 
     def run(args: argparse.Namespace) -> int:
         run_demo(DemoConfig(out=args.out, quick=args.quick, size=args.size, seed=args.seed,
-                            methods=args.methods, device=args.device, examples=args.examples))
+                            methods=args.methods, device=args.device, examples=args.examples,
+                            settings=args.settings))
         return 0
 
     p.set_defaults(func=run)
