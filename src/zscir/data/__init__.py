@@ -49,7 +49,8 @@ Output folders (zscir.utils.io): check_output_dir(path, is_ours, what) / safe_ou
 into or replace a non-empty folder that is not an output of the same kind.
 """
 
-from zscir.data.cache import CacheKey, CachedFeatures, FeatureCache, image_features, text_features
+from zscir.data.cache import CacheKey, CachedFeatures, FeatureCache
+from zscir.data.features import decode_workers, image_features, text_features
 from zscir.data.sources import (
     FolderSource,
     GlobSource,

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir.data.cache import CachedFeatures, FeatureCache, image_features, text_features
+from zscir.data.cache import CachedFeatures, FeatureCache
+from zscir.data.features import image_features, text_features
 from zscir.data.sources import Source, iter_jsonl, split_location
 from zscir.data.stream import StreamConfig
 from zscir.errors import InputError

@@ -1,0 +1,167 @@
+"""The frozen-feature helpers trainers call: `image_features` (a source streamed through a frozen image tower)
+and `text_features` (texts through a frozen text tower), each served from the on-disk cache (cache.py) when an
+entry with the same key exists, else computed and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from zscir.data.cache import CacheKey, CachedFeatures, FeatureCache
+from zscir.data.sources import PathsSource, Source
+from zscir.data.stream import StreamConfig, StreamingDataset, StreamingLoader
+from zscir.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
+
+
+def _image_fn(backbone, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if feature == "image_tokens":
+        return backbone.image_tokens
+    if feature == "image_embedding":
+        return backbone.encode_image
+    raise InputError(f"unknown image feature {feature!r} (image_tokens, image_embedding, or pass fn=)")
+
+
+def decode_workers() -> int:
+    """Decode processes for a feature pass: decoding overlaps the model's forward where there are cores to
+    spare (a GPU is fed by them), none on a 2-core machine, where a worker would only take the model's core."""
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
+
+
+def _dist() -> tuple[int, int, Callable[[], None] | None]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return 0, 1, None
+
+
+def image_features(
+    backbone,
+    source: Source | Sequence[str | os.PathLike[str]],
+    feature: str = "image_tokens",
+    *,
+    cache: FeatureCache | str | Path | None = None,
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float16,
+    config: StreamConfig | None = None,
+    failures_path: str | Path | None = None,
+    shard_bytes: int = 64 << 20,
+) -> CachedFeatures:
+    """A frozen image feature of every readable item of `source` (a Source or a list of image paths), from
+    the cache when an entry with the same key exists, else computed by streaming the source through
+    `backbone` (`feature`: "image_tokens" -> (L, C) local features, "image_embedding" -> (D,) normalised
+    embedding, or any name with a custom `fn(pixels) -> (B, ...)`), stored as `dtype`, and cached.
+
+    Under torch.distributed every rank computes its share; all ranks get the same complete entry."""
+    if not isinstance(source, Source):
+        source = PathsSource(source)
+    store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    pre = backbone.preprocess_config
+    # a named feature keys on what it depends on (the trunk, for the embedded default); a custom fn on the model
+    model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
+    key = CacheKey(model_key, pre.digest(), f"{source.fingerprint()}", feature,
+                   extra=str(dtype).replace("torch.", ""))
+    rank, world, barrier = _dist()
+    hit = store.get(key)
+    if world > 1:  # every rank must take the same branch (a build has barriers): build unless all hit
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, hit is not None)
+        if not all(flags):
+            hit = None
+    if hit is not None:
+        log.info("feature cache hit: %s (%d rows)", hit.folder, len(hit))
+        return hit
+    compute = fn or _image_fn(backbone, feature)
+    cfg = config or StreamConfig(batch_size=64, workers=decode_workers(), shuffle=False, max_bad_fraction=1.0)
+    loaders: list[StreamingLoader] = []
+
+    def batches(done: set[str]) -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+        # `done`: keys an interrupted build already wrote; the workers skip them before decoding
+        ds = StreamingDataset(source, pre, replace(cfg, shuffle=False, repeat=False), rank, world,
+                              skip_keys=frozenset(done))
+        loader = StreamingLoader(ds, failures_path)
+        loaders.append(loader)
+        dev = backbone.device
+        with torch.inference_mode():
+            for b in loader:
+                out = compute(b.pixels.to(dev)).to("cpu", dtype)
+                yield b.keys, b.locations, b.captions, out.numpy() if dtype != torch.bfloat16 else \
+                    out.float().numpy()
+
+    log.info("feature cache miss: computing %s for %s", feature, source)
+    return store.build(key, batches, rank=rank, world_size=world, barrier=barrier,
+                       failures=lambda: loaders[-1].failures if loaders else [], shard_bytes=shard_bytes)
+
+
+def text_features(
+    backbone,
+    texts: Sequence[str],
+    feature: str = "text_trunk",
+    *,
+    cache: FeatureCache | str | Path | None = None,
+    fn: Callable[[list[str]], torch.Tensor] | None = None,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+) -> CachedFeatures:
+    """A frozen text feature of each text ("text_trunk": pooled trunk features; "text_embedding": the
+    normalised embedding; or a custom `fn(texts) -> (B, ...)`), cached like image_features. Row i is text i
+    (keys are the positions as strings; `captions` holds the texts)."""
+    store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogateescape") + b"\0")
+    model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
+    key = CacheKey(model_key, "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
+    rank, world, barrier = _dist()
+    hit = store.get(key)
+    if world > 1:
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world
+        dist.all_gather_object(flags, hit is not None)
+        hit = hit if all(flags) else None
+    if hit is not None:
+        return hit
+    if fn is None:
+        if feature == "text_trunk":
+            fn = backbone.text_trunk
+        elif feature == "text_embedding":
+            fn = backbone.encode_text
+        else:
+            raise InputError(f"unknown text feature {feature!r} (text_trunk, text_embedding, or pass fn=)")
+
+    def batches() -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                chunk = list(texts[i : i + batch_size])
+                out = fn(chunk).to("cpu", dtype)
+                yield ([str(j) for j in range(i, i + len(chunk))], [""] * len(chunk), chunk,
+                       out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
+
+    if world == 1:
+        return store.build(key, batches())
+    # texts are cheap next to images: under DDP rank 0 computes them all while the others wait
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            store.build(key, batches())
+        except BaseException as e:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
+            error = e
+    barrier()
+    if error is not None:
+        raise error
+    entry = store.get(key)
+    if entry is None:
+        raise CheckpointError(f"{store.path(key)}: rank 0 could not build the text features")
+    return entry
