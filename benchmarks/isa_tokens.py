@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from zscir.demo import build_context
-from zscir.methods.isa import ISASymmetric, count_flops, cpu_latency_ms, isa_config_for, query_side_costs
+from zscir.eval.costs import query_side_costs
+from zscir.methods.isa import ISASymmetric, isa_config_for
+from zscir.utils.profiling import count_flops, cpu_latency_ms
 from zscir.paths import models_dir
 from zscir.train.isa import ISATrainConfig, ensure_isa
 from zscir.utils.runtime import configure_threads

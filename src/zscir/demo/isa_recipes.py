@@ -39,7 +39,7 @@ def _isa(ctx: DemoContext, mode: str):
 
 @recipe("isa")
 def _isa_asymmetric(ctx: DemoContext) -> CompositionMethod:
-    from zscir.methods.isa import query_side_costs
+    from zscir.eval.costs import query_side_costs
 
     method = _isa(ctx, "asymmetric")
     section = ctx.extras.setdefault("isa", {})
@@ -50,7 +50,7 @@ def _isa_asymmetric(ctx: DemoContext) -> CompositionMethod:
 
 @recipe("isa/symmetric")
 def _isa_symmetric(ctx: DemoContext) -> CompositionMethod:
-    from zscir.methods.isa import count_flops
+    from zscir.utils.profiling import count_flops
 
     import torch
 

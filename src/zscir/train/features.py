@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
-from zscir.eval.engine import iter_pixel_batches
+from zscir.data.stream import iter_pixel_batches
 
 
 @torch.inference_mode()

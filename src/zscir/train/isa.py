@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
-from zscir.eval.engine import iter_pixel_batches
+from zscir.data.stream import iter_pixel_batches
 from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for, load_isa
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo
