@@ -124,8 +124,9 @@ class TunedBackbone(Backbone):
 
     def freeze(self) -> None:
         """requires_grad=False on this copy's own parameters; the shared towers' flags belong to the base."""
-        shared = {id(p) for t in ("image", "text") if t not in self.tuned_towers
-                  for p in (self.inner.image_tower if t == "image" else self.inner.text_tower).parameters()}
+        if not self.tuned_towers:
+            return  # a view: every parameter is the base's
+        shared = {id(p) for t in self._shared_towers() for p in t.parameters()}
         for p in self.inner.parameters():
             if id(p) not in shared:
                 p.requires_grad_(False)
@@ -177,10 +178,20 @@ class TunedBackbone(Backbone):
         return self.inner.text_tower
 
     def train(self, mode: bool = True) -> "TunedBackbone":
-        # the copy's own train() (e.g. the default's frozen BatchNorm statistics) decides what changes
+        # the copy's own train() decides what changes (e.g. the default keeps its BatchNorm statistics frozen);
+        # the shared towers keep the base's modes
+        shared = [(m, m.training) for t in self._shared_towers() for m in t.modules()]
         self.training = mode
         self.inner.train(mode)
+        for m, was in shared:
+            m.training = was
         return self
+
+    def _shared_towers(self) -> list[nn.Module]:
+        if not self.tuned_towers:
+            return []
+        return [self.inner.image_tower if t == "image" else self.inner.text_tower
+                for t in ("image", "text") if t not in self.tuned_towers]
 
 
 def _chain(backbone: Backbone) -> list[Backbone]:
