@@ -213,13 +213,13 @@ class DefaultBackbone(Backbone):
     # --- image stages: stem, the 16 MBConv blocks, the 1x1 head conv (EfficientNet's extract_features, split) --
     def image_stages(self) -> list[ImageStage]:
         trunk = self._image.trunk
-        stages = [ImageStage("stem", ("trunk._conv_stem", "trunk._bn0"), trunk._conv_stem.out_channels, 2)]
+        # channels from the BatchNorm after each conv: the convs themselves may be wrapped by adapters
+        stages = [ImageStage("stem", ("trunk._conv_stem", "trunk._bn0"), trunk._bn0.num_features, 2)]
         reduction = 2
         for i, block in enumerate(trunk._blocks):
             reduction *= block._depthwise_conv.stride[0]
-            stages.append(ImageStage(f"block{i}", (f"trunk._blocks.{i}",), block._project_conv.out_channels, reduction))
-        stages.append(ImageStage("head_conv", ("trunk._conv_head", "trunk._bn1"), trunk._conv_head.out_channels,
-                                 reduction))
+            stages.append(ImageStage(f"block{i}", (f"trunk._blocks.{i}",), block._bn2.num_features, reduction))
+        stages.append(ImageStage("head_conv", ("trunk._conv_head", "trunk._bn1"), trunk._bn1.num_features, reduction))
         return stages
 
     def run_image_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
