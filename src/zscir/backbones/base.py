@@ -61,6 +61,8 @@ class ImageStage:
     channels: int
     #: input pixels per output cell along one side (the stride from the image to this stage)
     reduction: int
+    #: the output's layout: "NCHW" (a CNN feature map) or "NLC" (a transformer's tokens, timm's output_fmt)
+    layout: str = "NCHW"
 
     def owns(self, layer: str) -> bool:
         """Whether the layer named `layer` (inside `image_tower`) is part of this stage."""

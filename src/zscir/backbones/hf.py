@@ -294,8 +294,8 @@ class HFBackbone(Backbone):
         width = int(self.model.config.vision_config.hidden_size)
         patch = int(self.model.config.vision_config.patch_size)
         first = ("vision_model.embeddings", "vision_model.pre_layrnorm") if self.is_clip else ("vision_model.embeddings",)
-        stages = [ImageStage("embeddings", first, width, patch)]
-        stages += [ImageStage(f"layer{i}", (f"vision_model.encoder.layers.{i}",), width, patch)
+        stages = [ImageStage("embeddings", first, width, patch, "NLC")]
+        stages += [ImageStage(f"layer{i}", (f"vision_model.encoder.layers.{i}",), width, patch, "NLC")
                    for i in range(len(vm.encoder.layers))]
         return stages
 
