@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from zscir.backbones.default import DefaultBackbone
-from zscir.eval.engine import embed_images, iter_pixel_batches
+from zscir.data.stream import iter_pixel_batches
+from zscir.eval.engine import embed_images
 from zscir.utils.runtime import configure_threads
 
 

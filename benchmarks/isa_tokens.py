@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
+from zscir.eval.costs import query_side_costs
 from zscir.experiments import build_context
-from zscir.methods.isa import ISASymmetric, count_flops, cpu_latency_ms, isa_config_for, query_side_costs
 from zscir.methods import build_method
+from zscir.methods.isa import ISASymmetric, isa_config_for
 from zscir.train.isa import ISATrainConfig, train_isa
+from zscir.utils.profiling import count_flops, cpu_latency_ms
 from zscir.utils.runtime import configure_threads
 
 

@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.max_triplets = len(world_trips)  # same amount of data for both sources
         res = train_rtd(cfg, backbone, base.mapper, trips, text_encoder=start, progress=False)
         res.student.eval()
-        for p in res.student.parameters():
-            p.requires_grad_(False)
+        res.student.freeze()  # its own (text) parameters; the shared image tower is the backbone's
         method = RTDMethod(base, res.student)
         rows[name] = {"scores": scores(method), "loss_first": round(res.losses[0], 4),
                       "loss_last": round(res.final_loss, 4), "seconds": round(res.seconds, 1),

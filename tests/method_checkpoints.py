@@ -63,7 +63,7 @@ def make_checkpoints(root: Path, patch: int = 32) -> TinySetup:
     from zscir.train.isa import ISATrainConfig, train_isa_on_paths
     from zscir.train.pseudo_token import (ComposingConfig, mapping_config, pic2word_config, train_composing,
                                           train_mapping, train_pic2word)
-    from zscir.train.rtd import RTDConfig, load_mapper_source, train_rtd
+    from zscir.train.rtd import RTDConfig, load_rtd_start, train_rtd
     from zscir.train.tat import TATConfig, train_tat
     from zscir.train.triplets import triplets_from_dicts
 
@@ -91,7 +91,7 @@ def make_checkpoints(root: Path, patch: int = 32) -> TinySetup:
     trips = triplets_from_dicts(world.text_triplets)
 
     def rtd(mapper_dir: Path, out: str) -> Path:
-        src = load_mapper_source(mapper_dir, b)  # what `zscir train rtd --mapper DIR` records
+        src = load_rtd_start(mapper_dir, b)  # what `zscir train rtd --mapper DIR` records
         return train_rtd(RTDConfig(out=str(root / out), steps=2, batch_size=4, lr=1e-3), b, src.mapper, trips,
                          meta={"mapper": src.info}, progress=False, text_encoder=src.text_encoder).path
 

@@ -11,8 +11,9 @@ from zscir.checkpoint import load_checkpoint
 from zscir.errors import CheckpointError, InputError
 from zscir.methods import get_method_class
 from zscir.methods.isa import (
-    AdaptiveTokenLearner, ISA, ISAConfig, ISASymmetric, count_flops, isa_config_for, load_isa, load_isa_modules,
+    AdaptiveTokenLearner, ISA, ISAConfig, ISASymmetric, isa_config_for, load_isa, load_isa_modules,
 )
+from zscir.utils.profiling import count_flops
 
 
 def _images(folder, n=12, size=96):

@@ -5,7 +5,8 @@ import torch
 
 from zscir.errors import CheckpointError, InputError
 from zscir.methods import get_method_class
-from zscir.methods.mapped import Pic2Word, TwoStage, TwoStageMappingOnly, load_mapped_method, lora_text_encoder
+from zscir.methods.mapped import Pic2Word, TwoStage, TwoStageMappingOnly, load_mapped_method
+from zscir.methods.tuned_text import lora_text_encoder
 from zscir.nn.lora import LoRAConfig, lora_state_dict
 from zscir.nn.mappers import MapperConfig, TokenMapper, load_mapper, mapper_config_for, save_mapper
 
@@ -94,7 +95,9 @@ def test_mapper_checkpoint_roundtrip_and_refusals(tmp_path, default_backbone):
 def test_lora_text_encoder_starts_identical_and_leaves_the_backbone_alone(default_backbone):
     b = default_backbone
     before = {k: v.clone() for k, v in b.text_tower.state_dict().items()}
+    flags = [p.requires_grad for p in b.parameters()]
     enc, wrapped = lora_text_encoder(b, LoRAConfig(rank=4, alpha=8, dropout=0.0))
+    assert enc.image_tower is b.image_tower and enc.text_tower is not b.text_tower  # only the text side is copied
     assert len(wrapped) == 6 * 6  # q, k, v, attention output, intermediate, output in 6 layers
     tok = b.word_embeddings().weight[:1].detach().view(1, 1, -1)
     with torch.no_grad():
@@ -103,7 +106,8 @@ def test_lora_text_encoder_starts_identical_and_leaves_the_backbone_alone(defaul
     enc.train()
     out = enc.encode_text_with_tokens(["a photo of $ that is red"], tok)
     out.sum().backward()
-    trainable = [n for n, p in enc.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in enc.text_tower.named_parameters() if p.requires_grad]  # what a trainer hands on
     assert trainable and all("lora_" in n for n in trainable)
+    assert not b.training and [p.requires_grad for p in b.parameters()] == flags  # the base's modes untouched
     assert all(torch.equal(before[k], v) for k, v in b.text_tower.state_dict().items())
     assert len(lora_state_dict(enc.text_tower)) == 2 * len(wrapped)

@@ -141,7 +141,7 @@ def test_two_stage_on_an_rtd_tower(world, tmp_path, default_backbone):
         base = b.encode_text_with_tokens(two.prompts(["make it blue"]), tok)
         assert torch.allclose(two_plain.compose(px, ["make it blue"]), base, atol=0.05)
     assert (q - near).norm() < (q - base).norm()  # ... and away from the original tower's
-    assert getattr(two.text_encoder, "rtd_checkpoint", {}).get("path") == str(rtd)
+    assert two.text_encoder.tuning("rtd").get("path") == str(rtd)
     other = train_rtd(RTDConfig(out=str(tmp_path / "rtd2"), steps=2, batch_size=4, lr=1e-3, seed=1), b, mapper,
                       trips, progress=False).path
     shutil.rmtree(rtd)

@@ -12,7 +12,7 @@ from zscir.errors import CheckpointError, InputError
 from zscir.methods.rtd import RTDMethod, load_rtd_text_encoder, with_rtd
 from zscir.objectives import info_nce
 from zscir.train import rtd as rtd_mod
-from zscir.train.rtd import (CONCAT_SCHEMES, RTDConfig, anchored_info_nce, load_mapper_source, random_batches,
+from zscir.train.rtd import (CONCAT_SCHEMES, RTDConfig, anchored_info_nce, load_rtd_start, random_batches,
                              refined_batches, train_rtd)
 from zscir.train.triplets import Triplet, generate_triplets
 
@@ -149,12 +149,12 @@ def test_other_backbone_is_refused(tiny_backbone, tiny_mapper, tiny_classes, tmp
 
     mapper = TokenMapper(MapperConfig(embed_dim=16, word_dim=32, hidden=16))
     save_mapper(tmp_path / "m", mapper, tiny_backbone.fingerprint(), config={"method": "pic2word"})
-    src = load_mapper_source(tmp_path / "m", tiny_backbone)
+    src = load_rtd_start(tmp_path / "m", tiny_backbone)
     assert isinstance(src.mapper, TokenMapper) and src.text_encoder is None and src.info["method"] == "pic2word"
     with pytest.raises(CheckpointError, match="backbone"):
-        load_mapper_source(tmp_path / "m", other)
+        load_rtd_start(tmp_path / "m", other)
     with pytest.raises(CheckpointError, match="kind"):
-        load_mapper_source(tmp_path / "r", tiny_backbone)  # an RTD checkpoint is not a mapper
+        load_rtd_start(tmp_path / "r", tiny_backbone)  # an RTD checkpoint is not a mapper
 
 
 def test_rtd_plugs_into_a_pseudo_token_method(tiny_backbone, tiny_mapper, tmp_path):

@@ -213,9 +213,9 @@ def test_ddp_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_p
 
 
 def test_default_adapters_train_under_half_a_percent(default_backbone):
-    from zscir.methods.tat import TATAdapterConfig, add_tat_adapters, copy_image_side, trainable_parameters
+    from zscir.methods.tat import TATAdapterConfig, add_tat_adapters, tat_copy, trainable_parameters
 
-    tuned = copy_image_side(default_backbone)
+    tuned = tat_copy(default_backbone)
     wrapped = add_tat_adapters(tuned, TATAdapterConfig())
     assert "trunk._conv_head" in wrapped and "head.proj" in wrapped
     assert any(w.startswith("trunk._blocks.15.") for w in wrapped) and not any(w.startswith("trunk._blocks.13.") for w in wrapped)
@@ -227,7 +227,7 @@ def test_default_adapters_train_under_half_a_percent(default_backbone):
     assert not any(p.requires_grad for p in default_backbone.image_tower.trunk.parameters())
     assert "head.out" not in wrapped
     # head_out: the output projection too (the layer that can shift the whole image cone), one more adapter
-    more = copy_image_side(default_backbone)
+    more = tat_copy(default_backbone)
     assert set(add_tat_adapters(more, TATAdapterConfig(head_out=True))) == set(wrapped) | {"head.out"}
     assert trainable_parameters(more)[0] == trainable + 16 * (384 + 384)
 

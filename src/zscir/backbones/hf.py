@@ -33,7 +33,9 @@ import torch
 from torch import nn
 
 from zscir.backbones import register_backbone
-from zscir.backbones.base import Backbone, TokenizedTexts, pack_token_rows, warn_truncated
+from zscir.backbones.base import (
+    AdapterTargets, Backbone, ImageStage, TokenizedTexts, check_tower, pack_token_rows, warn_truncated,
+)
 from zscir.backbones.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from zscir.checkpoint import tensors_fingerprint
 from zscir.errors import CheckpointError, InputError
@@ -47,6 +49,8 @@ _VOLATILE_KEYS = {"_name_or_path", "transformers_version", "_attn_implementation
                   "output_hidden_states", "return_dict", "_attn_implementation_autoset"}
 _RESAMPLE_NAMES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 _HUB_FILES = ["config.json", "*.safetensors", "*.json", "*.txt", "*.model"]
+# the per-layer projections of CLIP's and SigLIP's transformer layers (attention and MLP)
+_LAYER_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 class _Tower(nn.Module):
@@ -279,11 +283,49 @@ class HFBackbone(Backbone):
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
             got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise InputError(f"expected pixels of shape (B, {', '.join(map(str, expected))}), got {got}")
+        return self.image_tokens_from(pixels, 0)
+
+    def image_tokens_from(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        return self.run_image_stages(x, start)  # a ViT's stages already speak in tokens
+
+    # --- image stages: the patch embedding (+ CLIP's pre-layernorm), then each encoder layer ------------------
+    def image_stages(self) -> list[ImageStage]:
         vm = self.model.vision_model
-        hidden = vm.embeddings(pixels)
-        if self.is_clip:
-            hidden = vm.pre_layrnorm(hidden)
-        return vm.encoder(inputs_embeds=hidden).last_hidden_state
+        width = int(self.model.config.vision_config.hidden_size)
+        patch = int(self.model.config.vision_config.patch_size)
+        first = ("vision_model.embeddings", "vision_model.pre_layrnorm") if self.is_clip else ("vision_model.embeddings",)
+        stages = [ImageStage("embeddings", first, width, patch, "NLC")]
+        stages += [ImageStage(f"layer{i}", (f"vision_model.encoder.layers.{i}",), width, patch, "NLC")
+                   for i in range(len(vm.encoder.layers))]
+        return stages
+
+    def run_image_stages(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        vm = self.model.vision_model
+        layers = vm.encoder.layers
+        stop = len(layers) + 1 if stop is None else stop
+        for i in range(start, stop):
+            if i == 0:
+                x = vm.embeddings(x)
+                if self.is_clip:
+                    x = vm.pre_layrnorm(x)
+            else:
+                x = layers[i - 1](x, None)  # the encoder's own loop: no attention mask on the image side
+        return x
+
+    def adapter_targets(self, tower: str, *, last_blocks: int | None = None, head: bool = False,
+                        head_out: bool = False) -> AdapterTargets:
+        """Image: the attention and MLP projections of *every* vision encoder layer, whatever `last_blocks`,
+        `head` and `head_out` say (the recipe zscir has always used on ViTs; existing adapter checkpoints
+        hold all layers). Text: every Linear of the text encoder's layers."""
+        check_tower(tower)
+        if tower == "text":
+            return lambda name, m: isinstance(m, nn.Linear) and name.startswith("text_model.encoder.layers.")
+
+        def targets(name: str, m: nn.Module) -> bool:
+            return (isinstance(m, nn.Linear) and name.startswith("vision_model.encoder.layers.")
+                    and name.rsplit(".", 1)[-1] in _LAYER_PROJECTIONS)
+
+        return targets
 
     def image_head(self, tokens: torch.Tensor) -> torch.Tensor:
         vm = self.model.vision_model

@@ -138,7 +138,6 @@ def _triplets_file(path: Path) -> bool:
 
 
 def run_make_triplets(args: argparse.Namespace) -> int:
-    import zscir.backbones.pyref  # noqa: F401  (registers the py: scheme)
     from zscir.backbones import load_backbone
     from zscir.data.stream import StreamConfig
     from zscir.data.triplets import make_cir_triplets

@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -325,6 +325,31 @@ def _decode_location(location: str, cfg: PreprocessConfig) -> torch.Tensor | str
         return preprocess_image(load_location(location), cfg)
     except InputError as e:
         return str(e)
+
+
+def _decode_item(item: Any, cfg: PreprocessConfig) -> torch.Tensor:
+    """A path, or an item with `load()` (a training Location, a benchmark image that may be a crop)."""
+    from zscir.utils.io import load_image
+
+    image = item.load() if hasattr(item, "load") else load_image(Path(item))
+    return preprocess_image(image, cfg)
+
+
+def iter_pixel_batches(paths: Sequence[Any], cfg: PreprocessConfig, batch_size: int = 64, workers: int = 2,
+                       ) -> Iterator[torch.Tensor]:
+    """Yield (B, 3, H, W) batches of `paths` (file paths or items with `load()`), in order; decoding runs in a
+    thread pool one batch ahead of the model. A missing or unreadable image raises InputError naming the file
+    (evaluation and training must not drop images silently; `iter_location_batches` is the tolerant twin)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = None
+        for i in range(len(batches) + 1):
+            nxt = pool.map(_decode_item, batches[i], [cfg] * len(batches[i])) if i < len(batches) else None
+            if pending is not None:
+                yield torch.stack(list(pending))
+            pending = nxt
 
 
 def iter_location_batches(locations: list[str], cfg: PreprocessConfig, batch_size: int = 64, workers: int = 2,

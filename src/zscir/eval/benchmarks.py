@@ -49,17 +49,16 @@ class EvalSettings:
 
 
 def set_preprocess_mode(backbone, mode: str | None):
-    """Make `backbone` preprocess with `mode` (center_crop, target_pad, resize), keeping its size and
-    normalisation. The gallery cache keys on the preprocessing digest, so modes never share embeddings."""
+    """`backbone` preprocessing with `mode` (center_crop, target_pad, resize), keeping its size and
+    normalisation: a view of it (same weights and fingerprint), or itself when the mode is already its own.
+    The gallery cache keys on the preprocessing digest, so modes never share embeddings."""
     if mode is None or mode == backbone.preprocess_config.mode:
         return backbone
     if mode not in MODES:
         raise InputError(f"preprocessing {mode!r}: expected one of {', '.join(MODES)}")
-    cfg = backbone.preprocess_config.with_mode(mode)
-    cls = type(backbone)
-    backbone.__class__ = type(cls.__name__, (cls,), {"preprocess_config": property(lambda self: cfg),
-                                                      "__module__": cls.__module__})
-    return backbone
+    from zscir.backbones.tuned import TunedBackbone
+
+    return TunedBackbone.copy_of(backbone, tune=(), preprocess=backbone.preprocess_config.with_mode(mode))
 
 
 def check_template(template: str, benchmark: str) -> None:

@@ -67,7 +67,7 @@ def build_method(name: str | None, backbone_spec: str, alpha: float | None, prep
 
     name = precheck(name, checkpoints or [], alpha=alpha)
     backbone = load_backbone(backbone_spec, device=str(pick_device(device)))
-    set_preprocess_mode(backbone, preprocess)
+    backbone = set_preprocess_mode(backbone, preprocess)
     return build(name, backbone, checkpoints or [], alpha=alpha)
 
 

@@ -9,47 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from zscir.backbones.preprocess import PreprocessConfig, preprocess_image
+from zscir.backbones.preprocess import PreprocessConfig
+from zscir.data.stream import iter_pixel_batches
 from zscir.errors import InputError
-from zscir.utils.io import atomic_path, load_image
+from zscir.utils.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 64
-
-
-def _decode(item, cfg: PreprocessConfig) -> torch.Tensor:
-    """A path, or an item with `load()` (a benchmark image that may be a crop, datasets.base.ImageItem)."""
-    image = item.load() if hasattr(item, "load") else load_image(item)
-    return preprocess_image(image, cfg)
-
-
-def _as_item(p):
-    return p if hasattr(p, "load") else Path(p)
-
-
-def iter_pixel_batches(
-    paths: Sequence[Path | str], cfg: PreprocessConfig, batch_size: int = DEFAULT_BATCH, workers: int = 2
-) -> Iterator[torch.Tensor]:
-    """Yield (B, 3, H, W) batches; decoding runs in a thread pool one batch ahead of the model.
-
-    A missing or unreadable image raises InputError naming the file (evaluation must not drop queries)."""
-    batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = None
-        for i in range(len(batches) + 1):
-            nxt = pool.map(_decode, [_as_item(p) for p in batches[i]], [cfg] * len(batches[i])) if i < len(batches) else None
-            if pending is not None:
-                yield torch.stack(list(pending))
-            pending = nxt
 
 
 @torch.inference_mode()

@@ -10,8 +10,8 @@ Layout of an index folder (stages talk through it; see docs/index.md):
                            gallery-next.faiss, and the manifest says which is current)
     failures.jsonl         images that could not be read (not fatal)
 
-Gallery embedding is reader -> mapper -> writer, driven by a runner; the distributor decides where the
-mapper runs (this process, or a Ray Data actor pool)."""
+Gallery embedding is reader -> gallery embedder (embedder.py) -> writer, driven by a runner; the distributor
+decides where the embedder runs (this process, or a Ray Data actor pool)."""
 
 from zscir.index.manifest import FORMAT_VERSION, Manifest
 from zscir.index.store import GalleryIndex

@@ -1,4 +1,4 @@
-"""Distributors decide where the mapper runs. Each yields, in item order, one shard-sized chunk at a time:
+"""Distributors decide where the gallery embedder runs. Each yields, in item order, one shard-sized chunk at a time:
 (items of the chunk, float32 embeddings of its readable items, their positions in the chunk, {pos: error}).
 
     LocalDistributor  this process: parallel decoding threads + one model
@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from zscir.index.mapper import Mapper, load_gallery_encoder
+from zscir.index.embedder import GalleryEmbedder, load_gallery_encoder
 from zscir.index.reader import Item
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,12 @@ Chunk = tuple[list[Item], np.ndarray, list[int], dict[int, str]]
 
 class LocalDistributor:
     def __init__(self, method, batch_size: int = 64, workers: int = 4) -> None:
-        self.mapper = Mapper(method, batch_size, workers)
+        self.embedder = GalleryEmbedder(method, batch_size, workers)
 
     def run(self, todo: list[Item], shard_size: int) -> Iterator[Chunk]:
         for start in range(0, len(todo), shard_size):
             chunk = todo[start : start + shard_size]
-            emb, ok, errors = self.mapper([it.path for it in chunk])
+            emb, ok, errors = self.embedder([it.path for it in chunk])
             yield chunk, emb, ok, errors
 
 
@@ -37,12 +37,12 @@ class _RayEmbedActor:
     def __init__(self, backbone_spec: str, method: str, batch_size: int, workers: int, device: str | None,
                  checkpoints: tuple[str, ...] = ()) -> None:
         _, m = load_gallery_encoder(backbone_spec, method, device, checkpoints)
-        self.mapper = Mapper(m, batch_size, workers)
+        self.embedder = GalleryEmbedder(m, batch_size, workers)
         self.dim = m.backbone.embed_dim
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
-        emb, ok, errors = self.mapper(paths)
+        emb, ok, errors = self.embedder(paths)
         out = np.zeros((len(paths), self.dim), np.float32)
         out[ok] = emb
         err = np.array([errors.get(i, "") for i in range(len(paths))], dtype=object)

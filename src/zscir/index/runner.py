@@ -121,7 +121,7 @@ def build_index(
                 refuse_code_spec(spec, f"{out}/{MANIFEST}")
         else:
             spec = backbone
-        from zscir.index.mapper import load_gallery_encoder
+        from zscir.index.embedder import load_gallery_encoder
 
         if man is None:
             enc_method, enc_ckpts = method, list(checkpoints)

@@ -67,7 +67,6 @@ class Searcher:
     @classmethod
     def open(cls, folder, backbone: str | None = None, device: str | None = None, verify: bool = True,
              checkpoints: Sequence[str | Path] = (), params: SearchParams | None = None) -> "Searcher":
-        import zscir.backbones.pyref  # noqa: F401
         from zscir.backbones import load_backbone
         from zscir.methods.build import precheck
 

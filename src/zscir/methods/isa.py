@@ -19,8 +19,7 @@ Training lives in `zscir.train.isa` (`zscir train isa`)."""
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -169,10 +168,7 @@ def word_embedding_norm(backbone: Backbone) -> float:
 
 def large_feature_shape(backbone: Backbone) -> tuple[int, int]:
     """(cells, channels) of the backbone's image-tower local features at its preprocessing size."""
-    size = backbone.preprocess_config.size
-    with torch.no_grad():
-        t = backbone.image_tokens(torch.zeros(1, 3, size, size, device=backbone.device))
-    return int(t.shape[1]), int(t.shape[2])
+    return backbone.local_feature_shape()
 
 
 def light_cells(cfg: "ISAConfig") -> int:
@@ -321,80 +317,3 @@ def load_isa(path: str | Path, backbone: Backbone) -> ISA:
     if method.light is not None:
         _load_into(path, method.light, ckpt.tensors, "light.")
     return method.to(backbone.device).eval()
-
-
-# --- cost of the query side ---------------------------------------------------------------------------------
-def count_flops(fn, *inputs: torch.Tensor) -> int:
-    """FLOPs (multiply and add counted separately) of one call, by torch's flop counter (convs, matmuls)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn(*inputs)
-    return int(counter.get_total_flops())
-
-
-def count_params(*modules: nn.Module) -> int:
-    seen: set[int] = set()
-    total = 0
-    for m in modules:
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-    return total
-
-
-def cpu_latency_ms(fn, *inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall-clock milliseconds of one call (inputs already on the device)."""
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            t = time.perf_counter()
-            fn(*inputs)
-            if inputs and inputs[0].is_cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    return times[len(times) // 2]
-
-
-@dataclass
-class TowerCost:
-    name: str
-    params: int
-    flops: int
-    latency_ms: float
-    extra: dict = field(default_factory=dict)
-
-
-def query_side_costs(backbone: Backbone, method: ISA | None = None, repeats: int = 20) -> dict[str, dict]:
-    """Params / FLOPs / single-image latency of the gallery tower (pixels -> embedding), the light encoder
-    and the asymmetric query side (light encoder + token learner) at the backbone's resolution."""
-    size = backbone.preprocess_config.size
-    x = torch.randn(1, 3, size, size, device=backbone.device)
-    rows: dict[str, dict] = {}
-    gallery = TowerCost("gallery image tower (large, frozen)", count_params(backbone.image_tower),
-                        count_flops(backbone.encode_image, x), cpu_latency_ms(backbone.encode_image, x, repeats=repeats))
-    rows["gallery_tower"] = asdict(gallery)
-    if method is None:
-        method = ISA(backbone, isa_config_for(backbone))
-    method.eval()
-    if method.light is not None:
-        enc = method.query_encoder()
-        light = TowerCost("light query encoder", count_params(method.light), count_flops(method.light, x),
-                          cpu_latency_ms(method.light, x, repeats=repeats))
-        query = TowerCost("light encoder + token learner (ISA query side)", count_params(enc), count_flops(enc, x),
-                          cpu_latency_ms(enc, x, repeats=repeats))
-        rows["light_encoder"] = asdict(light)
-        rows["isa_query_side"] = asdict(query)
-    else:
-        def sym(px: torch.Tensor) -> torch.Tensor:
-            return method.learner(backbone.image_tokens(px))[0]
-
-        rows["isa_symmetric_query_side"] = asdict(TowerCost(
-            "large tower + token learner (symmetric query side)", count_params(backbone.image_tower, method.learner),
-            count_flops(sym, x), cpu_latency_ms(sym, x, repeats=repeats)))
-    if "isa_query_side" in rows:
-        rows["flops_ratio_query_vs_gallery"] = rows["isa_query_side"]["flops"] / max(1, gallery.flops)
-    return rows

@@ -7,48 +7,28 @@
     two-stage                stage 1's mapper (frozen) + stage 2: LoRA adapters on the text tower, tuned on
                              synthetic CIR triplets to compose the pseudo token with the modification text
 
-The gallery is always embedded by the original (untouched) backbone; only the query side changes. Each
-method is built from a checkpoint folder made by `zscir train pic2word | mapping | composing`."""
+The gallery is always embedded by the original (untouched) backbone; only the query side changes (two-stage's
+tuned text side: zscir.methods.tuned_text). Each method is built from a checkpoint folder made by
+`zscir train pic2word | mapping | composing`."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from zscir.backbones.base import Backbone
 from zscir.checkpoint import check_fingerprint, load_checkpoint
-from zscir.config import from_dict
 from zscir.errors import CheckpointError, InputError
 from zscir.methods.base import register_method
+from zscir.methods.build import missing_checkpoint_message
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, PseudoTokenMethod
-from zscir.nn.lora import LoRAConfig, apply_lora, merge_lora
+from zscir.methods.tuned_text import load_text_adapters
 from zscir.nn.mappers import MAPPER_KIND, TokenMapper, load_mapper
 
 TWO_STAGE_KIND = "zscir.two-stage"
-
-
-def text_block_linear(name: str, module: nn.Module) -> bool:
-    """LoRA targets on a text tower: the Linear layers inside its transformer blocks (`layer.N` / `layers.N`),
-    neither the embeddings nor the projection head."""
-    return isinstance(module, nn.Linear) and (".layer." in f".{name}" or ".layers." in f".{name}")
-
-
-def lora_text_encoder(backbone: Backbone, cfg: LoRAConfig, targets: Callable[[str, nn.Module], bool] = text_block_linear
-                      ) -> tuple[Backbone, list[str]]:
-    """A copy of `backbone` whose text tower carries fresh LoRA adapters (only they are trainable); the
-    original backbone is untouched, so the gallery side stays exactly the pre-trained one."""
-    enc = copy.deepcopy(backbone)
-    for p in enc.parameters():
-        p.requires_grad_(False)
-    wrapped = apply_lora(enc.text_tower, targets, cfg, freeze=True)
-    if not wrapped:
-        raise InputError(f"no LoRA targets found in the text tower of backbone {backbone.spec!r}")
-    return enc, wrapped
 
 
 class MappedTokenMethod(PseudoTokenMethod):
@@ -65,8 +45,6 @@ class MappedTokenMethod(PseudoTokenMethod):
                  text_init: str | Path | None = None) -> None:
         if mapper is None:
             if not checkpoint:
-                from zscir.methods.build import missing_checkpoint_message
-
                 raise InputError(missing_checkpoint_message(type(self)))
             mapper, ckpt, text_encoder = self._load(backbone, checkpoint, text_init)
             template = ckpt.config.get("template", template)
@@ -153,7 +131,7 @@ class TwoStage(MappedTokenMethod):
 
     @classmethod
     def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "TwoStage":
-        return cls(backbone, checkpoint=checkpoint.path, text_init=_resolved_text_init(checkpoint))
+        return cls(backbone, checkpoint=checkpoint.path, text_init=resolved_text_init(checkpoint))
 
     def _load(self, backbone: Backbone, path: str | Path, text_init: str | Path | None = None):
         mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=self.kinds)
@@ -163,42 +141,10 @@ class TwoStage(MappedTokenMethod):
         return {**super().settings(), "text_adapters": "lora"}
 
 
-def _resolved_text_init(ref: Any) -> Path | None:
+def resolved_text_init(ref: Any) -> Path | None:
     """Where the RTD tower a stage-2 checkpoint records (`text_init`) is now (see CheckpointRef.resolve)."""
     init = ref.config.get("text_init") or None
     return ref.resolve(init, "the RTD text tower") if init else None
-
-
-def load_text_adapters(backbone: Backbone, ckpt: Any, merge: bool = True, text_init: str | Path | None = None) -> Backbone:
-    """The tuned text encoder stored in a two-stage checkpoint (LoRA tensors prefixed `text.`). When stage 2
-    started from an RTD-tuned tower (`text_init`), that checkpoint is loaded first and must be the very one
-    the adapters were trained on."""
-    lcfg = from_dict(LoRAConfig, ckpt.config["lora"])
-    enc, _ = lora_text_encoder(_text_init(backbone, ckpt, text_init), lcfg)
-    state = {k[len("text."):]: v for k, v in ckpt.tensors.items() if k.startswith("text.")}
-    missing = [k for k in enc.text_tower.state_dict() if (".lora_A" in k or ".lora_B" in k) and k not in state]
-    if missing or not state:
-        raise CheckpointError(f"{ckpt.path}: text adapters missing from the checkpoint ({len(missing)} tensors)")
-    enc.text_tower.load_state_dict(state, strict=False)
-    if merge:
-        merge_lora(enc.text_tower)
-    return enc.eval()
-
-
-def _text_init(backbone: Backbone, ckpt: Any, where: str | Path | None = None) -> Backbone:
-    init = ckpt.config.get("text_init") or None
-    if not init:
-        return backbone
-    from zscir.methods.rtd import load_rtd_text_encoder
-
-    path = Path(where or init["path"])
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{ckpt.path}: its stage 2 was trained on the RTD text tower {path}, which is missing")
-    start = load_rtd_text_encoder(path, backbone)
-    if start.rtd_checkpoint["fingerprint"] != init["fingerprint"]:  # type: ignore[attr-defined]
-        raise CheckpointError(f"{ckpt.path}: the RTD text tower at {path} is not the one its stage 2 was trained on "
-                              f"(fingerprint {start.rtd_checkpoint['fingerprint'][:12]}, expected {init['fingerprint'][:12]})")
-    return start
 
 
 def load_mapped_method(backbone: Backbone, path: str | Path) -> MappedTokenMethod:

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
-from zscir.methods.mapped import TWO_STAGE_KIND, lora_text_encoder
+from zscir.methods.mapped import TWO_STAGE_KIND
+from zscir.methods.tuned_text import load_rtd_text_encoder, lora_text_encoder
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
 from zscir.nn.lora import LoRAConfig, count_parameters, lora_state_dict
 from zscir.nn.mappers import MapperConfig, TokenMapper, load_mapper, mapper_config_for, save_mapper
@@ -435,10 +436,8 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
     lcfg = LoRAConfig(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout)
     start, text_init = backbone, None
     if cfg.text_init:
-        from zscir.methods.rtd import load_rtd_text_encoder
-
         start = load_rtd_text_encoder(cfg.text_init, backbone)
-        text_init = {"path": str(cfg.text_init), "fingerprint": start.rtd_checkpoint["fingerprint"]}
+        text_init = {"path": str(cfg.text_init), "fingerprint": start.tuning("rtd")["fingerprint"]}
     enc, wrapped = lora_text_encoder(start, lcfg)
     trainable, total = count_parameters(enc.text_tower)
     batch = min(cfg.batch_size, len(triplets))
@@ -476,7 +475,8 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
         steps = min(steps, max(1, math.ceil(cfg.max_epochs * len(triplets) / batch)))
     ecfg = engine_config(cfg, steps=steps)
     sig = {**config_signature(cfg), "data": _ids_digest(world, image_ids), "triplets": len(triplets)}
-    task = Task("train composing", enc, batches, loss_fn, steps_per_epoch=per_epoch, signature=sig)
+    # the engine trains the copy's own text tower (its image tower is the backbone's, shared)
+    task = Task("train composing", enc.text_tower, batches, loss_fn, steps_per_epoch=per_epoch, signature=sig)
     fit_res = fit(task, ecfg, dist)
     final = fit_res.final_loss
     if dist.is_main:

@@ -22,7 +22,6 @@ Because E0 is frozen, anchor keys are computed once per distinct caption.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import random
@@ -39,7 +38,8 @@ from torch import nn
 from zscir.backbones.base import Backbone
 from zscir.checkpoint import save_checkpoint, tensors_fingerprint
 from zscir.errors import InputError
-from zscir.methods.rtd import RTD_KIND, frozen_word_table_names, lora_targets
+from zscir.backbones.tuned import TunedBackbone
+from zscir.methods.tuned_text import RTD_KIND, frozen_word_table_names, load_text_adapters, text_fingerprint
 from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_dict
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
@@ -192,7 +192,7 @@ def anchored_info_nce(
 
 # --- mappers ----------------------------------------------------------------------------------------------
 @dataclass
-class MapperSource:
+class RTDStart:
     """What RTD starts from: the frozen mapper and the text side the method already has."""
 
     mapper: nn.Module
@@ -200,17 +200,17 @@ class MapperSource:
     info: dict
 
 
-def load_mapper_source(path: str | Path, backbone: Backbone) -> MapperSource:
+def load_rtd_start(path: str | Path, backbone: Backbone) -> RTDStart:
     """The mapper (and the tuned text side, for two-stage) from a pic2word / mapping / two-stage checkpoint.
     A checkpoint trained for another backbone is refused."""
-    from zscir.methods.mapped import TWO_STAGE_KIND, load_text_adapters
+    from zscir.methods.mapped import TWO_STAGE_KIND
     from zscir.nn.mappers import MAPPER_KIND, load_mapper
 
     mapper, ckpt = load_mapper(path, backbone.fingerprint(), kind=(MAPPER_KIND, TWO_STAGE_KIND))
     enc = load_text_adapters(backbone, ckpt) if ckpt.kind == TWO_STAGE_KIND else None
     info = {"path": str(path), "kind": ckpt.kind, "method": ckpt.config.get("method", ""),
             "fingerprint": ckpt.fingerprint}
-    return MapperSource(mapper, enc, info)
+    return RTDStart(mapper, enc, info)
 
 
 # --- training --------------------------------------------------------------------------------------------
@@ -220,12 +220,11 @@ def _embed_frozen(backbone: Backbone, texts: Sequence[str], batch_size: int = 25
     return torch.cat(out)
 
 
-def _set_trainable(student: Backbone, cfg: RTDConfig) -> None:
-    for p in student.parameters():
-        p.requires_grad_(False)
+def _set_trainable(student: TunedBackbone, cfg: RTDConfig) -> None:
+    student.freeze()
     tower = student.text_tower
     if cfg.tune == "lora":
-        apply_lora(tower, lora_targets, LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout), freeze=True)
+        apply_lora(tower, student.adapter_targets("text"), LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout), freeze=True)
     else:
         table = student.word_embeddings()
         for m in tower.modules():
@@ -307,7 +306,7 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
 
     dim = backbone.embed_dim
 
-    student = copy.deepcopy(text_encoder if text_encoder is not None else backbone).to(device)
+    student = TunedBackbone.copy_of(text_encoder if text_encoder is not None else backbone, "text", "rtd").to(device)
     _set_trainable(student, cfg)
     trainable, total = count_parameters(student.text_tower)
     torch.manual_seed(cfg.seed + 7919 * rank)  # adapters are initialised alike; noise and dropout differ by rank
@@ -362,7 +361,8 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
 
     ecfg = engine_config(cfg, steps=steps, lr=cfg.resolved_lr(), progress=progress)
     sig = {**config_signature(cfg), "triplets": _triplets_digest(triplets)}
-    task = Task(f"rtd ({cfg.tune})", student, epochs, loss_fn, steps_per_epoch=per_epoch, shard=shard, signature=sig)
+    # the engine trains the student's own text tower (its image tower is the backbone's, shared)
+    task = Task(f"rtd ({cfg.tune})", student.text_tower, epochs, loss_fn, steps_per_epoch=per_epoch, shard=shard, signature=sig)
     fit_res = fit(task, ecfg, dist)
     losses = fit_res.losses
 
@@ -411,8 +411,6 @@ def _ddp_loss(q: torch.Tensor, k: torch.Tensor, key_caps: list[str], cfg: RTDCon
 
 def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.Module, n_triplets: int,
              meta: dict, start: Backbone | None = None) -> Path:
-    from zscir.methods.rtd import _text_fingerprint
-
     tower = student.text_tower
     if cfg.tune == "lora":
         tensors = lora_state_dict(tower)
@@ -424,7 +422,7 @@ def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.M
     meta = dict(meta)
     src = meta.pop("mapper", None) or {"fingerprint": tensors_fingerprint(dict(mapper.state_dict()))}
     init = {"source": src.get("method") or src.get("path", "backbone"),
-            "text_fingerprint": "backbone" if start is None or start is backbone else _text_fingerprint(start)}
+            "text_fingerprint": "backbone" if start is None or start is backbone else text_fingerprint(start)}
     return save_checkpoint(cfg.out, RTD_KIND, config, tensors, backbone_fingerprint=backbone.fingerprint(),
                            mapper=src, init=init, rtd=asdict(cfg), triplets=n_triplets, **meta)
 
@@ -494,7 +492,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg.check()
     check_out_dir(cfg.out, RTD_KIND)
     backbone = load_backbone(args.backbone, str(pick_device(args.device or None)))
-    source = load_mapper_source(args.mapper, backbone)
+    source = load_rtd_start(args.mapper, backbone)
     trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,
                                       args.max_bad_fraction, args.caption_column)
     res = train_rtd(cfg, backbone, source.mapper, trips, meta={"triplet_source": desc, "mapper": source.info},

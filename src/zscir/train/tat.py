@@ -4,10 +4,11 @@ LoRA adapters (rank/alpha/dropout 16/16/0.1 by default) on the image tower, trai
 image-text InfoNCE loss at a fixed temperature (0.07) on image-caption pairs, for about one epoch. The text
 tower is frozen and never handed to the optimiser: its tensors stay bit-identical (a test hashes them).
 
-Speed on a CPU: on the embedded default only the last EfficientNet blocks (+ conv_head + head) carry
-adapters, so the frozen stem and earlier blocks are run once per image and their output is cached; the
-text side is frozen too, so caption embeddings are computed once. A training step then only runs the
-adapted blocks. For other backbones (Hugging Face ViTs) the whole tower runs every step.
+Speed on a CPU: the backbone says which layers take adapters and what its image stages are; the frozen
+stages before the first adapted one are run once per image and their output is cached (on the embedded
+default only the last EfficientNet blocks, the head conv and the head carry adapters). The text side is
+frozen too, so caption embeddings are computed once. A training step then only runs the adapted stages. When
+every block is adapted (Hugging Face ViTs) the whole tower runs every step.
 
 Under `torchrun --nproc_per_node=N` the same command runs DDP (gloo on CPU, nccl on GPU); the contrastive
 negatives are the global batch (gathered across processes with gradient). Resumable: state is saved to
@@ -30,14 +31,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zscir.backbones.base import Backbone
+from zscir.backbones.tuned import TunedBackbone
 from zscir.checkpoint import save_checkpoint
+from zscir.data.stream import iter_pixel_batches
 from zscir.errors import InputError
 from zscir.methods.tat import (
     ADAPTERS_KIND,
     MERGED_KIND,
     TATAdapterConfig,
     add_tat_adapters,
-    copy_image_side,
+    load_tat_backbone,
+    tat_copy,
     trainable_parameters,
 )
 from zscir.nn.lora import lora_state_dict, merge_lora
@@ -212,51 +216,39 @@ def split_val(n: int, cfg: TATConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --- the tower, split into a frozen (cacheable) prefix and an adapted suffix ---------------------------------
-class _DefaultSuffix(nn.Module):
-    """EfficientNet blocks[start:] + conv_head + the attention-pool head; input: the cached block input."""
+class _AdaptedSuffix(nn.Module):
+    """The image path from the input of stage `start` (pixels when 0) to the normalised embedding. Only the
+    tuned image tower is registered: it is what the engine trains and checkpoints."""
 
-    def __init__(self, backbone: Backbone, start: int) -> None:
+    def __init__(self, tuned: TunedBackbone, start: int) -> None:
         super().__init__()
-        trunk = backbone.image_tower.trunk
-        self.blocks = nn.ModuleList(list(trunk._blocks)[start:])
-        self.conv_head, self.bn1, self.swish = trunk._conv_head, trunk._bn1, trunk._swish
-        self.head = backbone.image_tower.head
+        self.tower = tuned.image_tower
+        self.start = start
+        object.__setattr__(self, "_backbone", tuned)  # not a submodule: the text tower is not trained here
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = b(x)
-        x = self.swish(self.bn1(self.conv_head(x)))
-        return F.normalize(self.head(x.flatten(2).transpose(1, 2)), dim=-1)
+        bb = self._backbone
+        tokens = bb.image_tokens(x) if self.start == 0 else bb.image_tokens_from(x, self.start)
+        return F.normalize(bb.image_head(tokens), dim=-1)
 
 
-class _WholeTower(nn.Module):
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode_image(pixels)
-
-
-def _default_prefix_start(backbone: Backbone, cfg: TATAdapterConfig) -> int | None:
-    trunk = getattr(backbone.image_tower, "trunk", None)
-    if trunk is None or not hasattr(trunk, "_blocks") or not hasattr(trunk, "_conv_stem"):
-        return None
-    return max(0, len(trunk._blocks) - cfg.trunk_blocks) if cfg.trunk_blocks > 0 else len(trunk._blocks)
+def cached_prefix_start(tuned: Backbone, wrapped: Sequence[str]) -> int:
+    """The stage where the adapted part of the trunk begins: the frozen stages before it run once per image and
+    are cached. 0 (no cache) when the backbone exposes no stages or only its input stage (stem, patch
+    embedding) is frozen: rerunning that is cheap and caching it costs memory."""
+    stages = tuned.image_stages()
+    if not stages:
+        return 0
+    start = next((i for i, st in enumerate(stages) if any(st.owns(w) for w in wrapped)), len(stages))
+    return start if start > 1 else 0
 
 
 @torch.inference_mode()
 def _prefix_features(backbone: Backbone, start: int, paths: Sequence[Path], batch: int, progress: bool) -> torch.Tensor:
-    from zscir.eval.engine import iter_pixel_batches
-
-    trunk = backbone.image_tower.trunk
     out = []
     with tqdm(total=len(paths), desc="frozen image features", unit="img", leave=False, disable=not progress) as bar:
         for px in iter_pixel_batches(paths, backbone.preprocess_config, batch):
-            x = trunk._swish(trunk._bn0(trunk._conv_stem(px.to(backbone.device))))
-            for b in list(trunk._blocks)[:start]:
-                x = b(x)
-            out.append(x.float().cpu())
+            out.append(backbone.run_image_stages(px.to(backbone.device), 0, start).float().cpu())
             bar.update(len(px))
     return torch.cat(out)
 
@@ -335,7 +327,7 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
         raise InputError(f"{len(train_idx)} training pairs, fewer than one batch of {cfg.batch_size}")
     progress = cfg.progress and dist.is_main
 
-    tuned = copy_image_side(backbone)
+    tuned = tat_copy(backbone)
     acfg = cfg.adapters
     wrapped = add_tat_adapters(tuned, acfg)
     trainable, total = trainable_parameters(tuned)
@@ -350,13 +342,9 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
     uniq = list(dict.fromkeys(paths))
     where = {p: i for i, p in enumerate(uniq)}
     img_row = torch.tensor([where[p] for p in paths])
-    start = _default_prefix_start(tuned, acfg)
-    if start is not None:
-        cache = _prefix_features(backbone, start, uniq, 128, progress)
-        suffix: nn.Module = _DefaultSuffix(tuned, start)
-    else:
-        cache = None
-        suffix = _WholeTower(tuned)
+    start = cached_prefix_start(tuned, wrapped)
+    cache = _prefix_features(backbone, start, uniq, 128, progress) if start else None
+    suffix = _AdaptedSuffix(tuned, start)
     text = _text_embeddings(backbone, caps, progress)
     gap_before = {}
     if len(val_idx) and dist.is_main:
@@ -397,8 +385,6 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
                     steps=fit_res.steps, final_loss=loss_v)
         save_checkpoint(cfg.out, ADAPTERS_KIND, {"adapters": asdict(acfg), "train": asdict(cfg)}, adapters, **meta)
         if len(val_idx):
-            from zscir.methods.tat import load_tat_backbone
-
             after = load_tat_backbone(backbone, cfg.out)
             result_gap_after = measure_gap(after, [pairs.paths[i] for i in val_idx.tolist()],
                                            [pairs.captions[i] for i in val_idx.tolist()])
@@ -428,7 +414,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--trunk-blocks", type=int, default=d.trunk_blocks,
-                   help="default backbone: adapt the last N EfficientNet blocks (default: %(default)s)")
+                   help="adapt the trunk's last N blocks (default backbone; ViTs adapt every layer) (default: %(default)s)")
     p.add_argument("--no-head", action="store_true", help="default backbone: leave the pooling head untouched")
     p.add_argument("--head-out", action="store_true",
                    help="default backbone: also adapt the head's output projection (0.53%% trainable)")

@@ -32,7 +32,7 @@ def isa_checkpoint(ctx: ExperimentContext, mode: str) -> Path:
 
 
 def _record_flops(ctx: ExperimentContext, name: str, method: CompositionMethod) -> None:
-    from zscir.methods.isa import count_flops
+    from zscir.utils.profiling import count_flops
 
     size = ctx.backbone.preprocess_config.size
     x = torch.zeros(1, 3, size, size, device=ctx.backbone.device)
@@ -41,7 +41,7 @@ def _record_flops(ctx: ExperimentContext, name: str, method: CompositionMethod) 
 
 @recipe("isa", order=110)
 def _isa_asymmetric(ctx: ExperimentContext) -> CompositionMethod:
-    from zscir.methods.isa import query_side_costs
+    from zscir.eval.costs import query_side_costs
 
     method = build_method("isa", ctx.backbone, [isa_checkpoint(ctx, "asymmetric")])
     section = ctx.extras.setdefault("isa", {})

@@ -1,4 +1,4 @@
-"""Mapper: a batch of image paths -> gallery embeddings, with unreadable files reported, not raised.
+"""GalleryEmbedder: a batch of image paths -> gallery embeddings, with unreadable files reported, not raised.
 
 Decoding runs in a thread pool one batch ahead of the model (the data layer's tolerant reader, which opens
 files and WebDataset tar members alike)."""
@@ -17,7 +17,6 @@ def load_gallery_encoder(backbone_spec: str, method: str | None = "slerp", devic
                          checkpoints: Sequence[str] = ()):
     """The backbone and the composition method whose encode_gallery embeds the index (built by
     zscir.methods.build_method: a trained method needs its checkpoint)."""
-    import zscir.backbones.pyref  # noqa: F401  (registers the py: scheme)
     from zscir.backbones import load_backbone
     from zscir.methods import build_method
     from zscir.methods.build import precheck
@@ -27,7 +26,7 @@ def load_gallery_encoder(backbone_spec: str, method: str | None = "slerp", devic
     return backbone, build_method(method, backbone, list(checkpoints))
 
 
-class Mapper:
+class GalleryEmbedder:
     """Callable: locations (file paths or `<tar>#<member>`) -> (float32 embeddings of the readable ones (n_ok, D), ok positions, {pos: error})."""
 
     def __init__(self, method, batch_size: int = 64, workers: int = 4) -> None:
