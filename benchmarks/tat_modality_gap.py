@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_tat(cfg, backbone=ctx.backbone, pairs=pairs)
             tuned = load_tat_backbone(ctx.backbone, out)
             cls = get_method_class("slerp+tat")
-            alpha = select_alpha(ctx, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), name)
+            alpha = select_alpha(ctx, lambda a, ctx=ctx, cls=cls, tuned=tuned: cls(ctx.backbone, tat=tuned, alpha=a), name)
             rows[name] = {"scores": score(ctx, cls(ctx.backbone, tat=tuned, alpha=alpha)), "alpha": alpha,
                           "gap": measure_gap(tuned, vp, vc)}
             del tuned

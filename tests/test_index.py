@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -45,7 +44,7 @@ def test_manifest_records_backbone_shards_and_checksums(index):
 
 
 def test_unreadable_file_is_reported_not_fatal(index):
-    rows = [json.loads(l) for l in (index / "failures.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (index / "failures.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["part0/broken.png"] and "unreadable" in rows[0]["error"]
 
 

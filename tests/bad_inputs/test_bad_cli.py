@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from bad_helpers import one_line_error, run_cli
 from PIL import Image
 
-from bad_helpers import one_line_error, run_cli
 from index_helpers import SPEC
 
 BAD_UTF8 = b"make it \xff\xfe red".decode("utf-8", "surrogateescape")  # what argv holds for such bytes

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bad_helpers import encode
 from PIL import Image
 
-from bad_helpers import encode
 from zscir.errors import ImageTooLargeError, InputError
 from zscir.utils.io import LARGE_SIDE, load_image, load_image_bytes
 

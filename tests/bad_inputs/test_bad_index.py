@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bad_helpers import no_temporaries, one_line_error, run_cli, run_zscir
+
 from index_helpers import SPEC, contents
 from zscir.errors import CheckpointError
 from zscir.index import GalleryIndex, Manifest

@@ -14,16 +14,16 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from bad_helpers import encode
+from fastapi.testclient import TestClient
 
-from bad_helpers import encode  # noqa: E402
-from index_helpers import SPEC  # noqa: E402
-from zscir.index.runner import build_index  # noqa: E402
-from zscir.index.search import Searcher  # noqa: E402
-from zscir.serve.app import create_app, image_url  # noqa: E402
-from zscir.serve.limits import Limits  # noqa: E402
-from zscir.utils.io import load_image  # noqa: E402
-from zscir_fakes import make_image, write_gallery  # noqa: E402
+from index_helpers import SPEC
+from zscir.index.runner import build_index
+from zscir.index.search import Searcher
+from zscir.serve.app import create_app, image_url
+from zscir.serve.limits import Limits
+from zscir.utils.io import load_image
+from zscir_fakes import make_image, write_gallery
 
 LIMITS = Limits(max_upload_bytes=200_000, max_pixels=4_000_000, max_text_chars=50, max_k=20,
                 read_timeout_s=1.0, body_timeout_s=3.0)
@@ -221,7 +221,7 @@ def _read_response(sock: socket.socket, timeout: float) -> bytes:
             data += chunk
             if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1]:
                 break
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 

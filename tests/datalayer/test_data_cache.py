@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from datalayer_helpers import write_shards
-from zscir_fakes import make, make_other, write_gallery
 
 from zscir.data import CacheKey, FeatureCache, PathsSource, StreamConfig, image_features, open_source, text_features
 from zscir.errors import InputError
+from zscir_fakes import make, make_other, write_gallery
 
 
 class Counting:

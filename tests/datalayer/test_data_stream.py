@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 from datalayer_helpers import write_pairs_csv, write_shards
-from zscir_fakes import write_gallery
 
 from zscir.backbones.preprocess import PreprocessConfig
 from zscir.data import StreamConfig, open_source, stream
 from zscir.errors import InputError
+from zscir_fakes import write_gallery
 
 PRE = PreprocessConfig(size=16, mode="resize", interpolation="bilinear")
 

@@ -6,6 +6,7 @@ import json
 import random
 
 from bench_fixtures import _img, _json
+
 from zscir.cli import main
 from zscir.datasets import load_cirr
 from zscir.eval import submission as sub

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from bench_fixtures import make_circo, make_cirr, make_fashioniq
+
 from zscir.backbones import load_backbone
 from zscir.cli import main
 from zscir.datasets import load_benchmark

@@ -11,7 +11,14 @@ from zscir.checkpoint import load_checkpoint
 from zscir.errors import CheckpointError, InputError
 from zscir.methods import get_method_class
 from zscir.methods.isa import (
-    AdaptiveTokenLearner, ISA, ISAConfig, ISASymmetric, count_flops, isa_config_for, load_isa, load_isa_modules,
+    ISA,
+    AdaptiveTokenLearner,
+    ISAConfig,
+    ISASymmetric,
+    count_flops,
+    isa_config_for,
+    load_isa,
+    load_isa_modules,
 )
 
 

@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from zscir.cli import main  # noqa: E402
-from zscir.errors import CheckpointError, InputError  # noqa: E402
-from zscir.index.runner import build_index  # noqa: E402
-from zscir.index.search import Searcher  # noqa: E402
-from zscir.methods import build_method, get_method_class, list_methods  # noqa: E402
-from zscir.serve.app import create_app  # noqa: E402
+from zscir.cli import main
+from zscir.errors import CheckpointError, InputError
+from zscir.index.runner import build_index
+from zscir.index.search import Searcher
+from zscir.methods import build_method, get_method_class, list_methods
+from zscir.serve.app import create_app
 
 README_METHODS = {"image", "text", "sum", "slerp", "slerp+tat", "pic2word", "two-stage/mapping-only", "two-stage",
                   "pic2word+rtd", "two-stage+rtd", "isa", "isa/symmetric"}

@@ -9,8 +9,15 @@ from PIL import Image
 from zscir.errors import InputError
 from zscir.methods.mapped import Pic2Word, TwoStage, TwoStageMappingOnly, load_mapped_method
 from zscir.train.pseudo_token import (
-    ComposingConfig, grouped_batches, mapping_config, pic2word_config, select_triplets, soft_alignment_loss,
-    train_composing, train_mapping, train_pic2word,
+    ComposingConfig,
+    grouped_batches,
+    mapping_config,
+    pic2word_config,
+    select_triplets,
+    soft_alignment_loss,
+    train_composing,
+    train_mapping,
+    train_pic2word,
 )
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), "yellow": (230, 220, 40)}

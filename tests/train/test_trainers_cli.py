@@ -24,7 +24,7 @@ import torch
 from zscir.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_data import make_user_data, trainer_commands  # noqa: E402
+from train_data import make_user_data, trainer_commands
 
 TRAINERS = ("mapping", "pic2word", "composing", "rtd", "isa", "tat", "pretrain")
 STEPS = 3

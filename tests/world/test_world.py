@@ -1,15 +1,11 @@
-import json
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from zscir.errors import InputError
 from zscir.world import SIZES, generate_world, load_world
 from zscir.world.generate import _INTERNAL_SIZES
-from zscir.world.modify import KINDS, Compound, Family, mods_of_kind, random_compound, random_family, random_mod
+from zscir.world.modify import KINDS, Compound, mods_of_kind, random_compound, random_family
 from zscir.world.render import render
 from zscir.world.scene import Scene, all_combos, random_scene
 

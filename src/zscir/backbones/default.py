@@ -12,9 +12,9 @@ the joint space is ours.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,7 @@ class DefaultBackbone(Backbone):
     def preprocess_config(self) -> PreprocessConfig:
         return self._preprocess
 
-    def train(self, mode: bool = True) -> "DefaultBackbone":
+    def train(self, mode: bool = True) -> DefaultBackbone:
         super().train(mode)
         # BatchNorm statistics of the pretrained trunk stay frozen even while adapters train.
         for m in self._image.trunk.modules():
@@ -271,7 +271,7 @@ class DefaultBackbone(Backbone):
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "DefaultBackbone":
+    def load(cls, path: str | Path) -> DefaultBackbone:
         ckpt = load_checkpoint(path, KIND)
         model = cls(from_dict(DefaultBackboneConfig, ckpt.config, f"{Path(path) / CONFIG_NAME}: config"))
         image = {k[len("image_head."):]: v for k, v in ckpt.tensors.items() if k.startswith("image_head.")}

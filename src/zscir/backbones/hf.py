@@ -26,8 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -75,7 +76,7 @@ def resolve_checkpoint(arg: str) -> Path:
 
     try:
         return Path(snapshot_download(arg, local_files_only=True, allow_patterns=_HUB_FILES))
-    except Exception as local_err:  # noqa: BLE001 - any failure means "not in the cache"
+    except Exception as local_err:
         if _offline():
             raise CheckpointError(
                 f"hf:{arg}: not found locally (no such folder, not in the Hugging Face cache) and the hub is "
@@ -83,7 +84,7 @@ def resolve_checkpoint(arg: str) -> Path:
             ) from local_err
     try:
         return Path(snapshot_download(arg, allow_patterns=_HUB_FILES))
-    except Exception as e:  # noqa: BLE001 - network errors, unknown repos, gated repos
+    except Exception as e:
         raise CheckpointError(
             f"hf:{arg}: not found locally (no such folder, not in the Hugging Face cache) and it could not be "
             f"fetched from the hub: no network reachable or no such model ({type(e).__name__}); "
@@ -125,7 +126,7 @@ def _load_tokenizer(path: Path):
         raise CheckpointError(f"{path}: no tokenizer files there (expected one of {', '.join(files)})")
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - e.g. SiglipTokenizer needs sentencepiece
+    except Exception as e:
         if (path / "tokenizer.json").is_file():
             try:
                 return PreTrainedTokenizerFast.from_pretrained(str(path))
@@ -238,7 +239,7 @@ class HFBackbone(Backbone):
         self.eval()
 
     @classmethod
-    def from_folder(cls, path: Path, spec: str) -> "HFBackbone":
+    def from_folder(cls, path: Path, spec: str) -> HFBackbone:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise CheckpointError(f"{path}: no config.json, not a Hugging Face checkpoint")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class PreprocessConfig:
         if self.mode not in MODES:
             raise InputError(f"preprocessing mode {self.mode!r}: expected one of {', '.join(MODES)}")
 
-    def with_mode(self, mode: str) -> "PreprocessConfig":
+    def with_mode(self, mode: str) -> PreprocessConfig:
         return PreprocessConfig(**{**asdict(self), "mode": mode})
 
     def digest(self) -> str:

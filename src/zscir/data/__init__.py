@@ -49,7 +49,7 @@ Output folders (zscir.utils.io): check_output_dir(path, is_ours, what) / safe_ou
 into or replace a non-empty folder that is not an output of the same kind.
 """
 
-from zscir.data.cache import CacheKey, CachedFeatures, FeatureCache, image_features, text_features
+from zscir.data.cache import CachedFeatures, CacheKey, FeatureCache, image_features, text_features
 from zscir.data.sources import (
     FolderSource,
     GlobSource,

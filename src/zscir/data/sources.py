@@ -25,16 +25,16 @@ import csv
 import functools
 import glob as globlib
 import hashlib
-import io
 import itertools
 import json
 import os
 import re
 import stat as statlib
 import tarfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -81,7 +81,7 @@ class Record:
             return load_image_bytes(self.data, self.location)
         return load_location(self.location)
 
-    def without_data(self) -> "Record":
+    def without_data(self) -> Record:
         return Record(self.key, self.location, self.caption, self.meta) if self.data is not None else self
 
 
@@ -225,7 +225,7 @@ def _is_utf8(name: str) -> bool:
         return False
 
 
-def _stat_key(h: "hashlib._Hash", path: str) -> None:
+def _stat_key(h: hashlib._Hash, path: str) -> None:
     try:
         st = os.stat(path)
         h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))

@@ -28,9 +28,8 @@ def _train_cfg(ctx: DemoContext, mode: str):
 
 
 def _isa(ctx: DemoContext, mode: str):
-    from zscir.train.isa import ensure_isa
-
     from zscir.methods import build_method
+    from zscir.train.isa import ensure_isa
 
     path = ctx.workdir / f"isa-{mode}-m{N_TOKENS}"
     ensure_isa(ctx.backbone, ctx.world, path, _train_cfg(ctx, mode))  # trains unless a fitting checkpoint is there
@@ -50,9 +49,9 @@ def _isa_asymmetric(ctx: DemoContext) -> CompositionMethod:
 
 @recipe("isa/symmetric")
 def _isa_symmetric(ctx: DemoContext) -> CompositionMethod:
-    from zscir.methods.isa import count_flops
-
     import torch
+
+    from zscir.methods.isa import count_flops
 
     sym = _isa(ctx, "symmetric")
     asym = _isa(ctx, "asymmetric")

@@ -10,9 +10,10 @@ Modules listed in RECIPE_MODULES are imported by the demo; a new method adds its
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zscir.backbones.base import Backbone
 from zscir.methods import CompositionMethod, build_method, get_method_class

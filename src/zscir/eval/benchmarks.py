@@ -16,8 +16,9 @@ import datetime as _dt
 import logging
 import string
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,7 +162,7 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         "results": per,
         "summary": summary,
         "method": {"name": method.name, "settings": method.settings(),
-                   **({"checkpoint": getattr(method, "checkpoint_ref")} if getattr(method, "checkpoint_ref", None)
+                   **({"checkpoint": method.checkpoint_ref} if getattr(method, "checkpoint_ref", None)
                       else {})},
         "backbone": {
             "spec": getattr(bb, "spec", None),
@@ -172,7 +173,7 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         "text": {"template": settings.template, **bench.text_settings(settings)},
         "protocol": bench.protocol,
         "zscir_version": zscir.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     files = [f for r in per.values() for f in r.get("files", [])]

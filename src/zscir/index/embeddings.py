@@ -15,9 +15,10 @@ the way in (the index stores cosines); non-finite or all-zero rows are refused, 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class EmbeddingSource:
             raise InputError(f"{self.parts[part].npy.name} row {row}: non-finite or all-zero embedding")
         return out / norms[:, None]
 
-    def distributor(self) -> "PrecomputedDistributor":
+    def distributor(self) -> PrecomputedDistributor:
         return PrecomputedDistributor(self)
 
 
@@ -145,7 +146,7 @@ def _read_clip_retrieval(root: Path) -> EmbeddingSource:
         dim = _check_dim(dim, a, emb[n])
         try:
             table = pq.read_table(meta[n])
-        except Exception as e:  # pyarrow raises its own types for corrupt files
+        except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for corrupt files
             raise InputError(f"{meta[n].name}: not a readable parquet file ({type(e).__name__})") from None
         if table.num_rows != len(a):
             raise InputError(f"{meta[n].name} has {table.num_rows} rows but {emb[n].name} has {len(a)} embeddings")

@@ -19,9 +19,8 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
-
 
 import faiss
 import numpy as np

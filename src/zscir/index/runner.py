@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,8 +24,15 @@ from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
 from zscir.index.reader import read_items
-from zscir.index.writer import (SHARDS, file_identity, gather_rows, read_shard_embeddings, read_shard_items,
-                                verify_shard, write_shard)
+from zscir.index.writer import (
+    SHARDS,
+    file_identity,
+    gather_rows,
+    read_shard_embeddings,
+    read_shard_items,
+    verify_shard,
+    write_shard,
+)
 from zscir.utils.io import atomic_path, check_output_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -350,7 +357,7 @@ def _build_kind(arrays: list[np.ndarray], factory: str, n: int, dim: int):
 
 
 def _tune(index, arrays: list[np.ndarray], n: int, params: str, rerank: int, target: float, k: int,
-          text_dirs: np.ndarray | None) -> "kinds.TuningResult | None":
+          text_dirs: np.ndarray | None) -> kinds.TuningResult | None:
     """Measure (and tune) recall@k of `index` on composed queries drawn from the gallery; None: no target."""
     if target <= 0:
         return None

@@ -4,9 +4,10 @@ server), and answer top-k queries (approximate kinds re-scored exactly from the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class GalleryIndex:
     """An index folder opened for queries. `params` overrides the search parameters the manifest records
     (`--ef-search`, `--nprobe`, `--rerank`)."""
 
-    def __init__(self, folder: str | Path, verify: bool = True, params: "kinds.SearchParams | None" = None) -> None:
+    def __init__(self, folder: str | Path, verify: bool = True, params: kinds.SearchParams | None = None) -> None:
         self.folder = Path(folder)
         self.manifest = man = Manifest.load(self.folder)
         if man.faiss is None:

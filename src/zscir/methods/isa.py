@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -175,7 +175,7 @@ def large_feature_shape(backbone: Backbone) -> tuple[int, int]:
     return int(t.shape[1]), int(t.shape[2])
 
 
-def light_cells(cfg: "ISAConfig") -> int:
+def light_cells(cfg: ISAConfig) -> int:
     """Cells of the light encoder's feature map at the config's resolution (five stride-2 stages: ceil(n/2)
     each, e.g. 96 px -> 3x3, 224 px -> 7x7, 64 px -> 2x2)."""
     side = int(cfg.image_size)
@@ -245,7 +245,7 @@ class ISA(PseudoTokenMethod):
         return 0, f"it holds a {mode} ISA query side"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "ISA":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> ISA:
         return load_isa(checkpoint.path, backbone)
 
     # --- the query side ----------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ method is built from a checkpoint folder made by `zscir train pic2word | mapping
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,7 @@ class MappedTokenMethod(PseudoTokenMethod):
         return 0, f"it holds a {made_for or '?'} mapper"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "MappedTokenMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> MappedTokenMethod:
         return cls(backbone, checkpoint=checkpoint.path)
 
     def pseudo_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ class TwoStage(MappedTokenMethod):
         return super().serves(doc)
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "TwoStage":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> TwoStage:
         return cls(backbone, checkpoint=checkpoint.path, text_init=_resolved_text_init(checkpoint))
 
     def _load(self, backbone: Backbone, path: str | Path, text_init: str | Path | None = None):

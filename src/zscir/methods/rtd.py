@@ -15,8 +15,8 @@ adapters, which are merged into the copy on load. A checkpoint tuned on another 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -154,7 +154,7 @@ class _RegisteredRTD(RTDMethod):
         return 0, f"it was trained for a {base or 'unrecorded'} mapper"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "RTDMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> RTDMethod:
         from zscir.methods.base import get_method_class
         from zscir.methods.build import build_method
 
@@ -192,7 +192,7 @@ class TwoStageRTD(_RegisteredRTD):
         return super().serves(doc)
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "RTDMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> RTDMethod:
         if checkpoint.kind != "zscir.two-stage":
             return super().from_checkpoint(backbone, checkpoint, **settings)
         from zscir.methods.mapped import TwoStage, _resolved_text_init

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ class TunedBackbone(Backbone):
     def text_tower(self) -> nn.Module:
         return self.inner.text_tower
 
-    def train(self, mode: bool = True) -> "TunedBackbone":
+    def train(self, mode: bool = True) -> TunedBackbone:
         self.training = mode
         self.inner.train(mode)
         return self
@@ -215,7 +215,7 @@ class SlerpTAT(Slerp):
     checkpoint_kinds = (ADAPTERS_KIND, MERGED_KIND)
     train_hint = "`zscir train tat --pairs SOURCE --out DIR`"
 
-    def __init__(self, backbone: Backbone, tat: "str | Path | TunedBackbone | None" = None, alpha: float = 0.8) -> None:
+    def __init__(self, backbone: Backbone, tat: str | Path | TunedBackbone | None = None, alpha: float = 0.8) -> None:
         if isinstance(tat, (str, Path)):
             backbone = load_tat_backbone(backbone, tat)
         elif isinstance(tat, TunedBackbone):
@@ -230,7 +230,7 @@ class SlerpTAT(Slerp):
         self.checkpoint = str(tat) if isinstance(tat, (str, Path)) else None
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "SlerpTAT":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> SlerpTAT:
         return cls(backbone, tat=checkpoint.path, **settings)
 
     def settings(self) -> dict[str, object]:

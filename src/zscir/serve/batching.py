@@ -24,18 +24,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir.index.search import SearchHit, Searcher, check_text
+from zscir.index.search import Searcher, SearchHit, check_text
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class MicroBatcher:
                     break  # nobody else is on the way: do not wait for company
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), left))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             live = [r for r in batch if not r.future.done()]  # a client may have gone away
             if not live:
@@ -240,13 +240,13 @@ class MicroBatcher:
 
                                 raise InputError(f"method {m.name!r} needs a reference image")
                             ok.append(i)
-                        except Exception as e:
+                        except Exception as e:  # noqa: BLE001 - the error is this request's answer, raised to its caller
                             results[i] = e
                     if ok:
                         q = self._compose(m, [batch[i] for i in ok])
                         for j, i in enumerate(ok):
                             queries[i] = q[j : j + 1]
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - each request of the group gets the error, raised to its caller
                     for i in idx:
                         if results[i] is None:
                             results[i] = e
@@ -261,7 +261,7 @@ class MicroBatcher:
                 scores, pos = s.index.search(q, k, exclude_rows=excl)
                 for j, i in enumerate(idx):
                     results[i] = s.index.hits(scores[j], pos[j])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - each request of the group gets the error, raised to its caller
                 for i in idx:
                     results[i] = e
         return results
