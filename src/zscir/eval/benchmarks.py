@@ -97,10 +97,11 @@ def query_texts(split: BenchmarkSplit, template: str, caption_order: str) -> lis
 def _compose(method, split: BenchmarkSplit, settings: EvalSettings) -> torch.Tensor:
     images = split.images()
     refs = [images[q.reference] for q in split.queries]
-    out = None
+    out: torch.Tensor | None = None
     for texts in query_texts(split, settings.template, settings.caption_order):
         q = compose_queries(method, refs, texts, settings.batch_size, desc=f"{split.benchmark} {split.subset} queries")
         out = q if out is None else out + q
+    assert out is not None  # query_texts yields at least one variant
     return F.normalize(out, dim=-1)
 
 
@@ -148,7 +149,7 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         per[k]["data"]["blank_modifications"] = len(ids)
         if ids:
             per[k]["data"]["blank_modification_queries"] = ids[:20]
-    summary = bench.aggregate(per)
+    summary: dict[str, Any] = bench.aggregate(per)
     if partial and summary:
         summary["partial"] = True
         summary["subsets"] = list(subsets)

@@ -12,9 +12,11 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from zscir.backbones.preprocess import PreprocessConfig, preprocess_image
@@ -24,6 +26,16 @@ from zscir.utils.io import atomic_path, load_image
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 64
+
+
+class LoadableImage(Protocol):
+    """An image that decodes itself (datasets.base.ImageItem: a file, maybe a crop; train.data.Location)."""
+
+    def load(self) -> Image.Image: ...
+
+
+# what the engine decodes: a file path, or an item with `load()`
+ImageRef = Path | str | LoadableImage
 
 
 def _decode(item, cfg: PreprocessConfig) -> torch.Tensor:
@@ -37,7 +49,7 @@ def _as_item(p):
 
 
 def iter_pixel_batches(
-    paths: Sequence[Path | str], cfg: PreprocessConfig, batch_size: int = DEFAULT_BATCH, workers: int = 2
+    paths: Sequence[ImageRef], cfg: PreprocessConfig, batch_size: int = DEFAULT_BATCH, workers: int = 2
 ) -> Iterator[torch.Tensor]:
     """Yield (B, 3, H, W) batches; decoding runs in a thread pool one batch ahead of the model.
 
@@ -55,7 +67,7 @@ def iter_pixel_batches(
 @torch.inference_mode()
 def embed_images(
     encode: Callable[[torch.Tensor], torch.Tensor],
-    paths: Sequence[Path | str],
+    paths: Sequence[ImageRef],
     cfg: PreprocessConfig,
     device: torch.device | str = "cpu",
     batch_size: int = DEFAULT_BATCH,
@@ -73,12 +85,12 @@ def embed_images(
     return torch.cat(out)
 
 
-def gallery_digest(ids: Sequence[str], paths: Sequence[Path | str]) -> str:
+def gallery_digest(ids: Sequence[str], paths: Sequence[ImageRef]) -> str:
     """Identifies a gallery's content: ids, paths, file sizes and modification times."""
     h = hashlib.sha256()
     for i, p in zip(ids, paths):
         key = p.cache_key() if hasattr(p, "cache_key") else str(p)
-        p = Path(p.path) if hasattr(p, "path") else Path(p)
+        p = Path(p.path) if hasattr(p, "path") else Path(cast("str | Path", p))
         st = p.stat() if p.exists() else None
         h.update(f"{i}\0{key}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
     return h.hexdigest()[:16]
@@ -87,7 +99,7 @@ def gallery_digest(ids: Sequence[str], paths: Sequence[Path | str]) -> str:
 def embed_gallery(
     method,
     ids: Sequence[str],
-    paths: Sequence[Path | str],
+    paths: Sequence[ImageRef],
     cache_dir: Path | None = None,
     batch_size: int = DEFAULT_BATCH,
     desc: str = "gallery",
@@ -112,7 +124,7 @@ def embed_gallery(
 @torch.inference_mode()
 def compose_queries(
     method,
-    ref_paths: Sequence[Path | str] | None,
+    ref_paths: Sequence[ImageRef] | None,
     texts: Sequence[str],
     batch_size: int = DEFAULT_BATCH,
     desc: str = "queries",

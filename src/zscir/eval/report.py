@@ -43,8 +43,8 @@ class Example:
 
 @lru_cache(maxsize=4096)
 def _thumb(path: str, size: int = 96) -> str:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        im = src.convert("RGB")
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, format="PNG", optimize=True)

@@ -57,7 +57,7 @@ def score(benchmark: str, root: str | Path, predictions: str | Path, subset_pred
                                               sub, name)
            for s, sp in splits.items()}
     partial = sorted(chosen) != sorted(bench.subsets)
-    summary = bench.aggregate(per)
+    summary: dict[str, Any] = bench.aggregate(per)
     if partial:
         summary["partial"] = True
         summary["subsets"] = list(per)

@@ -57,10 +57,10 @@ class EmbeddingSource:
             if part not in arrays:
                 arrays[part] = np.load(self.parts[part].npy, mmap_mode="r", allow_pickle=False)
             out[i] = arrays[part][row]
-        bad = ~np.isfinite(out).all(1)
+        bad = np.asarray(~np.isfinite(out).all(1))
         norms = np.linalg.norm(np.where(bad[:, None], 0, out), axis=1)
-        for i in np.flatnonzero(bad | (norms == 0)):
-            part, row = self.locate[items[i].id]
+        for j in np.flatnonzero(bad | (norms == 0)):
+            part, row = self.locate[items[j].id]
             raise InputError(f"{self.parts[part].npy.name} row {row}: non-finite or all-zero embedding")
         return out / norms[:, None]
 
@@ -158,7 +158,8 @@ def _read_clip_retrieval(root: Path) -> EmbeddingSource:
             items.append(Item(id=ident, path=str(path), meta={k: _jsonable(v) for k, v in row.items()
                                                               if k not in (id_col, "image_path")}))
         parts.append(_Part(emb[n], len(a)))
-    return EmbeddingSource(root, "clip-retrieval", int(dim), parts, items)
+    assert dim is not None  # emb is not empty
+    return EmbeddingSource(root, "clip-retrieval", dim, parts, items)
 
 
 def _read_plain(root: Path, npys: list[Path]) -> EmbeddingSource:
@@ -177,7 +178,8 @@ def _read_plain(root: Path, npys: list[Path]) -> EmbeddingSource:
             path = obj.pop("path", "") or ""
             items.append(Item(id=str(ident) if ident is not None else f"{npy.stem}:{r}", path=str(path), meta=obj))
         parts.append(_Part(npy, len(a)))
-    return EmbeddingSource(root, "plain", int(dim), parts, items)
+    assert dim is not None  # npys is not empty
+    return EmbeddingSource(root, "plain", dim, parts, items)
 
 
 def _check_dim(dim: int | None, a: np.ndarray, path: Path) -> int:

@@ -156,6 +156,7 @@ def searchable_shards(folder: Path, man: Manifest) -> list:
     `--add`, the prefix that made up the complete index (faiss.count images)."""
     if man.complete:
         return list(man.shards)
+    assert man.faiss is not None  # the caller refuses an index without one
     shards, n = [], 0
     for rec in man.shards:
         if n == man.faiss.count:

@@ -120,7 +120,7 @@ def guarded_h11_protocol(read_timeout_s: float):
             if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
                 self.transport.close()
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()
 
