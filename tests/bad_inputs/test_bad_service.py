@@ -259,6 +259,7 @@ def test_chunked_upload_is_cut_at_the_limit(live):
     assert sent < blocks * len(block)
 
 
+@pytest.mark.slow
 def test_slow_headers_are_timed_out(live):
     """Item 8: a client that opens a connection and trickles bytes was never timed out."""
     with socket.create_connection(("127.0.0.1", live)) as s:
@@ -272,6 +273,7 @@ def test_slow_headers_are_timed_out(live):
         assert data == b"" and time.time() - t0 < LIMITS.read_timeout_s + 4
 
 
+@pytest.mark.slow
 def test_stalled_body_gets_408(live):
     with socket.create_connection(("127.0.0.1", live)) as s:
         s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"

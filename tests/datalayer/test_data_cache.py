@@ -132,6 +132,7 @@ def test_ranks_write_their_parts_and_rank0_commits(tmp_path):
     assert cache.get(key) is not None and cache.get(CacheKey("bb", "pre", "src", "other")) is None
 
 
+@pytest.mark.slow
 def test_feature_cache_under_torchrun(tmp_path):
     """2 processes (gloo): each computes its half, rank 0 commits one entry with every item exactly once."""
     import json

@@ -75,6 +75,7 @@ def trained(default_backbone, tmp_path_factory):
     return tmp, method, result
 
 
+@pytest.mark.slow
 def test_training_on_unlabelled_images_and_reload(trained, default_backbone):
     tmp, method, result = trained
     assert np.isfinite(result.final_global) and np.isfinite(result.final_local) and result.images == 12
@@ -88,6 +89,7 @@ def test_training_on_unlabelled_images_and_reload(trained, default_backbone):
     assert ck.meta["train"]["w_global"] == 1.0 and "w_local" in ck.meta["train"]
 
 
+@pytest.mark.slow
 def test_symmetric_training_step(default_backbone, tmp_path):
     from zscir.train.isa import ISATrainConfig, train_isa_on_paths
 
@@ -106,6 +108,7 @@ def test_checkpoint_for_another_backbone_is_refused(trained, default_backbone, m
         load_isa(tmp / "ckpt", default_backbone)
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch_and_refuses_bad_shapes(trained, tmp_path):
     pytest.importorskip("onnxruntime")
     from zscir.export import OnnxQueryEncoder, export_isa_onnx
@@ -141,6 +144,7 @@ def test_symmetric_checkpoint_is_not_exported(default_backbone, tmp_path):
         export_isa_onnx(tmp_path / "s", tmp_path / "s.onnx")
 
 
+@pytest.mark.slow
 def test_cli_train_and_export(trained, tmp_path, capsys):
     from zscir.cli import main
 

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 
 from zscir.cli import main
 
+pytestmark = pytest.mark.slow  # every test here trains or runs CLI round trips (see README: make test-fast)
+
 TRAINED = ["slerp+tat", "pic2word", "two-stage/mapping-only", "two-stage", "pic2word+rtd", "two-stage+rtd", "isa",
            "isa/symmetric"]
 

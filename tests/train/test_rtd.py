@@ -72,6 +72,7 @@ def test_concat_schemes_and_template_override():
         RTDConfig(template="no slot").check()
 
 
+@pytest.mark.slow
 def test_hard_negative_pairs_are_in_every_batch(tiny_backbone, tiny_mapper, monkeypatch):
     seen = []
     orig = rtd_mod.anchored_info_nce
@@ -94,6 +95,7 @@ def test_hard_negative_pairs_are_in_every_batch(tiny_backbone, tiny_mapper, monk
     assert all(set(keys) <= targets and len(keys) <= 6 for keys in seen)
 
 
+@pytest.mark.slow
 def test_full_finetuning_learns_keeps_anchor_and_word_table(tiny_backbone, tiny_mapper, tmp_path):
     before = {k: v.clone() for k, v in tiny_backbone.text_tower.state_dict().items()}
     trip = _triplets(2)
@@ -120,6 +122,7 @@ def test_full_finetuning_learns_keeps_anchor_and_word_table(tiny_backbone, tiny_
     assert tuned.fingerprint() != tiny_backbone.fingerprint()
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_round_trips(tiny_backbone, tiny_mapper, tmp_path):
     res = train_rtd(RTDConfig(out=str(tmp_path / "lora"), steps=6, batch_size=8, tune="lora", lr=1e-2, device="cpu"),
                     tiny_backbone, tiny_mapper, _triplets(2), progress=False)
@@ -202,6 +205,7 @@ def test_bad_settings_and_too_few_triplets(tiny_backbone, tiny_mapper):
         train_rtd(RTDConfig(device="cpu"), tiny_backbone, tiny_mapper, _triplets(1)[:1], progress=False)
 
 
+@pytest.mark.slow
 def test_lora_on_top_of_a_tuned_text_side_needs_that_side(tiny_backbone, tiny_mapper, tmp_path):
     import copy
 

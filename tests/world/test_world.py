@@ -22,6 +22,7 @@ def worlds(tmp_path_factory):
     return a, b, c
 
 
+@pytest.mark.slow
 def test_determinism(worlds):
     a, b, c = worlds
     for f in JSONS:
@@ -39,6 +40,7 @@ def test_render_size_and_seed():
     assert im.tobytes() == render(s, 128, rng_seed=5).tobytes()
 
 
+@pytest.mark.slow
 def test_modifications_are_functions():
     rng = random.Random(1)
     combos = set(all_combos())
@@ -154,6 +156,7 @@ def test_counts_per_size(worlds):
     assert SIZES["large"]["pairs"] >= 4 * SIZES["default"]["pairs"] - 1
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_world(tmp_path, monkeypatch):
     from zscir.cli import main
     from zscir.world import generate as G
