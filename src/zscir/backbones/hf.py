@@ -28,7 +28,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -197,7 +197,8 @@ def _clean_config(d: Any) -> Any:
 class HFBackbone(Backbone):
     """A Hugging Face CLIP or SigLIP checkpoint (see module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: PreprocessConfig, spec: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig, spec: str) -> None:
+        # model: a transformers CLIPModel / SiglipModel, reached through its own attribute names
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -258,7 +259,7 @@ class HFBackbone(Backbone):
         except (OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: cannot load the {model_type} weights ({e})") from e
         tokenizer = _load_tokenizer(path)
-        pre = _preprocess_from(path, model_type, int(model.config.vision_config.image_size))
+        pre = _preprocess_from(path, model_type, int(cast(Any, model.config).vision_config.image_size))
         return cls(model, tokenizer, pre, spec)
 
     # --- parts ------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def preprocess_image(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
             image = image.resize((nw, nh), resample)
         left, top = (nw - s) // 2, (nh - s) // 2
         image = image.crop((left, top, left + s, top + s))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 

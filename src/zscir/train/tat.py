@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,9 @@ from zscir.train.engine import (
 )
 from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
+
+if TYPE_CHECKING:
+    from zscir.eval.engine import ImageRef
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +123,7 @@ class TATConfig:
 class PairSet:
     """Image paths + captions; `missing` lists rows skipped because their image was not found."""
 
-    paths: list[Path]
+    paths: Sequence[ImageRef]  # files, or data-layer locations (train.data.Location)
     captions: list[str]
     missing: list[str] = field(default_factory=list)
     source: str = ""
@@ -228,10 +232,11 @@ class _DefaultSuffix(nn.Module):
 
     def __init__(self, backbone: Backbone, start: int) -> None:
         super().__init__()
-        trunk = backbone.image_tower.trunk
+        tower = cast(Any, backbone.image_tower)  # the default backbone's: an EfficientNet trunk + head
+        trunk = tower.trunk
         self.blocks = nn.ModuleList(list(trunk._blocks)[start:])
         self.conv_head, self.bn1, self.swish = trunk._conv_head, trunk._bn1, trunk._swish
-        self.head = backbone.image_tower.head
+        self.head = tower.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for b in self.blocks:
@@ -257,10 +262,10 @@ def _default_prefix_start(backbone: Backbone, cfg: TATAdapterConfig) -> int | No
 
 
 @torch.inference_mode()
-def _prefix_features(backbone: Backbone, start: int, paths: Sequence[Path], batch: int, progress: bool) -> torch.Tensor:
+def _prefix_features(backbone: Backbone, start: int, paths: Sequence[ImageRef], batch: int, progress: bool) -> torch.Tensor:
     from zscir.eval.engine import iter_pixel_batches
 
-    trunk = backbone.image_tower.trunk
+    trunk = cast(Any, backbone.image_tower).trunk  # EfficientNet
     out = []
     with tqdm(total=len(paths), desc="frozen image features", unit="img", leave=False, disable=not progress) as bar:
         for px in iter_pixel_batches(paths, backbone.preprocess_config, batch):
@@ -299,7 +304,7 @@ def gap_stats(v: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def measure_gap(backbone: Backbone, paths: Sequence[Path], captions: Sequence[str], batch: int = 64) -> dict[str, float]:
+def measure_gap(backbone: Backbone, paths: Sequence[ImageRef], captions: Sequence[str], batch: int = 64) -> dict[str, float]:
     """Mean matched image-caption cosine and centroid distance, through the backbone's public API."""
     from zscir.eval.engine import embed_images
 
