@@ -1,10 +1,12 @@
 # `make demo` and `make test` each create (or reuse) .venv and install what they need.
+# `make test` = `make lint` (ruff + mypy, 0 findings) then the whole suite (what CI runs);
+# `make test-fast` = the tests not marked slow (the edit loop, under 30 s on 2 cores).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.zscir-installed
 
-.PHONY: demo demo-quick test bench install clean
+.PHONY: demo demo-quick test test-fast lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +24,15 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(PY) -m zscir demo --quick $(ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy src/zscir
+
+test: lint
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/embed_throughput.py

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from zscir.index import kinds  # noqa: E402
-from zscir.index.store import search_vectors  # noqa: E402
-from zscir.methods.slerp import slerp  # noqa: E402
+from zscir.index import kinds
+from zscir.index.store import search_vectors
+from zscir.methods.slerp import slerp
 
 
 def synthetic(n: int, d: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             "cirr_R@1": round(res["cirr"].metrics["R@1"], 2), "cirr_R@10": round(res["cirr"].metrics["R@10"], 2),
             "cirr_Rs@1": round(res["cirr"].metrics["Rs@1"], 2), "circo_mAP@10": round(res["circo"].metrics["mAP@10"], 2),
             "image_side_ms": round(cpu_latency_ms(enc, x, repeats=args.repeats), 3),
-            "full_query_ms": round(cpu_latency_ms(lambda px: method.compose(px, text), x, repeats=args.repeats), 3),
+            "full_query_ms": round(cpu_latency_ms(lambda px, method=method: method.compose(px, text), x, repeats=args.repeats), 3),
             "image_side_flops": count_flops(enc, x),
             "image_side_params": sum(p.numel() for p in enc.parameters()),
         }
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['M']:>3} {r['cirr_R@1']:>6.1f} {r['cirr_R@10']:>6.1f} {r['cirr_Rs@1']:>6.1f} "
               f"{r['circo_mAP@10']:>7.1f} {r['image_side_ms']:>9.2f} {r['full_query_ms']:>9.2f}")
     print(f"\n{'part':<52} {'params':>10} {'MFLOPs':>9} {'ms/img':>8}")
-    for key, r in costs.items():
+    for r in costs.values():
         if isinstance(r, dict):
             print(f"{r['name']:<52} {r['params']:>10,} {r['flops'] / 1e6:>9.1f} {r['latency_ms']:>8.2f}")
     print(f"query-side / gallery-tower FLOPs: {costs['flops_ratio_query_vs_gallery']:.3f}")

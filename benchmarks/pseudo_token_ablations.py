@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed)
     size = args.size or ("quick" if args.quick else "default")
     ctx = build_context(size, args.seed, args.device, progress=False)
-    world, backbone, evaluator, device = ctx.world, ctx.backbone, ctx.evaluator, ctx.device
+    world, backbone, evaluator = ctx.world, ctx.backbone, ctx.evaluator
     world_path = world.root
     settings = pseudo_token_settings(ctx)
     rows = variants(settings)

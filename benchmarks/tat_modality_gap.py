@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     configure_threads()
-    quick = args.size == "quick"
     recipes = list_recipes()
     spaces: dict[str, dict] = {}
     lines = ["| start T | learned T | method | alpha | CIRR R@1 | CIRR R@10 | CIRCO mAP@10 | matched cos | centroid dist |",
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             tuned = load_tat_backbone(ctx.backbone, out)
             cls = get_method_class("slerp+tat")
             n = int(ctx.settings.table("alpha_selection").get("triplets", 1000))
-            alpha = select_alpha(world, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), n).alpha
+            alpha = select_alpha(world, lambda a, cls=cls, ctx=ctx, tuned=tuned: cls(ctx.backbone, tat=tuned, alpha=a), n).alpha
             rows[name] = {"scores": score(ctx, cls(ctx.backbone, tat=tuned, alpha=alpha)), "alpha": alpha,
                           "gap": measure_gap(tuned, vp, vc)}
             del tuned

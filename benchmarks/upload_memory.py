@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             peak, stop = [idle], threading.Event()
 
-            def sample() -> None:
+            def sample(stop: threading.Event = stop, peak: list[float] = peak) -> None:
                 while not stop.is_set():
                     peak.append(rss_mb(proc.pid))
                     time.sleep(0.01)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             results: list[tuple[int, float]] = []
             lock = threading.Lock()
 
-            def client() -> None:
+            def client(lock: threading.Lock = lock, results: list[tuple[int, float]] = results) -> None:
                 res = post(port, upload, {"text": "make it blue", "k": "5"})
                 with lock:
                     results.append(res)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from backbones.test_hf import CLIP_CONTEXT, SIGLIP_CONTEXT, WORDS, _write_clip_tokenizer  # noqa: F401
+from backbones.test_hf import CLIP_CONTEXT, SIGLIP_CONTEXT, WORDS, _write_clip_tokenizer
 
 
 def tiny_clip(folder: Path, image_size: int = 64, patch: int = 32, seed: int = 0) -> Path:

@@ -33,7 +33,7 @@ class TinyWorld:
                 d = ImageDraw.Draw(im)
                 box = (8 + 14 * j, 16, 30 + 14 * j, 40)
                 (d.rectangle if shape == "square" else d.ellipse if shape == "circle" else
-                 (lambda b, fill: d.polygon([(b[0] + 11, b[1]), (b[0], b[3]), (b[2], b[3])], fill=fill)))(box, fill=rgb)
+                 (lambda b, fill, d=d: d.polygon([(b[0] + 11, b[1]), (b[0], b[3]), (b[2], b[3])], fill=fill)))(box, fill=rgb)
                 i = f"p{k}{j}"
                 im.save(root / f"{i}.png")
                 ids.append(i)
@@ -61,8 +61,14 @@ class TinySetup:
 def make_checkpoints(root: Path, patch: int = 32) -> TinySetup:
     from zscir.backbones import load_backbone
     from zscir.train.isa import ISATrainConfig, train_isa_on_paths
-    from zscir.train.pseudo_token import (ComposingConfig, mapping_config, pic2word_config, train_composing,
-                                          train_mapping, train_pic2word)
+    from zscir.train.pseudo_token import (
+        ComposingConfig,
+        mapping_config,
+        pic2word_config,
+        train_composing,
+        train_mapping,
+        train_pic2word,
+    )
     from zscir.train.rtd import RTDConfig, load_rtd_start, train_rtd
     from zscir.train.tat import TATConfig, train_tat
     from zscir.train.triplets import triplets_from_dicts

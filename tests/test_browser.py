@@ -21,6 +21,8 @@ from zscir.index.search import Searcher  # noqa: E402
 from zscir.serve.app import create_app  # noqa: E402
 from zscir_fakes import make_image, write_gallery  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here takes seconds (see README: make test-fast)
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -18,6 +18,7 @@ def _run(capsys, *argv):
     return code, err
 
 
+@pytest.mark.slow
 def test_compose_ok(tmp_path, capsys, model_dir):
     img = tmp_path / "ref.png"
     Image.new("RGB", (50, 40), (200, 10, 10)).save(img)

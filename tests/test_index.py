@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -45,7 +44,7 @@ def test_manifest_records_backbone_shards_and_checksums(index):
 
 
 def test_unreadable_file_is_reported_not_fatal(index):
-    rows = [json.loads(l) for l in (index / "failures.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (index / "failures.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["part0/broken.png"] and "unreadable" in rows[0]["error"]
 
 
@@ -54,6 +53,7 @@ def test_complete_index_is_not_rebuilt_without_add(gallery, index):
         build_index(gallery, index, SPEC, progress=False)
 
 
+@pytest.mark.slow
 def test_kill_midway_then_resume_equals_uninterrupted(tmp_path, gallery, index):
     out = tmp_path / "resumed"
     cmd = [sys.executable, "-m", "zscir", "index", str(gallery), "--out", str(out), "--backbone",
@@ -164,6 +164,7 @@ def test_other_backbone_is_refused(index):
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq", "IVF2,Flat"])
+@pytest.mark.slow
 def test_index_kinds_find_the_exact_neighbours(tmp_path, gallery, kind):
     out = tmp_path / kind.replace(",", "_")
     man = build_index(gallery, out, SPEC, kind=kind, shard_size=16, progress=False)

@@ -47,6 +47,7 @@ def ivf_index(vectors, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_target_recall_tuning_records_parameters_and_recall(ivf_index, vectors):
     man = Manifest.load(ivf_index)
     t = man.faiss.tuning
@@ -121,6 +122,7 @@ def test_target_recall_zero_keeps_the_kind_defaults(vectors, tmp_path):
         build_index(tmp_path / "src", tmp_path / "idx2", SPEC, target_recall=1.5, embeddings=True, progress=False)
 
 
+@pytest.mark.slow
 def test_auto_picks_a_kind_that_reaches_the_target(vectors, tmp_path, monkeypatch):
     from zscir.index import runner
 
@@ -135,6 +137,7 @@ def test_auto_picks_a_kind_that_reaches_the_target(vectors, tmp_path, monkeypatc
     assert man.faiss.tuning["recall"] >= 0.99
 
 
+@pytest.mark.slow
 def test_clip_retrieval_layout(tmp_path, capsys):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

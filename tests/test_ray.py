@@ -11,6 +11,8 @@ from zscir.index import GalleryIndex, Manifest  # noqa: E402
 from zscir.index.runner import build_index  # noqa: E402
 from zscir_fakes import write_gallery  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here takes seconds (see README: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def local_ray():

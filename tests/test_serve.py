@@ -4,14 +4,14 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from index_helpers import SPEC  # noqa: E402
-from zscir.index.runner import build_index  # noqa: E402
-from zscir.index.search import Searcher  # noqa: E402
-from zscir.serve.app import create_app  # noqa: E402
-from zscir.serve.limits import Limits  # noqa: E402
-from zscir_fakes import make_image, write_gallery  # noqa: E402
+from index_helpers import SPEC
+from zscir.index.runner import build_index
+from zscir.index.search import Searcher
+from zscir.serve.app import create_app
+from zscir.serve.limits import Limits
+from zscir_fakes import make_image, write_gallery
 
 LIMITS = Limits(max_upload_bytes=200_000, max_pixels=1_000_000, max_text_chars=50, max_k=20)
 

@@ -12,16 +12,16 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from index_helpers import SPEC  # noqa: E402
-from zscir.errors import InputError  # noqa: E402
-from zscir.index.runner import build_index  # noqa: E402
-from zscir.index.search import Searcher  # noqa: E402
-from zscir.methods.base import CompositionMethod, register_method  # noqa: E402
-from zscir.serve.app import create_app  # noqa: E402
-from zscir.serve.batching import BatchingConfig, MicroBatcher, TextCache  # noqa: E402
-from zscir_fakes import make_image, write_gallery  # noqa: E402
+from index_helpers import SPEC
+from zscir.errors import InputError
+from zscir.index.runner import build_index
+from zscir.index.search import Searcher
+from zscir.methods.base import CompositionMethod, register_method
+from zscir.serve.app import create_app
+from zscir.serve.batching import BatchingConfig, MicroBatcher, TextCache
+from zscir_fakes import make_image, write_gallery
 
 
 @register_method("test/joint-pixels")

@@ -8,6 +8,7 @@ from zscir.backbones.default import DefaultBackbone
 from zscir.errors import CheckpointError, InputError
 
 
+@pytest.mark.slow
 def test_shapes_and_normalisation(default_backbone):
     b = default_backbone
     with torch.no_grad():
@@ -21,6 +22,7 @@ def test_shapes_and_normalisation(default_backbone):
         b.image_tokens(torch.randn(1, 3, 64, 64))
 
 
+@pytest.mark.slow
 def test_pseudo_token_equal_to_a_word_gives_that_sentence(default_backbone):
     b = default_backbone
     emb = b.word_embeddings().weight
@@ -52,6 +54,7 @@ def test_placeholder_errors_and_truncation_warning(default_backbone, caplog):
         b.encode_text_with_tokens([long + " $"], tok)
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_and_fingerprint(tmp_path, default_backbone):
     path = default_backbone.save(tmp_path / "ckpt")
     doc = json.loads((path / "config.json").read_text())

@@ -133,6 +133,7 @@ def _reference_ids(kind: str, tokenizer, texts: list[str]) -> torch.Tensor:
 
 # --- equality with transformers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("spec_prefix", ["hf:", ""])
+@pytest.mark.slow
 def test_loads_through_both_specs(tiny, loaded, spec_prefix):
     kind, folder, _, _ = tiny
     b = loaded[spec_prefix]
@@ -143,6 +144,7 @@ def test_loads_through_both_specs(tiny, loaded, spec_prefix):
 
 @torch.no_grad()
 @pytest.mark.parametrize("spec_prefix", ["hf:", ""])
+@pytest.mark.slow
 def test_encode_image_matches_transformers(tiny, loaded, spec_prefix):
     _, folder, model, _ = tiny
     b = loaded[spec_prefix]
@@ -155,6 +157,7 @@ def test_encode_image_matches_transformers(tiny, loaded, spec_prefix):
 
 @torch.no_grad()
 @pytest.mark.parametrize("spec_prefix", ["hf:", ""])
+@pytest.mark.slow
 def test_encode_text_matches_transformers(tiny, loaded, spec_prefix):
     kind, folder, model, tokenizer = tiny
     b = loaded[spec_prefix]
@@ -185,6 +188,7 @@ def test_placeholder_is_one_token(backbone, tiny):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_pseudo_token_equal_to_a_word_embeds_like_the_word(backbone, tiny):
     tokenizer = tiny[3]
     cat = _word_embedding(backbone, tokenizer, "cat")[None, None]
@@ -193,6 +197,7 @@ def test_pseudo_token_equal_to_a_word_embeds_like_the_word(backbone, tiny):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_several_tokens_for_one_placeholder(backbone, tiny):
     tokenizer = tiny[3]
     words = torch.stack([_word_embedding(backbone, tokenizer, w) for w in ("big", "red", "cat")])
@@ -205,6 +210,7 @@ def test_several_tokens_for_one_placeholder(backbone, tiny):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_placeholder_next_to_punctuation_clip(backbone, tiny):
     if tiny[0] == "siglip":
         pytest.skip("the tiny SigLIP tokenizer splits on whitespace only")
@@ -213,6 +219,7 @@ def test_placeholder_next_to_punctuation_clip(backbone, tiny):
     torch.testing.assert_close(got, backbone.encode_text(["a photo of cat, on a mat!"]), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_pseudo_tokens_get_gradients(backbone, tiny):
     tokens = torch.randn(1, 2, backbone.word_dim, requires_grad=True)
     backbone.encode_text_with_tokens(["a photo of $"], tokens).sum().backward()
@@ -220,6 +227,7 @@ def test_pseudo_tokens_get_gradients(backbone, tiny):
 
 
 # --- errors and edge cases ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_long_text_is_truncated_with_a_warning(backbone, tiny, caplog):
     long_text = " ".join(["a big red dog"] * 40)  # > 77 and > 16 tokens
     with caplog.at_level(logging.WARNING):

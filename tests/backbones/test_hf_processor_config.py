@@ -3,9 +3,13 @@ are the checkpoint's own and must not silently become CLIP's defaults."""
 
 import json
 
+import pytest
+
 from hf_tiny import tiny_clip
 from zscir.backbones import load_backbone
 from zscir.backbones.hf import CLIP_MEAN
+
+pytestmark = pytest.mark.slow  # every test here takes seconds (see README: make test-fast)
 
 
 def test_processor_config_json_is_read(tmp_path):

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from bad_helpers import one_line_error, run_cli
 from PIL import Image
 
-from bad_helpers import one_line_error, run_cli
 from index_helpers import SPEC
 
 BAD_UTF8 = b"make it \xff\xfe red".decode("utf-8", "surrogateescape")  # what argv holds for such bytes
@@ -69,6 +69,7 @@ CHECKPOINT_ROWS = [
 
 
 @pytest.mark.parametrize("name,damage,words", CHECKPOINT_ROWS, ids=[r[0] for r in CHECKPOINT_ROWS])
+@pytest.mark.slow
 def test_tampered_checkpoint_rows(tmp_path, capsys, model_dir, ok_png, name, damage, words):
     folder = Path(shutil.copytree(model_dir, tmp_path / "m"))
     damage(folder)
@@ -79,6 +80,7 @@ def test_tampered_checkpoint_rows(tmp_path, capsys, model_dir, ok_png, name, dam
 
 
 # --- arguments ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_non_utf8_text(capsys, model_dir, ok_png, built_index, ref_png):
     """Item 9: a --text with undecodable bytes ended in UnicodeEncodeError."""
     code, err = run_cli(capsys, "compose", "--backbone", model_dir, "--image", ok_png, "--text", BAD_UTF8)
@@ -90,6 +92,7 @@ def test_non_utf8_text(capsys, model_dir, ok_png, built_index, ref_png):
 @pytest.mark.parametrize("text,code_expected,words", [("", 2, "empty or whitespace-only"),
                                                       ("   \n", 2, "empty or whitespace-only"),
                                                       ("red " * 20000, 0, "")])
+@pytest.mark.slow
 def test_empty_and_huge_texts(capsys, model_dir, ok_png, text, code_expected, words):
     """Already held: empty texts refused, a huge text truncated to the tower's context."""
     code, err = run_cli(capsys, "compose", "--backbone", model_dir, "--image", ok_png, "--text", text)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from bad_helpers import encode
 from PIL import Image
 
-from bad_helpers import encode
 from zscir.errors import ImageTooLargeError, InputError
 from zscir.utils.io import LARGE_SIDE, load_image, load_image_bytes
 
@@ -94,6 +94,7 @@ ROWS = [
 
 
 @pytest.mark.parametrize("name,build,expected", ROWS, ids=[r[0] for r in ROWS])
+@pytest.mark.slow
 def test_image_rows(tmp_path, name, build, expected):
     data = build()
     path = tmp_path / f"{name}.img"
@@ -137,6 +138,7 @@ def test_preprocess_composites_alpha_like_the_loader(default_backbone):
     assert np.allclose(preprocess_image(rgba, cfg).numpy(), white.numpy())
 
 
+@pytest.mark.slow
 def test_large_decodes_are_bounded_and_memory_is_returned(monkeypatch):
     """Item 6: 8 concurrent near-limit uploads took a server from 0.62 to 2.36 GB, and it stayed there.
     Decodes of more than 8 MP take one of two slots, and freed memory is handed back after each

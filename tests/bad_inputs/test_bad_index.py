@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bad_helpers import no_temporaries, one_line_error, run_cli, run_zscir
+
 from index_helpers import SPEC, contents
 from zscir.errors import CheckpointError
 from zscir.index import GalleryIndex, Manifest
@@ -84,6 +84,7 @@ EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\ndef make():\
 
 
 @pytest.mark.parametrize("spec", ["py:os:abort", "py:code:interact", "py:evil_mod:make"])
+@pytest.mark.slow
 def test_manifest_naming_code_is_refused(index_copy, gallery, ref_png, tmp_path, spec):
     """`py:os:abort` in a manifest killed `zscir search` (exit 134); evil_mod.py in the index folder ran."""
     marker = tmp_path / "ran"
@@ -101,6 +102,7 @@ def test_manifest_naming_code_is_refused(index_copy, gallery, ref_png, tmp_path,
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_explicit_py_spec_is_not_imported_from_the_current_folder(index_copy, ref_png, tmp_path):
     """Even a spec the user types is not looked up in the current folder (python -m puts it on sys.path)."""
     marker = tmp_path / "ran"
@@ -149,6 +151,7 @@ print("same" if before == after else f"changed {before} {after}")
 
 
 @pytest.mark.parametrize("how", ["truncate", "overwrite"])
+@pytest.mark.slow
 def test_shards_damaged_while_serving(tmp_path, gallery, how):
     """Item 4: a running server memory-mapped them: SIGBUS on truncation, silent new rankings on overwrite."""
     out = tmp_path / "ivfpq"
@@ -222,6 +225,7 @@ def test_concurrent_indexing_is_locked(index_copy, gallery):
 
 
 # --- item 10: an --add in progress (or killed) leaves the complete index searchable -----------------------------
+@pytest.mark.slow
 def test_add_in_progress_keeps_the_complete_index_searchable(tmp_path, gallery, ref_png, capsys):
     out = tmp_path / "idx"
     build_index(gallery / "part0", out, SPEC, shard_size=4, progress=False)

@@ -14,16 +14,16 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from bad_helpers import encode
+from fastapi.testclient import TestClient
 
-from bad_helpers import encode  # noqa: E402
-from index_helpers import SPEC  # noqa: E402
-from zscir.index.runner import build_index  # noqa: E402
-from zscir.index.search import Searcher  # noqa: E402
-from zscir.serve.app import create_app, image_url  # noqa: E402
-from zscir.serve.limits import Limits  # noqa: E402
-from zscir.utils.io import load_image  # noqa: E402
-from zscir_fakes import make_image, write_gallery  # noqa: E402
+from index_helpers import SPEC
+from zscir.index.runner import build_index
+from zscir.index.search import Searcher
+from zscir.serve.app import create_app, image_url
+from zscir.serve.limits import Limits
+from zscir.utils.io import load_image
+from zscir_fakes import make_image, write_gallery
 
 LIMITS = Limits(max_upload_bytes=200_000, max_pixels=4_000_000, max_text_chars=50, max_k=20,
                 read_timeout_s=1.0, body_timeout_s=3.0)
@@ -221,7 +221,7 @@ def _read_response(sock: socket.socket, timeout: float) -> bytes:
             data += chunk
             if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1]:
                 break
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 
@@ -259,6 +259,7 @@ def test_chunked_upload_is_cut_at_the_limit(live):
     assert sent < blocks * len(block)
 
 
+@pytest.mark.slow
 def test_slow_headers_are_timed_out(live):
     """Item 8: a client that opens a connection and trickles bytes was never timed out."""
     with socket.create_connection(("127.0.0.1", live)) as s:
@@ -272,6 +273,7 @@ def test_slow_headers_are_timed_out(live):
         assert data == b"" and time.time() - t0 < LIMITS.read_timeout_s + 4
 
 
+@pytest.mark.slow
 def test_stalled_body_gets_408(live):
     with socket.create_connection(("127.0.0.1", live)) as s:
         s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"

@@ -7,9 +7,8 @@ import sys
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from zscir_fakes import make  # noqa: E402
-
-from zscir.data import StreamConfig, image_features, open_source, text_features  # noqa: E402
+from zscir.data import StreamConfig, image_features, open_source, text_features
+from zscir_fakes import make
 
 dist.init_process_group("gloo")
 root = sys.argv[1]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from datalayer_helpers import write_shards
-from zscir_fakes import make, make_other, write_gallery
 
 from zscir.data import CacheKey, FeatureCache, PathsSource, StreamConfig, image_features, open_source, text_features
 from zscir.errors import InputError
+from zscir_fakes import make, make_other, write_gallery
 
 
 class Counting:
@@ -132,6 +132,7 @@ def test_ranks_write_their_parts_and_rank0_commits(tmp_path):
     assert cache.get(key) is not None and cache.get(CacheKey("bb", "pre", "src", "other")) is None
 
 
+@pytest.mark.slow
 def test_feature_cache_under_torchrun(tmp_path):
     """2 processes (gloo): each computes its half, rank 0 commits one entry with every item exactly once."""
     import json

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datalayer_helpers import write_pairs_csv, write_shards
-from zscir_fakes import make
 
 from zscir.cli import main
 from zscir.data import load_location, make_cir_triplets, open_source, read_cir_triplets
 from zscir.errors import InputError
 from zscir.train.triplets import generate_triplets
+from zscir_fakes import make
 
 
 def edit(caps, k, seed):

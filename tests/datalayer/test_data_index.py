@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 from datalayer_helpers import caption, write_pairs_csv, write_shards
-from index_helpers import SPEC, contents
-from zscir_fakes import make
 
+from index_helpers import SPEC, contents
 from zscir.cli import main
 from zscir.data import open_source
 from zscir.errors import InputError
 from zscir.index.store import GalleryIndex
 from zscir.utils.io import check_output_dir, safe_output_dir
+from zscir_fakes import make
 
 
 def test_index_webdataset_brace_pattern_end_to_end(tmp_path, monkeypatch, capsys):

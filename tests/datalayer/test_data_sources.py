@@ -8,7 +8,6 @@ import tarfile
 
 import pytest
 from datalayer_helpers import caption, write_pairs_csv, write_pairs_jsonl, write_shards
-from zscir_fakes import write_gallery
 
 from zscir.data import (
     FolderSource,
@@ -22,6 +21,7 @@ from zscir.data import (
     read_location,
 )
 from zscir.errors import InputError
+from zscir_fakes import write_gallery
 
 
 def test_brace_expansion_keeps_padding_and_multiplies():

@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 from datalayer_helpers import write_pairs_csv, write_shards
-from zscir_fakes import write_gallery
 
 from zscir.backbones.preprocess import PreprocessConfig
 from zscir.data import StreamConfig, open_source, stream
 from zscir.errors import InputError
+from zscir_fakes import write_gallery
 
 PRE = PreprocessConfig(size=16, mode="resize", interpolation="bilinear")
 
@@ -29,6 +29,7 @@ def _keys(source, world: int, workers: int, **cfg) -> Counter:
 
 
 @pytest.mark.parametrize("n_shards", [6, 1])  # 6 tars >= 2x2 parts: whole tars per part; 1 tar: item split
+@pytest.mark.slow
 def test_shards_exactly_once_across_workers_and_ranks(tmp_path, n_shards):
     write_shards(tmp_path / "s", n_shards, 12 // n_shards)
     src = open_source(str(tmp_path / "s"))
@@ -37,6 +38,7 @@ def test_shards_exactly_once_across_workers_and_ranks(tmp_path, n_shards):
     assert _keys(src, world=2, workers=2, shuffle=True, shuffle_buffer=4) == want
 
 
+@pytest.mark.slow
 def test_folder_exactly_once_and_shuffle_is_seeded(tmp_path):
     write_gallery(tmp_path / "g", 11)
     src = open_source(str(tmp_path / "g"))
@@ -52,6 +54,7 @@ def test_folder_exactly_once_and_shuffle_is_seeded(tmp_path):
     assert order(0, 0) != order(0, 1) and sorted(order(0, 1)) == sorted(want)
 
 
+@pytest.mark.slow
 def test_batches_stay_full_when_items_fail_and_failures_are_reported(tmp_path):
     write_shards(tmp_path / "s", 2, 10, corrupt={2, 13})
     out = tmp_path / "failures.jsonl"
@@ -102,6 +105,7 @@ def test_rejects_bad_settings():
         StreamConfig(max_bad_fraction=float("nan"))
 
 
+@pytest.mark.slow
 def test_listing_problems_reported_once_over_epochs(tmp_path):
     import os
 

@@ -4,9 +4,9 @@ import json
 import shutil
 
 import pytest
+from bench_fixtures import CIRCO_IDS, make_circo, make_cirr, make_fashioniq, make_genecis, real_circo_dir
 from PIL import Image
 
-from bench_fixtures import CIRCO_IDS, make_circo, make_cirr, make_fashioniq, make_genecis, real_circo_dir
 from zscir.datasets import crop_instance, load_benchmark, load_circo, load_cirr, load_fashioniq, load_genecis
 from zscir.datasets.circo import read_circo_annotations
 from zscir.datasets.fashioniq import join_captions

@@ -6,6 +6,8 @@ import pytest
 
 from zscir.experiments.demo import DemoConfig, run_demo
 
+pytestmark = pytest.mark.slow  # every test here takes seconds (see README: make test-fast)
+
 SCHEMA_CIRR = {"R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3"}
 SCHEMA_CIRCO = {"mAP@5", "mAP@10", "mAP@25", "mAP@50"}
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from bench_fixtures import make_circo, make_cirr, make_fashioniq, make_genecis
+
 from zscir.cli import main
 from zscir.datasets import load_cirr
 from zscir.errors import InputError

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from bench_fixtures import real_circo_dir
+
 from zscir.datasets.circo import read_circo_annotations
 from zscir.eval.metrics import average_precision_at_k, map_at_k, target_ranks
 from zscir.eval.protocols import circo_protocol, cirr_protocol, single_target_protocol

@@ -8,14 +8,21 @@ import sys
 import textwrap
 from pathlib import Path
 
+import bench_fixtures  # noqa: F401  (registers the testfake backbone)
 import pytest
 from PIL import Image
 
-import bench_fixtures  # noqa: F401  (registers the testfake backbone)
 import zscir.datasets
 from zscir.cli import main
-from zscir.datasets import BenchmarkSplit, ImageItem, Query, get_benchmark, list_benchmarks, register_benchmark
-from zscir.datasets import registry
+from zscir.datasets import (
+    BenchmarkSplit,
+    ImageItem,
+    Query,
+    get_benchmark,
+    list_benchmarks,
+    register_benchmark,
+    registry,
+)
 from zscir.datasets.registry import Benchmark, unregister_benchmark
 from zscir.errors import InputError
 from zscir.eval.protocols import single_target_protocol

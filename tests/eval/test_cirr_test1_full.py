@@ -5,10 +5,14 @@ validated server submission covering every pairid, without --allow-incomplete, a
 import json
 import random
 
+import pytest
 from bench_fixtures import _img, _json
+
 from zscir.cli import main
 from zscir.datasets import load_cirr
 from zscir.eval import submission as sub
+
+pytestmark = pytest.mark.slow  # every test here takes seconds (see README: make test-fast)
 
 N_IMAGES, N_QUERIES, BLANK = 2315, 4148, "27098"
 

@@ -4,6 +4,7 @@ recorded as partial and incomplete."""
 import json
 
 from bench_fixtures import make_cirr, make_fashioniq, make_genecis
+
 from zscir.cli import main
 from zscir.datasets import load_cirr
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from bench_fixtures import make_circo, make_cirr, make_fashioniq
+
 from zscir.backbones import load_backbone
 from zscir.cli import main
 from zscir.datasets import load_benchmark
@@ -77,6 +77,7 @@ def test_cirr_scores_equal_eval(tmp_path, capsys):
     assert rc == 2 and "need at least 50" in err
 
 
+@pytest.mark.slow
 def test_circo_and_fashioniq_scores_equal_eval(tmp_path, capsys):
     root = make_circo(tmp_path / "CIRCO", n_extra=45)
     expected = _eval(tmp_path, capsys, "--benchmark", "circo", "--root", str(root))["summary"]
@@ -115,6 +116,7 @@ def test_circo_and_fashioniq_scores_equal_eval(tmp_path, capsys):
     (lambda p: p["12060"].__setitem__(1, "not-an-image"), "query 12060: 'not-an-image' is not a gallery image"),
     (lambda p: p.__setitem__("12066", None), "query 12066: expected a list of image ids"),
 ])
+@pytest.mark.slow
 def test_malformed_predictions_are_refused_naming_the_query(tmp_path, capsys, edit, message):
     root = make_cirr(tmp_path / "CIRR", n_images=56)
     top, _ = _rankings("cirr", root)

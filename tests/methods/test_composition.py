@@ -42,6 +42,7 @@ def test_registry_has_the_baselines():
         get_method_class("nope")
 
 
+@pytest.mark.slow
 def test_methods_on_default_backbone(default_backbone):
     px = torch.randn(2, 3, 96, 96)
     texts = ["make it red", "move the star to the left"]

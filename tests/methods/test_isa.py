@@ -11,7 +11,13 @@ from zscir.checkpoint import load_checkpoint
 from zscir.errors import CheckpointError, InputError
 from zscir.methods import get_method_class
 from zscir.methods.isa import (
-    AdaptiveTokenLearner, ISA, ISAConfig, ISASymmetric, isa_config_for, load_isa, load_isa_modules,
+    ISA,
+    AdaptiveTokenLearner,
+    ISAConfig,
+    ISASymmetric,
+    isa_config_for,
+    load_isa,
+    load_isa_modules,
 )
 from zscir.utils.profiling import count_flops
 

@@ -35,6 +35,7 @@ def vit(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("mode", ["asymmetric", "symmetric"])
+@pytest.mark.slow
 def test_isa_trains_and_runs_on_any_vit(vit, mode, tmp_path):
     from zscir.train.isa import ISATrainConfig, train_isa_on_paths
 

@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from zscir.cli import main  # noqa: E402
-from zscir.errors import CheckpointError, InputError  # noqa: E402
-from zscir.index.runner import build_index  # noqa: E402
-from zscir.index.search import Searcher  # noqa: E402
-from zscir.methods import build_method, get_method_class, list_methods  # noqa: E402
-from zscir.serve.app import create_app  # noqa: E402
+from zscir.cli import main
+from zscir.errors import CheckpointError, InputError
+from zscir.index.runner import build_index
+from zscir.index.search import Searcher
+from zscir.methods import build_method, get_method_class, list_methods
+from zscir.serve.app import create_app
 
 README_METHODS = {"image", "text", "sum", "slerp", "slerp+tat", "pic2word", "two-stage/mapping-only", "two-stage",
                   "pic2word+rtd", "two-stage+rtd", "isa", "isa/symmetric"}
@@ -55,6 +55,7 @@ def test_every_method_of_the_readme_is_registered():
 
 
 @pytest.mark.parametrize("name", sorted(README_METHODS))
+@pytest.mark.slow
 def test_build_refuse_and_agree(setup, name):
     s, b = setup, setup.backbone
     cls = get_method_class(name)
@@ -103,6 +104,7 @@ def test_a_checkpoint_for_another_backbone_is_refused(setup, tmp_path):
             build_method(name, other, [setup.checkpoints[name]])
 
 
+@pytest.mark.slow
 def test_same_vector_through_compose_search_and_service(setup, tmp_path, capsys):
     s = setup
     trained = [p for n, p in s.checkpoints.items() if n != "slerp+tat"]
@@ -147,6 +149,7 @@ def test_same_vector_through_compose_search_and_service(setup, tmp_path, capsys)
     assert str(s.index.parent) not in detail  # no server path in a client's answer
 
 
+@pytest.mark.slow
 def test_a_tuned_gallery_serves_only_its_own_encoder(setup):
     s = setup
     man = json.loads((s.index_tat / "manifest.json").read_text())
@@ -166,6 +169,7 @@ def test_a_tuned_gallery_serves_only_its_own_encoder(setup):
         Searcher.open(s.index, checkpoints=[s.checkpoints["slerp+tat"]])
 
 
+@pytest.mark.slow
 def test_builder_constructs_what_the_demo_built_before(setup):
     """The demo now builds every method with build_method; the construction is the one its recipes used to do
     by hand, so the demo's numbers do not move (bit-identical queries)."""

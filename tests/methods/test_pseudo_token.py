@@ -39,6 +39,7 @@ def test_mapper_shapes_and_injection_starts_as_its_mlp(default_backbone):
         assert p(b.encode_text(["a red cube"])).shape == (1, 1, b.word_dim)
 
 
+@pytest.mark.slow
 def test_pic2word_composes_and_fast_path_matches(default_backbone):
     b = default_backbone
     method = get_method_class("pic2word")(b, mapper=_mapper(b))

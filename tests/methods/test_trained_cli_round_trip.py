@@ -11,10 +11,12 @@ import re
 import pytest
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from bench_fixtures import make_cirr
+from fastapi.testclient import TestClient
 
-from bench_fixtures import make_cirr  # noqa: E402
-from zscir.cli import main  # noqa: E402
+from zscir.cli import main
+
+pytestmark = pytest.mark.slow  # every test here trains or runs CLI round trips (see README: make test-fast)
 
 TRAINED = ["slerp+tat", "pic2word", "two-stage/mapping-only", "two-stage", "pic2word+rtd", "two-stage+rtd", "isa",
            "isa/symmetric"]

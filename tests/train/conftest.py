@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig, ResidualLinearHead, _TextTower, _ImageTower
-from zscir.backbones.preprocess import PreprocessConfig
 from zscir.backbones.base import Backbone
+from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig, ResidualLinearHead, _ImageTower, _TextTower
+from zscir.backbones.preprocess import PreprocessConfig
 
 
 class TinyBackbone(DefaultBackbone):

@@ -7,10 +7,9 @@ import torch
 import torch.distributed as tdist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TinyBackbone, TinyMapper  # noqa: E402
-
-from zscir.train.rtd import RTDConfig, train_rtd  # noqa: E402
-from zscir.train.triplets import generate_triplets  # noqa: E402
+from conftest import TinyBackbone, TinyMapper
+from zscir.train.rtd import RTDConfig, train_rtd
+from zscir.train.triplets import generate_triplets
 
 out = sys.argv[1]
 tdist.init_process_group("gloo")  # ours: train_rtd leaves a process group it did not make in place

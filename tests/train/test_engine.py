@@ -12,7 +12,15 @@ from torch import nn
 from zscir.errors import InputError
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EngineConfig, EpochSequence, Task, TrainingDiverged, check_out_dir, fit, param_groups, partial_dir, warmup_cosine,
+    EngineConfig,
+    EpochSequence,
+    Task,
+    TrainingDiverged,
+    check_out_dir,
+    fit,
+    param_groups,
+    partial_dir,
+    warmup_cosine,
 )
 
 

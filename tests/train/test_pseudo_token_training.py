@@ -9,8 +9,15 @@ from PIL import Image
 from zscir.errors import InputError
 from zscir.methods.mapped import Pic2Word, TwoStage, TwoStageMappingOnly, load_mapped_method
 from zscir.train.pseudo_token import (
-    ComposingConfig, grouped_batches, mapping_config, pic2word_config, select_triplets, soft_alignment_loss,
-    train_composing, train_mapping, train_pic2word,
+    ComposingConfig,
+    grouped_batches,
+    mapping_config,
+    pic2word_config,
+    select_triplets,
+    soft_alignment_loss,
+    train_composing,
+    train_mapping,
+    train_pic2word,
 )
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 180, 30), "yellow": (230, 220, 40)}
@@ -66,6 +73,7 @@ def test_soft_alignment_and_data_selection():
     assert all(len({trip[i]["reference"] for i in b}) == 2 for b in batches)  # 2 references x 3 triplets
 
 
+@pytest.mark.slow
 def test_pic2word_then_two_stage_train_save_and_load(world, tmp_path, default_backbone):
     b = default_backbone
     cache = tmp_path / "cache"
@@ -96,6 +104,7 @@ def test_pic2word_then_two_stage_train_save_and_load(world, tmp_path, default_ba
         train_composing(ComposingConfig(world="tiny", out=str(tmp_path / "x")), backbone=b, world=world)
 
 
+@pytest.mark.slow
 def test_pic2word_mapper_learns_on_tiny_data(world, tmp_path, default_backbone):
     """A few steps of the contrastive objective move the loss down (frozen towers, cached features)."""
     res = train_pic2word(pic2word_config(world="tiny", out=str(tmp_path / "p"), steps=12, batch_size=12, lr=3e-3,
@@ -107,6 +116,7 @@ def test_pic2word_mapper_learns_on_tiny_data(world, tmp_path, default_backbone):
     assert res.final_loss < 2.48  # log(12): chance level of a 12-way contrastive task
 
 
+@pytest.mark.slow
 def test_two_stage_on_an_rtd_tower(world, tmp_path, default_backbone):
     """two-stage+rtd: RTD tunes the text tower for the stage-1 mapper, stage 2 trains LoRA on that tower; the
     checkpoint remembers the RTD tower and refuses to load without it (or with another one)."""

@@ -12,10 +12,16 @@ from zscir.errors import CheckpointError, InputError
 from zscir.methods.rtd import RTDMethod, load_rtd_text_encoder, with_rtd
 from zscir.objectives import info_nce
 from zscir.train import rtd as rtd_mod
-from zscir.train.rtd import (CONCAT_SCHEMES, RTDConfig, anchored_info_nce, load_rtd_start, random_batches,
-                             refined_batches, train_rtd)
+from zscir.train.rtd import (
+    CONCAT_SCHEMES,
+    RTDConfig,
+    anchored_info_nce,
+    load_rtd_start,
+    random_batches,
+    refined_batches,
+    train_rtd,
+)
 from zscir.train.triplets import Triplet, generate_triplets
-
 
 CAPS = ["a small red circle on a white background", "a big blue star at the top left",
         "a green square and a yellow triangle", "a tiny purple hexagon on the right",

@@ -11,6 +11,8 @@ from zscir.train.pretrain import PretrainConfig, pretrain
 from zscir.train.pseudo_token import mapping_config, pic2word_config, train_mapping, train_pic2word
 from zscir.world import generate_world, load_world
 
+pytestmark = pytest.mark.slow  # every test here takes seconds (see README: make test-fast)
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -97,6 +97,7 @@ def trained(tmp_path_factory, tiny_pairs, base):
     return res, text_before, image_before
 
 
+@pytest.mark.slow
 def test_text_tower_bit_identical_and_base_untouched(trained, base):
     res, text_before, image_before = trained
     assert _hashes(base.text_tower) == text_before  # every text-tower tensor, bit for bit
@@ -104,6 +105,7 @@ def test_text_tower_bit_identical_and_base_untouched(trained, base):
     assert res.steps == 2 * (24 // 8)
 
 
+@pytest.mark.slow
 def test_adapter_checkpoint_is_small_and_loads(trained, base, tiny_pairs):
     res, _, _ = trained
     ck = load_checkpoint(res.path, ADAPTERS_KIND)
@@ -126,6 +128,7 @@ def test_adapter_checkpoint_is_small_and_loads(trained, base, tiny_pairs):
     assert m.gallery_id != get_method_class("slerp")(base).gallery_id
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_backbone_is_refused(trained):
     from zscir.backbones.default import DefaultBackbone
 
@@ -149,6 +152,7 @@ def test_missing_images_listed_skipped_or_refused(tmp_path, tiny_pairs, caplog):
         read_caption_file(bad, img, max_missing=0.05)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_run(tmp_path, tiny_pairs, base, monkeypatch):
     import zscir.train.tat as tat
 
@@ -186,6 +190,7 @@ def test_gap_stats():
     assert shifted["centroid_distance"] > 0.3 and shifted["matched_cosine"] < 0.9
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_pairs, base_ckpt):
     img, caps = tiny_pairs
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}

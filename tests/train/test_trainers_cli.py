@@ -24,7 +24,7 @@ import torch
 from zscir.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_data import make_user_data, trainer_commands  # noqa: E402
+from train_data import make_user_data, trainer_commands
 
 TRAINERS = ("mapping", "pic2word", "composing", "rtd", "isa", "tat", "pretrain")
 STEPS = 3
@@ -58,6 +58,7 @@ def full(data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_every_trainer_trains_on_user_data_and_loads(full, data):
     from zscir.backbones import load_backbone
     from zscir.backbones.default import DefaultBackbone
@@ -89,6 +90,7 @@ class _Killed(BaseException):
     """Stands for `kill -9` right after a resume state was written (nothing after it runs)."""
 
 
+@pytest.mark.slow
 def test_every_trainer_resumes_to_the_uninterrupted_weights(full, data, tmp_path, monkeypatch):
     import zscir.train.engine as engine
 
@@ -111,6 +113,7 @@ def test_every_trainer_resumes_to_the_uninterrupted_weights(full, data, tmp_path
             assert torch.equal(want[k], got[k]), f"{name}: {k}"
 
 
+@pytest.mark.slow
 def test_every_trainer_under_torchrun_matches_one_process(full, data, tmp_path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     if not Path(torchrun).exists():
@@ -135,6 +138,7 @@ def test_every_trainer_under_torchrun_matches_one_process(full, data, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.slow
 def test_autocast_precisions_train(data, full, tmp_path, precision):
     cmds = trainer_commands(data, tmp_path, 2, ("--precision", precision))
     for name in ("pic2word", "tat"):
@@ -151,6 +155,7 @@ def victim(tmp_path):
     return v
 
 
+@pytest.mark.slow
 def test_out_that_is_not_a_checkpoint_of_that_kind_is_refused(data, victim, tmp_path, monkeypatch, capsys, full):
     world = data["world"]
     cmds = [
@@ -167,8 +172,8 @@ def test_out_that_is_not_a_checkpoint_of_that_kind_is_refused(data, victim, tmp_
     monkeypatch.chdir(victim)
     assert _run(["train", "pic2word", "--world", world, "--steps", "2", "--backbone", data["clip"], "--out", "."]) == 2
     assert [p.name for p in victim.iterdir()] == ["thesis.txt"]
-    from zscir.experiments.demo import check_demo_out
     from zscir.errors import InputError
+    from zscir.experiments.demo import check_demo_out
 
     with pytest.raises(InputError, match="refusing"):
         check_demo_out(victim)
@@ -185,6 +190,7 @@ def test_impossible_values_are_refused_before_any_work(data, tmp_path, bad, caps
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_saves_nothing(data, tmp_path, capsys, full):
     out = tmp_path / "nan"
     cmd = ["train", "pic2word", "--backbone", data["clip"], "--images", data["images"], "--out", str(out),
@@ -194,6 +200,7 @@ def test_a_diverging_run_stops_and_saves_nothing(data, tmp_path, capsys, full):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_real_kill_then_resume_reaches_the_uninterrupted_weights(full, data, tmp_path):
     """The same as above with a real process death: `os._exit(137)` right after the step-2 resume state is
     written (ZSCIR_TRAIN_CRASH_AFTER_SAVE), so no clean-up, finaliser or atexit runs, as under `kill -9`."""

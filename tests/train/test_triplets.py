@@ -9,7 +9,13 @@ import pytest
 
 from zscir.errors import InputError
 from zscir.train.rtd import load_triplet_source
-from zscir.train.triplets import ATTRIBUTE_WORDS, generate_triplets, read_captions, read_triplets_jsonl, write_triplets_jsonl
+from zscir.train.triplets import (
+    ATTRIBUTE_WORDS,
+    generate_triplets,
+    read_captions,
+    read_triplets_jsonl,
+    write_triplets_jsonl,
+)
 
 GOOD = {"reference": "a red circle", "modification": "make it blue", "target": "a blue circle"}
 

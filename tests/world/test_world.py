@@ -1,15 +1,11 @@
-import json
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from zscir.errors import InputError
 from zscir.world import SIZES, generate_world, load_world
 from zscir.world.generate import _INTERNAL_SIZES
-from zscir.world.modify import KINDS, Compound, Family, mods_of_kind, random_compound, random_family, random_mod
+from zscir.world.modify import KINDS, Compound, mods_of_kind, random_compound, random_family
 from zscir.world.render import render
 from zscir.world.scene import Scene, all_combos, random_scene
 
@@ -26,6 +22,7 @@ def worlds(tmp_path_factory):
     return a, b, c
 
 
+@pytest.mark.slow
 def test_determinism(worlds):
     a, b, c = worlds
     for f in JSONS:
@@ -43,6 +40,7 @@ def test_render_size_and_seed():
     assert im.tobytes() == render(s, 128, rng_seed=5).tobytes()
 
 
+@pytest.mark.slow
 def test_modifications_are_functions():
     rng = random.Random(1)
     combos = set(all_combos())
@@ -158,6 +156,7 @@ def test_counts_per_size(worlds):
     assert SIZES["large"]["pairs"] >= 4 * SIZES["default"]["pairs"] - 1
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_world(tmp_path, monkeypatch):
     from zscir.cli import main
     from zscir.world import generate as G

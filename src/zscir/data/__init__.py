@@ -49,7 +49,7 @@ Output folders (zscir.utils.io): check_output_dir(path, is_ours, what) / safe_ou
 into or replace a non-empty folder that is not an output of the same kind.
 """
 
-from zscir.data.cache import CacheKey, CachedFeatures, FeatureCache
+from zscir.data.cache import CachedFeatures, CacheKey, FeatureCache
 from zscir.data.features import decode_workers, image_features, text_features
 from zscir.data.sources import (
     FolderSource,
@@ -73,7 +73,7 @@ from zscir.data.triplets import CIRTriplet, TripletReport, make_cir_triplets, re
 __all__ = [
     "Batch", "CIRTriplet", "CacheKey", "CachedFeatures", "FeatureCache", "FolderSource", "GlobSource",
     "ListingSource", "PathsSource", "Record", "Source", "SourceConfig", "StreamConfig", "StreamingDataset",
-    "StreamingLoader", "TarSource", "TripletReport", "expand_braces", "image_features", "iter_jsonl", "iter_texts",
+    "StreamingLoader", "TarSource", "TripletReport", "decode_workers", "expand_braces", "image_features", "iter_jsonl", "iter_texts",
     "load_location", "make_cir_triplets", "open_source", "read_cir_triplets", "read_location", "stream",
     "text_features",
 ]

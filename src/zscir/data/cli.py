@@ -142,7 +142,6 @@ def run_make_triplets(args: argparse.Namespace) -> int:
     from zscir.data.stream import StreamConfig
     from zscir.data.triplets import make_cir_triplets
     from zscir.train.triplets import generate_triplets
-
     from zscir.utils.io import check_output_file
 
     out = check_output_file(args.out, "--out")  # a folder, an unwritable place: refused before any work

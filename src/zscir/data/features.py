@@ -7,14 +7,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from zscir.data.cache import CacheKey, CachedFeatures, FeatureCache
+from zscir.data.cache import CachedFeatures, CacheKey, FeatureCache
 from zscir.data.sources import PathsSource, Source
 from zscir.data.stream import StreamConfig, StreamingDataset, StreamingLoader
 from zscir.errors import CheckpointError, InputError

@@ -4,11 +4,12 @@
 import hashlib
 import os
 import stat as statlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
-
+from typing import Any
 
 from zscir.data.base import IMAGE_EXTENSIONS, Record, Source, SourceConfig, _is_utf8, _printable, _stat_key
+
 
 class FolderSource(Source):
     """Image files under a folder, recursively, in sorted order. Keys are POSIX paths relative to the folder.

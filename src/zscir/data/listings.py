@@ -4,13 +4,14 @@
 import csv
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
-
-from zscir.errors import InputError
 from zscir.data.base import CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, Record, Source, SourceConfig
+from zscir.errors import InputError
 from zscir.utils.io import iter_jsonl_objects, utf8_lines
+
 
 def _pick(name: str | None, fields: Sequence[str], candidates: Sequence[str], what: str, where: str,
           flag: str, required: bool) -> str | None:

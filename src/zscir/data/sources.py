@@ -27,17 +27,28 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
-from zscir.errors import InputError
 from zscir.data.base import (  # noqa: F401 - re-exported: `zscir.data.sources` is the public home of every name
-    CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTENSIONS, LISTING_EXTENSIONS, TAR_EXTENSIONS, TAR_SEP, Record,
-    Source, SourceConfig, load_location, read_location, split_location,
+    CAPTION_COLUMNS,
+    ID_COLUMNS,
+    IMAGE_COLUMNS,
+    IMAGE_EXTENSIONS,
+    LISTING_EXTENSIONS,
+    TAR_EXTENSIONS,
+    TAR_SEP,
+    Record,
+    Source,
+    SourceConfig,
+    load_location,
+    read_location,
+    split_location,
 )
 from zscir.data.folders import FolderSource, GlobSource, PathsSource  # noqa: F401
-from zscir.data.listings import ListingSource, _pick, iter_jsonl  # noqa: F401
-from zscir.data.tars import TarSource  # noqa: F401
+from zscir.data.listings import ListingSource, _pick, iter_jsonl
+from zscir.data.tars import TarSource
+from zscir.errors import InputError
 from zscir.utils.io import utf8_lines
 
 # --- brace expansion and the entry point -----------------------------------------------------------------

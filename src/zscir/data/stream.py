@@ -19,9 +19,10 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -52,7 +53,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self

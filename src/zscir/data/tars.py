@@ -5,12 +5,21 @@ import hashlib
 import json
 import os
 import tarfile
-from typing import Any, Iterator, Sequence
-
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from zscir.data.base import (
-    IMAGE_EXTENSIONS, TAR_EXTENSIONS, TAR_SEP, Record, Source, SourceConfig, _is_utf8, _printable, _stat_key,
+    IMAGE_EXTENSIONS,
+    TAR_EXTENSIONS,
+    TAR_SEP,
+    Record,
+    Source,
+    SourceConfig,
+    _is_utf8,
+    _printable,
+    _stat_key,
 )
+
 
 class TarSource(Source):
     """WebDataset tar shards (img2dataset layout), streamed with the standard library's tarfile.

@@ -8,6 +8,12 @@ from __future__ import annotations
 import os
 
 from zscir.datasets.base import BenchmarkSplit, ImageItem, Query, crop_instance
+
+# The built-in loaders, importable from the package as before; a new benchmark needs no line here.
+from zscir.datasets.circo import load_circo
+from zscir.datasets.cirr import load_cirr
+from zscir.datasets.fashioniq import load_fashioniq
+from zscir.datasets.genecis import load_genecis
 from zscir.datasets.registry import (
     Benchmark,
     get_benchmark,
@@ -15,12 +21,6 @@ from zscir.datasets.registry import (
     register_benchmark,
     unregister_benchmark,
 )
-
-# The built-in loaders, importable from the package as before; a new benchmark needs no line here.
-from zscir.datasets.circo import load_circo
-from zscir.datasets.cirr import load_cirr
-from zscir.datasets.fashioniq import load_fashioniq
-from zscir.datasets.genecis import load_genecis
 
 
 def load_benchmark(name: str, root: str | os.PathLike[str], subset: str = "", split: str = "val",

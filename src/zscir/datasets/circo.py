@@ -16,7 +16,8 @@ mAP@5/10/25/50 on the top 50, R@K of the caption's own target, and on val mAP@10
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from zscir.datasets.base import (
     BenchmarkSplit,

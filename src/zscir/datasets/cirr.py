@@ -17,8 +17,9 @@ Protocol (`CIRR` below): the reference is removed from the ranking; R@1/5/10/50,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from zscir.datasets.base import (
     BenchmarkSplit,

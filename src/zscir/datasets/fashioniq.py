@@ -14,8 +14,9 @@ text ("c1 and c2"), the reverse, or both with their features averaged (`--captio
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from zscir.datasets.base import (
     BenchmarkSplit,

@@ -66,7 +66,7 @@ def _attribute_item(d: dict, image_dir: Path, where: str) -> ImageItem:
         raise InputError(f"{where}: instance_bbox should be [x, y, w, h], got {d['instance_bbox']!r}")
     i = int(d["image_id"])
     key = ",".join(f"{v:g}" for v in box)
-    return ImageItem(f"vg:{i}:{key}", image_dir / f"{i}.jpg", bbox=box, dilation=DILATION, pad_square=True)  # type: ignore[arg-type]
+    return ImageItem(f"vg:{i}:{key}", image_dir / f"{i}.jpg", bbox=box, dilation=DILATION, pad_square=True)
 
 
 def load_genecis(root: str | os.PathLike[str], task: str, split: str = "val", strict_counts: bool = False,

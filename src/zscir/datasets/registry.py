@@ -26,9 +26,10 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zscir.datasets.base import BenchmarkSplit, Query
 from zscir.errors import InputError
@@ -185,7 +186,7 @@ def _discover() -> None:
         # another distribution's broken plug-in must not take the built-in benchmarks down with it
         try:
             loaded = ep.load()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a broken plug-in only warns (comment above)
             log.warning("benchmark plug-in %s (%s) failed to load: %s", ep.name, ep.value, e)
             continue
         if isinstance(loaded, type) and issubclass(loaded, Benchmark) and loaded.name not in _BENCHMARKS:

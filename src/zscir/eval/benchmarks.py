@@ -16,8 +16,9 @@ import datetime as _dt
 import logging
 import string
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,10 +96,11 @@ def query_texts(split: BenchmarkSplit, template: str, caption_order: str) -> lis
 def _compose(method, split: BenchmarkSplit, settings: EvalSettings) -> torch.Tensor:
     images = split.images()
     refs = [images[q.reference] for q in split.queries]
-    out = None
+    out: torch.Tensor | None = None
     for texts in query_texts(split, settings.template, settings.caption_order):
         q = compose_queries(method, refs, texts, settings.batch_size, desc=f"{split.benchmark} {split.subset} queries")
         out = q if out is None else out + q
+    assert out is not None  # query_texts yields at least one variant
     return F.normalize(out, dim=-1)
 
 
@@ -146,7 +148,7 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         per[k]["data"]["blank_modifications"] = len(ids)
         if ids:
             per[k]["data"]["blank_modification_queries"] = ids[:20]
-    summary = bench.aggregate(per)
+    summary: dict[str, Any] = bench.aggregate(per)
     if partial and summary:
         summary["partial"] = True
         summary["subsets"] = list(subsets)
@@ -160,7 +162,7 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         "results": per,
         "summary": summary,
         "method": {"name": method.name, "settings": method.settings(),
-                   **({"checkpoint": getattr(method, "checkpoint_ref")} if getattr(method, "checkpoint_ref", None)
+                   **({"checkpoint": method.checkpoint_ref} if getattr(method, "checkpoint_ref", None)
                       else {})},
         "backbone": {
             "spec": getattr(bb, "spec", None),
@@ -171,7 +173,7 @@ def evaluate(method, settings: EvalSettings) -> dict[str, Any]:
         "text": {"template": settings.template, **bench.text_settings(settings)},
         "protocol": bench.protocol,
         "zscir_version": zscir.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     files = [f for r in per.values() for f in r.get("files", [])]

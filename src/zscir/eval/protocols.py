@@ -10,8 +10,9 @@ the real benchmarks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ class ProtocolResult:
     metrics: dict[str, float]
     top: list[list[int]] = field(default_factory=list)  # per query, top gallery indices
     top_scores: list[list[float]] = field(default_factory=list)  # their cosine scores
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def cirr_protocol(

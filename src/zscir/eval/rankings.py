@@ -7,8 +7,9 @@ the CIRR server files, is ignored. Ids may be ints (CIRCO's server files); they 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from zscir.errors import InputError
 from zscir.eval.metrics import recall_at_k

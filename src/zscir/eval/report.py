@@ -7,10 +7,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image
 
@@ -43,8 +43,8 @@ class Example:
 
 @lru_cache(maxsize=4096)
 def _thumb(path: str, size: int = 96) -> str:
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        im = src.convert("RGB")
         im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, format="PNG", optimize=True)

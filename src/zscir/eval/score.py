@@ -18,8 +18,9 @@ else is refused naming the query. A target missing from a list is a miss at ever
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import zscir
 from zscir.datasets import get_benchmark, list_benchmarks
@@ -56,7 +57,7 @@ def score(benchmark: str, root: str | Path, predictions: str | Path, subset_pred
                                               sub, name)
            for s, sp in splits.items()}
     partial = sorted(chosen) != sorted(bench.subsets)
-    summary = bench.aggregate(per)
+    summary: dict[str, Any] = bench.aggregate(per)
     if partial:
         summary["partial"] = True
         summary["subsets"] = list(per)
@@ -66,5 +67,5 @@ def score(benchmark: str, root: str | Path, predictions: str | Path, subset_pred
         "summary": summary, "method": {"name": f"predictions:{name}", "settings": {}},
         "predictions": str(predictions), "backbone": {"spec": None}, "preprocess": {"mode": "-"},
         "zscir_version": zscir.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -67,13 +67,15 @@ def run(args: argparse.Namespace) -> int:
         recall_k=args.recall_k, embeddings=bool(args.embeddings),
     )
     failed = sum(1 for _ in open(f"{args.out}/failures.jsonl", encoding="utf-8"))
-    t = man.faiss.tuning
-    tuned = "; exact search" if t and not t["queries"] else (f"; search {man.faiss.search or '-'}{f', rerank x{man.faiss.rerank}' if man.faiss.rerank else ''}: "
+    fa = man.faiss
+    assert fa is not None  # build_index always writes one
+    t = fa.tuning
+    tuned = "; exact search" if t and not t["queries"] else (f"; search {fa.search or '-'}{f', rerank x{fa.rerank}' if fa.rerank else ''}: "
              f"recall@{t['k']} {t['recall']:.3f} (target {t['target_recall']}"
              f"{'' if t['reached'] else ', NOT reached'})") if t else ""
-    print(f"{args.out}: {man.count} images, {man.dim}-d, {man.faiss.factory}{tuned}; {failed} unreadable "
+    print(f"{args.out}: {man.count} images, {man.dim}-d, {fa.factory}{tuned}; {failed} unreadable "
           f"(listed in {args.out}/failures.jsonl)" if failed else f"{args.out}: {man.count} images, {man.dim}-d, "
-          f"{man.faiss.factory}{tuned}")
+          f"{fa.factory}{tuned}")
     return 0
 
 

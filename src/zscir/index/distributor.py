@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class LocalDistributor:
 class _RayEmbedActor:
     """One model per actor; Ray Data calls it on numpy batches {"path": ...}."""
 
-    def __init__(self, backbone_spec: str, method: str, batch_size: int, workers: int, device: str | None,
+    def __init__(self, backbone_spec: str, method: str | None, batch_size: int, workers: int, device: str | None,
                  checkpoints: tuple[str, ...] = ()) -> None:
         _, m = load_gallery_encoder(backbone_spec, method, device, checkpoints)
         self.embedder = GalleryEmbedder(m, batch_size, workers)
@@ -50,7 +50,7 @@ class _RayEmbedActor:
 
 
 class RayDistributor:
-    def __init__(self, backbone_spec: str, method: str, batch_size: int = 64, workers: int = 2,
+    def __init__(self, backbone_spec: str, method: str | None, batch_size: int = 64, workers: int = 2,
                  actors: int = 2, address: str | None = None, num_cpus: int | None = None,
                  checkpoints: tuple[str, ...] = ()) -> None:
         try:
@@ -75,7 +75,7 @@ class RayDistributor:
         ctx.execution_options.preserve_order = True
         gpus = float(self.ray.cluster_resources().get("GPU", 0))
         per_actor_gpu = 1 if gpus >= self.actors else 0
-        ds = ray.data.from_items([{"pos": i, "path": it.path} for i, it in enumerate(todo)])
+        ds: ray.data.Dataset = ray.data.from_items([{"pos": i, "path": it.path} for i, it in enumerate(todo)])
         ds = ds.map_batches(
             _RayEmbedActor,
             fn_constructor_kwargs={

@@ -5,7 +5,7 @@ files and WebDataset tar members alike)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

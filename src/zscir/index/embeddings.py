@@ -15,9 +15,10 @@ the way in (the index stores cosines); non-finite or all-zero rows are refused, 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -56,14 +57,14 @@ class EmbeddingSource:
             if part not in arrays:
                 arrays[part] = np.load(self.parts[part].npy, mmap_mode="r", allow_pickle=False)
             out[i] = arrays[part][row]
-        bad = ~np.isfinite(out).all(1)
+        bad = np.asarray(~np.isfinite(out).all(1))
         norms = np.linalg.norm(np.where(bad[:, None], 0, out), axis=1)
-        for i in np.flatnonzero(bad | (norms == 0)):
-            part, row = self.locate[items[i].id]
+        for j in np.flatnonzero(bad | (norms == 0)):
+            part, row = self.locate[items[j].id]
             raise InputError(f"{self.parts[part].npy.name} row {row}: non-finite or all-zero embedding")
         return out / norms[:, None]
 
-    def distributor(self) -> "PrecomputedDistributor":
+    def distributor(self) -> PrecomputedDistributor:
         return PrecomputedDistributor(self)
 
 
@@ -145,7 +146,7 @@ def _read_clip_retrieval(root: Path) -> EmbeddingSource:
         dim = _check_dim(dim, a, emb[n])
         try:
             table = pq.read_table(meta[n])
-        except Exception as e:  # pyarrow raises its own types for corrupt files
+        except Exception as e:  # noqa: BLE001 - pyarrow raises its own types for corrupt files
             raise InputError(f"{meta[n].name}: not a readable parquet file ({type(e).__name__})") from None
         if table.num_rows != len(a):
             raise InputError(f"{meta[n].name} has {table.num_rows} rows but {emb[n].name} has {len(a)} embeddings")
@@ -157,7 +158,8 @@ def _read_clip_retrieval(root: Path) -> EmbeddingSource:
             items.append(Item(id=ident, path=str(path), meta={k: _jsonable(v) for k, v in row.items()
                                                               if k not in (id_col, "image_path")}))
         parts.append(_Part(emb[n], len(a)))
-    return EmbeddingSource(root, "clip-retrieval", int(dim), parts, items)
+    assert dim is not None  # emb is not empty
+    return EmbeddingSource(root, "clip-retrieval", dim, parts, items)
 
 
 def _read_plain(root: Path, npys: list[Path]) -> EmbeddingSource:
@@ -176,7 +178,8 @@ def _read_plain(root: Path, npys: list[Path]) -> EmbeddingSource:
             path = obj.pop("path", "") or ""
             items.append(Item(id=str(ident) if ident is not None else f"{npy.stem}:{r}", path=str(path), meta=obj))
         parts.append(_Part(npy, len(a)))
-    return EmbeddingSource(root, "plain", int(dim), parts, items)
+    assert dim is not None  # npys is not empty
+    return EmbeddingSource(root, "plain", dim, parts, items)
 
 
 def _check_dim(dim: int | None, a: np.ndarray, path: Path) -> int:

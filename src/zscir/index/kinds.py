@@ -19,9 +19,8 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Sequence
-
 
 import faiss
 import numpy as np
@@ -96,7 +95,8 @@ def _hnsw_of(index):
 def apply_search_params(index, params: str) -> None:
     if params:
         try:
-            faiss.ParameterSpace().set_index_parameters(index, params)
+            # the faiss stub lists only the (name, value) overload; the "k=v,k=v" string form is the documented one
+            faiss.ParameterSpace().set_index_parameters(index, params)  # type: ignore[arg-type]
         except RuntimeError as e:
             raise InputError(f"faiss search parameters {params!r} do not apply to this index "
                              f"({faiss_reason(e)})") from None
@@ -260,7 +260,9 @@ def tune(index, arrays: Sequence[np.ndarray], queries: np.ndarray, k: int, targe
         efs = [e for e in (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096) if e >= k // 2]
         grid.append([({**base, "efSearch": e}, default_rerank) for e in efs])
     if have["nprobe"]:
-        nlist = faiss.try_extract_index_ivf(faiss.downcast_index(index)).nlist
+        ivf = faiss.try_extract_index_ivf(faiss.downcast_index(index))
+        assert ivf is not None  # tunables() found nprobe
+        nlist = ivf.nlist
         probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < nlist] + [nlist]
         # lossy codes are always re-scored (at least the k found): the scores a client sees are exact cosines
         reranks = [1, 2, 4, 8, 16] if default_rerank else [0]

@@ -113,7 +113,7 @@ class Manifest:
         write_json(Path(folder) / MANIFEST, self.to_dict())
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Manifest":
+    def load(cls, folder: str | Path) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST
         if not path.is_file():

@@ -13,8 +13,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -24,9 +25,20 @@ from zscir.errors import CheckpointError, InputError
 from zscir.index import kinds
 from zscir.index.manifest import MANIFEST, FaissRecord, Manifest
 from zscir.index.reader import read_items
-from zscir.index.writer import (SHARDS, file_identity, gather_rows, read_shard_embeddings, read_shard_items,
-                                verify_shard, write_shard)
+from zscir.index.writer import (
+    SHARDS,
+    file_identity,
+    gather_rows,
+    read_shard_embeddings,
+    read_shard_items,
+    verify_shard,
+    write_shard,
+)
 from zscir.utils.io import atomic_path, check_output_dir, sha256_file
+
+if TYPE_CHECKING:
+    from zscir.index.distributor import LocalDistributor, RayDistributor
+    from zscir.index.embeddings import PrecomputedDistributor
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +179,7 @@ def build_index(
         man.complete = False
         man.save(out)
 
+        dist: LocalDistributor | RayDistributor | PrecomputedDistributor
         if embeddings:
             dist = precomputed.distributor()  # no model runs: the vectors are read as they are
         elif engine == "ray":
@@ -246,7 +259,7 @@ def _recorded_encoder(man: Manifest) -> tuple[str, list[str]]:
     return (man.gallery_method if not cls.needs_checkpoint() else "image"), []
 
 
-def _write_failures(out: Path, man: Manifest, listing: list[dict[str, str]] = ()) -> int:
+def _write_failures(out: Path, man: Manifest, listing: Sequence[dict[str, str]] = ()) -> int:
     indexed: set[str] = set()
     for rec in man.shards:
         indexed.update(r["id"] for r in read_shard_items(out, rec))
@@ -288,7 +301,7 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
     arrays = [read_shard_embeddings(out, rec) for rec in man.shards]
     tune = lambda index, params, rerank: _tune(index, arrays, n, params, rerank, target_recall, recall_k,  # noqa: E731
                                                text_dirs)
-    if previous is not None and kind == "auto" and old_path.is_file() and sha256_file(old_path) == previous.sha256 \
+    if previous is not None and old_path is not None and kind == "auto" and old_path.is_file() and sha256_file(old_path) == previous.sha256 \
             and previous.count <= n:
         # Append to the existing index (same factory, trained quantizers kept).
         import faiss
@@ -305,7 +318,7 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
         tuning = tune(index, params, rerank)  # the gallery grew: measure (and re-tune) again
     else:
         candidates = kinds.auto_candidates(n) if kind == "auto" else [kind]
-        best = None
+        best: tuple | None = None
         for cand in candidates:
             factory, params, rerank = kinds.factory_for(cand, n, dim)
             index = _build_kind(arrays, factory, n, dim)
@@ -315,7 +328,7 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
                 break
             log.warning("%s: recall@%d %.3f < target %.3f at the most effort tried", factory, tuning.k, tuning.recall,
                         tuning.target_recall)
-            if best is None or tuning.recall > best[4].recall:
+            if best is None or best[4] is None or tuning.recall > best[4].recall:
                 best = (index, factory, params, rerank, tuning)
         else:
             if kind == "auto" and n <= AUTO_FLAT_FALLBACK_MAX:
@@ -323,6 +336,7 @@ def _build_faiss(out: Path, man: Manifest, kind: str, previous: FaissRecord | No
                             target_recall)
                 factory, params, rerank = kinds.factory_for("flat", n, dim)
                 best = (_build_kind(arrays, factory, n, dim), factory, params, rerank, tune(None, params, rerank))
+        assert best is not None  # candidates is never empty
         index, factory, params, rerank, tuning = best
     if tuning is not None:
         params, rerank = tuning.search, tuning.rerank
@@ -350,7 +364,7 @@ def _build_kind(arrays: list[np.ndarray], factory: str, n: int, dim: int):
 
 
 def _tune(index, arrays: list[np.ndarray], n: int, params: str, rerank: int, target: float, k: int,
-          text_dirs: np.ndarray | None) -> "kinds.TuningResult | None":
+          text_dirs: np.ndarray | None) -> kinds.TuningResult | None:
     """Measure (and tune) recall@k of `index` on composed queries drawn from the gallery; None: no target."""
     if target <= 0:
         return None

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,6 @@ from PIL import Image
 from zscir.errors import CheckpointError, InputError
 from zscir.index.kinds import SearchParams
 from zscir.index.store import GalleryIndex, SearchHit
-
 
 METHOD_CACHE_SIZE = 32  # training-free methods kept ready (settings are applied per query, see with_settings)
 
@@ -66,7 +66,7 @@ class Searcher:
 
     @classmethod
     def open(cls, folder, backbone: str | None = None, device: str | None = None, verify: bool = True,
-             checkpoints: Sequence[str | Path] = (), params: SearchParams | None = None) -> "Searcher":
+             checkpoints: Sequence[str | Path] = (), params: SearchParams | None = None) -> Searcher:
         from zscir.backbones import load_backbone
         from zscir.methods.build import precheck
 

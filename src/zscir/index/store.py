@@ -4,9 +4,10 @@ server), and answer top-k queries (approximate kinds re-scored exactly from the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class GalleryIndex:
     """An index folder opened for queries. `params` overrides the search parameters the manifest records
     (`--ef-search`, `--nprobe`, `--rerank`)."""
 
-    def __init__(self, folder: str | Path, verify: bool = True, params: "kinds.SearchParams | None" = None) -> None:
+    def __init__(self, folder: str | Path, verify: bool = True, params: kinds.SearchParams | None = None) -> None:
         self.folder = Path(folder)
         self.manifest = man = Manifest.load(self.folder)
         if man.faiss is None:
@@ -155,6 +156,7 @@ def searchable_shards(folder: Path, man: Manifest) -> list:
     `--add`, the prefix that made up the complete index (faiss.count images)."""
     if man.complete:
         return list(man.shards)
+    assert man.faiss is not None  # the caller refuses an index without one
     shards, n = [], 0
     for rec in man.shards:
         if n == man.faiss.count:

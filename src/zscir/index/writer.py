@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def read_shard_embeddings(folder: Path, rec: ShardRecord, mmap: bool = True) -> 
     return arr
 
 
-def gather_rows(arrays: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
+def gather_rows(arrays: Sequence[np.ndarray], positions: np.ndarray) -> np.ndarray:
     """float32 rows at global positions of an index whose embeddings are split into `arrays`, one per shard
     in shard order (position p is row p - offset of the shard holding it)."""
     offsets = np.cumsum([0] + [len(a) for a in arrays])

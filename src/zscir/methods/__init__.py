@@ -14,15 +14,16 @@ from zscir.methods.base import (
     register_method,
 )
 
-# Importing a module registers its methods; the order here is the order of tables and reports.
-from zscir.methods import baselines as _baselines  # noqa: E402,F401
-from zscir.methods import slerp as _slerp_module  # noqa: E402,F401
-from zscir.methods import tat as _tat_module  # noqa: E402,F401
-from zscir.methods import mapped as _mapped  # noqa: E402,F401
-from zscir.methods import rtd as _rtd_module  # noqa: E402,F401
-from zscir.methods import isa as _isa_module  # noqa: E402,F401
+# isort: off
+# Importing a module registers its methods; the order here is the order of tables and reports (isort: off keeps it).
+from zscir.methods import baselines as _baselines  # noqa: F401
+from zscir.methods import slerp as _slerp_module  # noqa: F401
+from zscir.methods import tat as _tat_module  # noqa: F401
+from zscir.methods import mapped as _mapped  # noqa: F401
+from zscir.methods import rtd as _rtd_module  # noqa: F401
+from zscir.methods import isa as _isa_module  # noqa: F401
 
-from zscir.methods.build import build_method, method_info, methods_for_checkpoint  # noqa: E402
+from zscir.methods.build import build_method, method_info, methods_for_checkpoint
 
 __all__ = ["CompositionMethod", "build_method", "check_alpha", "check_settings", "get_method_class", "list_methods",
            "method_info", "methods_for_checkpoint", "register_method"]

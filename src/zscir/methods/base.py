@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import abc
 import copy
-from typing import Any, Callable, ClassVar, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -99,12 +100,12 @@ class CompositionMethod(nn.Module, abc.ABC):
         return 0, f"it is a {doc.get('kind')!r} checkpoint"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint: Any, **settings: Any) -> "CompositionMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint: Any, **settings: Any) -> CompositionMethod:
         """The ready method. `checkpoint` is a `zscir.methods.build.CheckpointRef` (None for training-free
         methods); `settings` are already validated against `setting_defaults`."""
         return cls(backbone, **settings)
 
-    def with_settings(self, **settings: Any) -> "CompositionMethod":
+    def with_settings(self, **settings: Any) -> CompositionMethod:
         """A shallow copy sharing every weight, with other settings (validated); `self` is unchanged."""
         settings = check_settings(type(self), settings)
         if not settings:

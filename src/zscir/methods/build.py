@@ -20,9 +20,10 @@ Rules (the same everywhere):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from zscir.backbones.base import Backbone
 from zscir.checkpoint import read_checkpoint_config
@@ -36,10 +37,10 @@ class CheckpointRef:
 
     path: Path
     doc: dict[str, Any]
-    others: list["CheckpointRef"] = field(default_factory=list)
+    others: list[CheckpointRef] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: str | Path) -> "CheckpointRef":
+    def open(cls, path: str | Path) -> CheckpointRef:
         path = Path(path)
         return cls(path, read_checkpoint_config(path))
 

@@ -19,9 +19,9 @@ Training lives in `zscir.train.isa` (`zscir train isa`)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -171,7 +171,7 @@ def large_feature_shape(backbone: Backbone) -> tuple[int, int]:
     return backbone.local_feature_shape()
 
 
-def light_cells(cfg: "ISAConfig") -> int:
+def light_cells(cfg: ISAConfig) -> int:
     """Cells of the light encoder's feature map at the config's resolution (five stride-2 stages: ceil(n/2)
     each, e.g. 96 px -> 3x3, 224 px -> 7x7, 64 px -> 2x2)."""
     side = int(cfg.image_size)
@@ -241,7 +241,7 @@ class ISA(PseudoTokenMethod):
         return 0, f"it holds a {mode} ISA query side"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "ISA":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> ISA:
         return load_isa(checkpoint.path, backbone)
 
     # --- the query side ----------------------------------------------------------------------------------

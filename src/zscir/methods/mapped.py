@@ -13,8 +13,9 @@ tuned text side: zscir.methods.tuned_text). Each method is built from a checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class MappedTokenMethod(PseudoTokenMethod):
         return 0, f"it holds a {made_for or '?'} mapper"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "MappedTokenMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> MappedTokenMethod:
         return cls(backbone, checkpoint=checkpoint.path)
 
     def pseudo_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,7 @@ class TwoStage(MappedTokenMethod):
         return super().serves(doc)
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> "TwoStage":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings: Any) -> TwoStage:
         return cls(backbone, checkpoint=checkpoint.path, text_init=resolved_text_init(checkpoint))
 
     def _load(self, backbone: Backbone, path: str | Path, text_init: str | Path | None = None):

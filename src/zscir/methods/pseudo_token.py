@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -12,8 +12,8 @@ The tuned tower and its checkpoint format live in zscir.methods.tuned_text (two-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -91,7 +91,7 @@ class _RegisteredRTD(RTDMethod):
         return 0, f"it was trained for a {base or 'unrecorded'} mapper"
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "RTDMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> RTDMethod:
         get_method_class(cls.base_name)  # registered
         mapper_dir = checkpoint.resolve(checkpoint.doc.get("mapper") or {}, f"the {cls.base_name} checkpoint")
         base = build_method(cls.base_name, backbone, [mapper_dir])
@@ -126,7 +126,7 @@ class TwoStageRTD(_RegisteredRTD):
         return super().serves(doc)
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "RTDMethod":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> RTDMethod:
         if checkpoint.kind != "zscir.two-stage":
             return super().from_checkpoint(backbone, checkpoint, **settings)
         # stage 2 already runs on the RTD tower: the method is two-stage with that text side, named +rtd

@@ -119,7 +119,7 @@ class SlerpTAT(Slerp):
     checkpoint_kinds = (ADAPTERS_KIND, MERGED_KIND)
     train_hint = "`zscir train tat --pairs SOURCE --out DIR`"
 
-    def __init__(self, backbone: Backbone, tat: "str | Path | TunedBackbone | None" = None, alpha: float = 0.8) -> None:
+    def __init__(self, backbone: Backbone, tat: str | Path | TunedBackbone | None = None, alpha: float = 0.8) -> None:
         if isinstance(tat, (str, Path)):
             backbone = load_tat_backbone(backbone, tat)
         elif isinstance(tat, TunedBackbone):
@@ -131,7 +131,7 @@ class SlerpTAT(Slerp):
         self.checkpoint = str(tat) if isinstance(tat, (str, Path)) else None
 
     @classmethod
-    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> "SlerpTAT":
+    def from_checkpoint(cls, backbone: Backbone, checkpoint, **settings) -> SlerpTAT:
         return cls(backbone, tat=checkpoint.path, **settings)
 
     def settings(self) -> dict[str, object]:

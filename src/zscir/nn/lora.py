@@ -10,8 +10,8 @@ folds the adapters into the base weights so inference costs nothing extra.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +116,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def merge_lora(model: nn.Module) -> int:
     """Fold every adapter into its base layer in place; returns how many were merged."""
     n = 0
-    for name, module in list(model.named_modules()):
+    for _name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, (LoRALinear, LoRAConv1x1)):
                 setattr(module, child_name, child.merged())

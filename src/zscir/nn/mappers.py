@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -82,7 +82,8 @@ class TokenMapper(nn.Module):
     def init_output(self, mean_word: torch.Tensor) -> None:
         """Start the tokens around a typical word embedding (the vocabulary mean), not around zero."""
         with torch.no_grad():
-            self.mlp[-1].bias.copy_(mean_word.to(self.mlp[-1].bias).repeat(self.cfg.n_tokens))
+            bias = cast(nn.Linear, self.mlp[-1]).bias
+            bias.copy_(mean_word.to(bias).repeat(self.cfg.n_tokens))
 
     def forward(self, embedding: torch.Tensor, local: torch.Tensor | None = None) -> torch.Tensor:
         c = self.cfg

@@ -24,18 +24,18 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zscir.index.search import SearchHit, Searcher, check_text
+from zscir.index.search import Searcher, SearchHit, check_text
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ class _Request:
     future: asyncio.Future = field(repr=False)
 
 
+def _pixels(r: _Request) -> torch.Tensor:
+    assert r.pixels is not None  # an upload, or a gallery image loaded for a method that needs pixels
+    return r.pixels
+
+
 @dataclass
 class _Caps:
     parts: bool  # embed_texts / compose_parts available
@@ -149,6 +154,7 @@ class MicroBatcher:
                 self._model, self._search_one, text, method, alpha, k, pixels, ref_pos)
         loop = asyncio.get_running_loop()
         self._ensure_collector(loop)
+        assert self._queue is not None  # made by _ensure_collector
         fut = loop.create_future()
         await self._queue.put(_Request(method, alpha, text, k, pixels, ref_pos, fut))
         return await fut
@@ -177,7 +183,7 @@ class MicroBatcher:
                     break  # nobody else is on the way: do not wait for company
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), left))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             live = [r for r in batch if not r.future.done()]  # a client may have gone away
             if not live:
@@ -240,13 +246,13 @@ class MicroBatcher:
 
                                 raise InputError(f"method {m.name!r} needs a reference image")
                             ok.append(i)
-                        except Exception as e:
+                        except Exception as e:  # noqa: BLE001 - the error is this request's answer, raised to its caller
                             results[i] = e
                     if ok:
                         q = self._compose(m, [batch[i] for i in ok])
                         for j, i in enumerate(ok):
                             queries[i] = q[j : j + 1]
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - each request of the group gets the error, raised to its caller
                     for i in idx:
                         if results[i] is None:
                             results[i] = e
@@ -257,11 +263,11 @@ class MicroBatcher:
         for (k, _), idx in by_shape.items():
             try:
                 q = np.concatenate([queries[i] for i in idx])
-                excl = [[batch[i].ref] if batch[i].ref is not None else [] for i in idx]
+                excl = [[ref] if (ref := batch[i].ref) is not None else [] for i in idx]
                 scores, pos = s.index.search(q, k, exclude_rows=excl)
                 for j, i in enumerate(idx):
                     results[i] = s.index.hits(scores[j], pos[j])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - each request of the group gets the error, raised to its caller
                 for i in idx:
                     results[i] = e
         return results
@@ -305,7 +311,7 @@ class MicroBatcher:
         """(B, D) L2-normalised queries for requests of one method."""
         caps = self._capabilities(m)
         dev = m.backbone.device
-        texts = [r.text for r in reqs]
+        texts = cast(list[str], [r.text for r in reqs])  # check_text (in _run_batch) made each one a str
         if not m.uses_image:
             if caps.parts:
                 q = m.compose_parts(None, self._text_embeddings(m, texts).to(dev))
@@ -314,35 +320,37 @@ class MicroBatcher:
                                for s in range(0, len(texts), self.config.max_text_batch)])
             return F.normalize(q.float(), dim=-1).cpu().numpy()
         out = torch.empty(len(reqs), self.searcher.index.manifest.dim)
-        gal = [i for i, r in enumerate(reqs) if r.ref is not None]
+        refs = {i: r.ref for i, r in enumerate(reqs) if r.ref is not None}
+        gal = list(refs)
         up = [i for i, r in enumerate(reqs) if r.ref is None]
         if gal and not caps.embedded:  # the method needs the stored images' pixels
             from zscir.serve.app import read_indexed_file  # only the file that was indexed (or its tar member)
             from zscir.utils.io import load_image_bytes
 
             for i in gal:
-                item = self.searcher.index.items[reqs[i].ref]
+                item = self.searcher.index.items[refs[i]]
                 reqs[i].pixels = self.searcher.backbone.preprocess([load_image_bytes(
                     read_indexed_file(item), f"gallery image {item['id']!r}")])
             up, gal = sorted(up + gal), []
         ref_emb: dict[int, torch.Tensor] = {}
         if gal:
-            stored = torch.from_numpy(self.searcher.index.vectors([reqs[i].ref for i in gal]))
+            stored = torch.from_numpy(self.searcher.index.vectors([refs[i] for i in gal]))
             ref_emb.update(zip(gal, stored))
         pixel_rows = up
         if up and caps.parts:
             step = self.config.max_image_batch
-            encoded = []
+            encoded: list[torch.Tensor] = []
+            embedded = True
             for s in range(0, len(up), step):
-                px = torch.cat([reqs[i].pixels for i in up[s : s + step]]).to(dev)
+                px = torch.cat([_pixels(reqs[i]) for i in up[s : s + step]]).to(dev)
                 e = m.embed_reference(px)
                 if e is None:
-                    encoded = None
+                    embedded = False
                     break
                 encoded.append(e.float().cpu())
                 with self._stats_lock:
                     self.stats["images_encoded"] += len(px)
-            if encoded is not None:
+            if embedded:
                 ref_emb.update(zip(up, torch.cat(encoded)))
                 pixel_rows = []
         if caps.parts and ref_emb:
@@ -360,7 +368,7 @@ class MicroBatcher:
         step = self.config.max_image_batch
         for s in range(0, len(pixel_rows), step):  # whole compose calls (methods that need pixels)
             part = pixel_rows[s : s + step]
-            px = torch.cat([reqs[i].pixels for i in part]).to(dev)
+            px = torch.cat([_pixels(reqs[i]) for i in part]).to(dev)
             out[part] = m.compose(px, [texts[i] for i in part]).float().cpu()
             with self._stats_lock:
                 self.stats["images_encoded"] += len(part)
@@ -368,7 +376,7 @@ class MicroBatcher:
 
     def info(self) -> dict[str, Any]:
         with self._stats_lock:
-            st = dict(self.stats)
+            st: dict[str, Any] = dict(self.stats)
         st["mean_batch"] = round(st["requests"] / st["batches"], 2) if st["batches"] else None
         st["text_cache_entries"] = sum(len(c) for c in self._texts.values())
         st["enabled"] = self.config.enabled

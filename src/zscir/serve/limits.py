@@ -73,7 +73,7 @@ class BodyLimitMiddleware:
             left = lim.body_timeout_s - (time.monotonic() - started)
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(0.001, min(lim.read_timeout_s, left)))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise HTTPException(408, f"request body not received in time (a pause over {lim.read_timeout_s:g} s "
                                          f"or over {lim.body_timeout_s:g} s in all)") from None
             if message.get("type") == "http.request":
@@ -120,7 +120,7 @@ def guarded_h11_protocol(read_timeout_s: float):
             if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
                 self.transport.close()
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # Order = order in `zscir train --help`.
 TRAINER_MODULES: tuple[str, ...] = (

@@ -14,8 +14,8 @@ is exactly the batch a single process with the same global batch would see.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as tdist

@@ -32,9 +32,10 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -268,7 +269,7 @@ class Task:
     param_groups: list[dict] | None = None
     shard: Callable[[Any, DistInfo], tuple[Any, int]] = split_rows
     after_step: Callable[[], None] | None = None
-    train_mode: Callable[[], None] | None = None  # default: module.train()
+    train_mode: Callable[[], object] | None = None  # default: module.train()
     signature: dict = field(default_factory=dict)  # settings that must match for a resumed run
 
 

@@ -21,24 +21,38 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zscir.backbones.base import Backbone
-from zscir.errors import InputError
 from zscir.data.sources import Source
-from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for, load_isa
+from zscir.errors import InputError
+from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for
 from zscir.objectives import info_nce
 from zscir.train.data import FeatureRows, LazyRows, pooled_rows
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    StepContext, Task, add_engine_args, check_batch_size, check_out_dir, check_positive_lr, config_signature,
-    distributed, engine_args, engine_config, finish, fit, is_main_process, param_groups, partial_dir,
+    StepContext,
+    Task,
+    add_engine_args,
+    check_batch_size,
+    check_out_dir,
+    check_positive_lr,
+    config_signature,
+    distributed,
+    engine_args,
+    engine_config,
+    finish,
+    fit,
+    is_main_process,
+    param_groups,
+    partial_dir,
 )
 from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 

@@ -24,8 +24,20 @@ from zscir.errors import InputError
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for,
-    distributed, engine_args, engine_config, finish, fit, is_main_process,
+    EpochSequence,
+    StepContext,
+    Task,
+    add_engine_args,
+    check_batch_size,
+    check_out_dir,
+    config_signature,
+    device_for,
+    distributed,
+    engine_args,
+    engine_config,
+    finish,
+    fit,
+    is_main_process,
 )
 from zscir.utils.runtime import configure_threads, seed_everything
 

@@ -25,9 +25,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,18 +36,30 @@ import torch.nn.functional as F
 from zscir.backbones.base import Backbone
 from zscir.errors import InputError
 from zscir.methods.mapped import TWO_STAGE_KIND
-from zscir.methods.tuned_text import load_rtd_text_encoder, lora_text_encoder
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
+from zscir.methods.tuned_text import load_rtd_text_encoder, lora_text_encoder
 from zscir.nn.lora import LoRAConfig, count_parameters, lora_state_dict
-from zscir.nn.mappers import MapperConfig, TokenMapper, load_mapper, mapper_config_for, save_mapper
+from zscir.nn.mappers import MAPPER_KIND, TokenMapper, load_mapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
-from zscir.nn.mappers import MAPPER_KIND
+from zscir.train.data import add_source_args, pooled_rows, source_args, world_image_features
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
-    engine_args, engine_config, finish, fit, is_main_process, total_steps,
+    EpochSequence,
+    StepContext,
+    Task,
+    add_engine_args,
+    check_batch_size,
+    check_out_dir,
+    config_signature,
+    device_for,
+    distributed,
+    engine_args,
+    engine_config,
+    finish,
+    fit,
+    is_main_process,
+    total_steps,
 )
-from zscir.train.data import add_source_args, pooled_rows, source_args, world_image_features
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)

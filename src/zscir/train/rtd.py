@@ -27,24 +27,35 @@ import math
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zscir.backbones.base import Backbone
+from zscir.backbones.tuned import TunedBackbone
 from zscir.checkpoint import save_checkpoint, tensors_fingerprint
 from zscir.errors import InputError
-from zscir.backbones.tuned import TunedBackbone
 from zscir.methods.tuned_text import RTD_KIND, frozen_word_table_names, load_text_adapters, text_fingerprint
 from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_dict
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence, StepContext, Task, add_engine_args, check_out_dir, config_signature, device_for, distributed,
-    engine_args, engine_config, finish, fit, is_main_process,
+    EpochSequence,
+    StepContext,
+    Task,
+    add_engine_args,
+    check_out_dir,
+    config_signature,
+    device_for,
+    distributed,
+    engine_args,
+    engine_config,
+    finish,
+    fit,
+    is_main_process,
 )
 from zscir.train.triplets import Triplet
 from zscir.utils.runtime import configure_threads, seed_everything

@@ -21,9 +21,9 @@ import argparse
 import csv
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,19 @@ from zscir.nn.lora import lora_state_dict, merge_lora
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo, global_batches
 from zscir.train.engine import (
-    StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for, distributed,
-    engine_args, engine_config, finish, fit, is_main_process,
+    StepContext,
+    Task,
+    add_engine_args,
+    check_batch_size,
+    check_out_dir,
+    config_signature,
+    device_for,
+    distributed,
+    engine_args,
+    engine_config,
+    finish,
+    fit,
+    is_main_process,
 )
 from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
@@ -353,8 +364,8 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
     def inputs(rows: torch.Tensor) -> torch.Tensor:
         if cache is not None:
             return cache[img_row[rows]].to(device)
-        from zscir.utils.io import load_image
         from zscir.backbones.preprocess import preprocess_batch
+        from zscir.utils.io import load_image
 
         ims = [paths[i].load() if hasattr(paths[i], "load") else load_image(paths[i]) for i in rows.tolist()]
         return preprocess_batch(ims, tuned.preprocess_config).to(device)

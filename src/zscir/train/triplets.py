@@ -14,9 +14,9 @@ import json
 import logging
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from zscir.errors import InputError
 

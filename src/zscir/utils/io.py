@@ -14,8 +14,9 @@ import struct
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -201,7 +202,7 @@ def decode_image(fp: BinaryIO, name: str, max_pixels: int = MAX_PIXELS) -> Image
         raise InputError(f"{name}: unreadable image (not a valid file of an accepted format: "
                          f"{', '.join(ALLOWED_FORMATS)})") from None
     except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"{name}: image is over {2 * Image.MAX_IMAGE_PIXELS} pixels; the limit is "
+        raise ImageTooLargeError(f"{name}: image is over {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; the limit is "
                                  f"{max_pixels} pixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{name}: unreadable image ({type(e).__name__}: {e})") from None

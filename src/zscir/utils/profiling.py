@@ -5,8 +5,9 @@ Used by the ISA cost table (zscir.eval.costs), the demo and the benchmark script
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

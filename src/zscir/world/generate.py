@@ -14,9 +14,10 @@ from tqdm import tqdm
 from zscir.errors import InputError
 from zscir.utils.io import atomic_dir, write_json
 from zscir.world import language as L
-from zscir.world.modify import Compound, Family, mods_of_kind, partials, random_compound, random_family, random_mod
+from zscir.world.modify import Compound, Family, partials, random_compound, random_family, random_mod
 from zscir.world.render import render
-from zscir.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES as OBJ_SIZES, Scene, all_combos, random_scene
+from zscir.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, Scene, all_combos, random_scene
+from zscir.world.scene import SIZES as OBJ_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class _Builder:
             variants: list[tuple[Scene, object]] = []
             seen = {ref.key()}
 
-            def push(scene: Scene, mod: object) -> None:
+            def push(scene: Scene, mod: object, seen: set = seen, variants: list = variants) -> None:
                 if scene.key() not in seen and len(variants) < 5:
                     seen.add(scene.key())
                     variants.append((scene, mod))

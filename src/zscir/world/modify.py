@@ -6,11 +6,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from zscir.world import language as L
-from zscir.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene
+from zscir.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, Obj, Scene
 
 KINDS = ("colour", "shape", "size", "move", "add", "remove", "background")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
@@ -25,7 +25,7 @@ class Obj:
     def combo(self) -> tuple[str, str]:
         return (self.shape, self.colour)
 
-    def replace(self, **kw: str) -> "Obj":
+    def replace(self, **kw: str) -> Obj:
         d = {"shape": self.shape, "colour": self.colour, "size": self.size, "pos": self.pos}
         d.update(kw)
         return Obj(**d)
@@ -60,10 +60,10 @@ class Scene:
         used = {o.pos for o in self.objects}
         return [p for p in POSITIONS if p not in used]
 
-    def with_objects(self, objects: Iterable[Obj]) -> "Scene":
+    def with_objects(self, objects: Iterable[Obj]) -> Scene:
         return Scene(tuple(objects), self.background)
 
-    def replace_obj(self, old: Obj, new: Obj | None) -> "Scene":
+    def replace_obj(self, old: Obj, new: Obj | None) -> Scene:
         objs = [o for o in self.objects if o != old]
         if new is not None:
             objs.append(new)
@@ -73,7 +73,7 @@ class Scene:
         return {"objects": [o.to_dict() for o in self.objects], "background": self.background}
 
     @staticmethod
-    def from_dict(d: dict) -> "Scene":
+    def from_dict(d: dict) -> Scene:
         return Scene(tuple(Obj(**o) for o in d["objects"]), d["background"])
 
 

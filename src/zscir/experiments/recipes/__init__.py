@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from zscir.experiments.context import ExperimentContext
@@ -47,7 +48,7 @@ def list_recipes() -> dict[str, Recipe]:
     return {e.name: e.fn for e in sorted(_RECIPES.values(), key=lambda e: (e.order, e.name))}
 
 
-def method_from_recipe(ctx: "ExperimentContext", name: str) -> "CompositionMethod | None":
+def method_from_recipe(ctx: ExperimentContext, name: str) -> CompositionMethod | None:
     """Method `name` as its own recipe builds it (its training is cached, so this is cheap after the first):
     how a recipe builds on another one (an +rtd variant on its base)."""
     fn = list_recipes().get(name)
