@@ -204,3 +204,25 @@ def test_bad_input_is_refused_before_any_work(setup, tmp_path, capsys):
     with pytest.raises(InputError, match="loss"):
         train_lincir(LinCIRConfig(out=str(tmp_path / "o"), steps=1, loss="mse"), backbone=setup["backbone"],
                      captions=CAPTIONS)
+
+
+def test_resume_after_a_crash_reaches_the_uninterrupted_weights(setup, tmp_path):
+    """--save-every: a run killed after its first resume state, restarted, ends with the weights of one run."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    args = ["train", "lincir", "--captions", str(setup["captions"]), "--backbone", setup["spec"], "--steps", "3",
+            "--batch-size", "4", "--save-every", "1", "--no-progress", "--feature-cache", str(tmp_path / "cache")]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    code = "import sys, zscir.train.lincir; from zscir.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "ZSCIR_TRAIN_CRASH_AFTER_SAVE": "1"}
+    crashed = subprocess.run([sys.executable, "-c", code, *args, "--out", str(tmp_path / "resumed")], env=env,
+                             capture_output=True, text=True)
+    assert crashed.returncode == 137, crashed.stderr
+    assert (tmp_path / "resumed.partial" / "state.pt").is_file() and not (tmp_path / "resumed").exists()
+    assert main(args + ["--out", str(tmp_path / "resumed"), "--resume"]) == 0
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
