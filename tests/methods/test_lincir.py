@@ -142,16 +142,40 @@ def test_trained_from_a_captions_file_composes_and_is_lincir_only(setup, trained
     assert json.loads(stdout)["method"] == "lincir"
 
 
-def test_eval_on_the_checkpoint(setup, trained, capsys, tmp_path):
+def test_eval_index_search_serve_on_the_checkpoint(setup, trained, capsys, tmp_path, monkeypatch):
     from bench_fixtures import make_cirr
 
     out, _ = trained
+    spec = setup["spec"]
     cirr = make_cirr(tmp_path / "CIRR", n_images=12)
-    rc, stdout, err = run(capsys, "eval", "--benchmark", "cirr", "--root", cirr, "--backbone", setup["spec"],
+    rc, stdout, err = run(capsys, "eval", "--benchmark", "cirr", "--root", cirr, "--backbone", spec,
                           "--checkpoint", out, "--no-cache", "--out", tmp_path / "r.json")
     assert rc == 0, err
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc["method"]["name"] == "lincir" and {"R@1", "R@5"} <= set(doc["summary"])
+    # index (the backbone's own gallery tower) + search + serve, as for pic2word
+    idx = tmp_path / "idx"
+    rc, _, err = run(capsys, "index", cirr / "dev", "--out", idx, "--backbone", spec, "--method", "lincir",
+                     "--checkpoint", out, "--no-progress")
+    assert rc == 0, err
+    ref = cirr / "dev" / "dev-0-0-img0.png"
+    rc, stdout, err = run(capsys, "search", idx, "--image", ref, "--text", "make it red", "--checkpoint", out, "-k", "3",
+                          "--json")
+    assert rc == 0, err
+    found = json.loads(stdout)
+    assert found["method"] == "lincir" and len(found["results"]) == 3
+    fastapi = pytest.importorskip("fastapi.testclient")
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    rc, stdout, err = run(capsys, "serve", idx, "--checkpoint", out)
+    assert rc == 0, err
+    client = fastapi.TestClient(apps[0])
+    assert "lincir" in [m["name"] for m in client.get("/methods").json()["methods"]]
+    r = client.post("/search", data={"text": "make it red", "method": "lincir", "k": "3"},
+                    files={"image": ("ref.png", ref.read_bytes(), "image/png")})
+    assert r.status_code == 200 and [h["id"] for h in r.json()["results"]] == [h["id"] for h in found["results"]]
 
 
 def test_trains_on_a_world_and_on_pairs(setup, capsys):
