@@ -10,15 +10,19 @@ import json
 import pytest
 import torch
 
-import zscir.methods.lincir  # noqa: F401  (registers "lincir" until the package discovers its modules)
-import zscir.train.lincir  # noqa: F401  (registers `zscir train lincir`)
 from zscir.cli import main
 from zscir.errors import CheckpointError, InputError
 from zscir.methods import build_method, methods_for_checkpoint
 from zscir.methods.lincir import LinCIR
 from zscir.methods.mapped import Pic2Word
-from zscir.train.lincir import (LinCIRConfig, clean_captions, encode_masked, mask_keywords, self_masking_noise,
-                                train_lincir)
+from zscir.train.lincir import (
+    LinCIRConfig,
+    clean_captions,
+    encode_masked,
+    mask_keywords,
+    self_masking_noise,
+    train_lincir,
+)
 
 CAPTIONS = ["a red cat on the mat", "a big dog on the mat", "the red dog", "a photo of a big cat",
             "a cat on the big red mat", "the dog of the cat", "a big red dog on a mat", "a photo of the mat"]
@@ -82,8 +86,8 @@ def test_noise_changes_the_mapper_input(setup, tmp_path, monkeypatch):
     assert norms.min() < 0.1 and 0.3 < norms.mean() < 0.5 and norms.max() < 1.2  # u * 0.8, u ~ U(0, 1)
     assert torch.equal(noise, self_masking_noise(2000, 64, 0.8, torch.Generator().manual_seed(0)))
     # what the mapper sees during training: the unit caption embedding, moved by the noise unless --noise 0
-    from zscir.nn.mappers import TokenMapper
     import zscir.train.lincir as T
+    from zscir.nn.mappers import TokenMapper
 
     seen: list[torch.Tensor] = []
 

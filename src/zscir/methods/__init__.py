@@ -1,8 +1,9 @@
 """Composition methods by name (see base.py for the interface).
 
-Built in: image, text, sum (baselines.py) and slerp (slerp.py). Later modules add slerp+tat, pic2word,
-two-stage, the +rtd variants and isa, each registering itself with `@register_method`. Every command builds
-a method with `build_method(name, backbone, checkpoints, **settings)` (build.py).
+Each module of this package registers its methods with `@register_method(name, order=...)` and is imported when
+the package is (no central list): image, text, sum (baselines.py), slerp, slerp+tat (tat.py), pic2word and
+two-stage (mapped.py), lincir, the +rtd variants (rtd.py), isa. Every command builds a method with
+`build_method(name, backbone, checkpoints, **settings)` (build.py).
 """
 
 from zscir.methods.base import (
@@ -13,17 +14,20 @@ from zscir.methods.base import (
     list_methods,
     register_method,
 )
-
-# isort: off
-# Importing a module registers its methods; the order here is the order of tables and reports (isort: off keeps it).
-from zscir.methods import baselines as _baselines  # noqa: F401
-from zscir.methods import slerp as _slerp_module  # noqa: F401
-from zscir.methods import tat as _tat_module  # noqa: F401
-from zscir.methods import mapped as _mapped  # noqa: F401
-from zscir.methods import rtd as _rtd_module  # noqa: F401
-from zscir.methods import isa as _isa_module  # noqa: F401
-
 from zscir.methods.build import build_method, method_info, methods_for_checkpoint
+
+
+def _import_all() -> None:
+    # Importing a module registers its methods: every module of this package is imported, so a new method is one
+    # new file here and no list to edit (listing order comes from each registration's `order`).
+    import importlib
+    import pkgutil
+
+    for mod in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{mod.name}")
+
+
+_import_all()
 
 __all__ = ["CompositionMethod", "build_method", "check_alpha", "check_settings", "get_method_class", "list_methods",
            "method_info", "methods_for_checkpoint", "register_method"]

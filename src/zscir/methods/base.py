@@ -125,14 +125,19 @@ M = TypeVar("M", bound=type[CompositionMethod])
 _METHODS: dict[str, type[CompositionMethod]] = {}
 
 
-def register_method(name: str) -> Callable[[M], M]:
-    """Class decorator: make a method available by name."""
+_ORDER: dict[str, float] = {}
+
+
+def register_method(name: str, order: float = 1000.0) -> Callable[[M], M]:
+    """Class decorator: make a method available by name. `order` is its place in listings (the service's
+    method list, `--help`); lower first, then by name."""
 
     def deco(cls: M) -> M:
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method {name!r} registered twice")
         cls.name = name
         _METHODS[name] = cls
+        _ORDER[name] = order
         return cls
 
     return deco
@@ -150,7 +155,7 @@ def get_method_class(name: str) -> type[CompositionMethod]:
 def list_methods() -> list[str]:
     import zscir.methods  # noqa: F401
 
-    return list(_METHODS)
+    return sorted(_METHODS, key=lambda n: (_ORDER.get(n, 1000.0), n))
 
 
 def check_settings(cls: type[CompositionMethod], settings: dict[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def encode_texts_or_reference(backbone, texts: Sequence[str], ref: torch.Tensor)
     return fill_blank_rows(encode_texts_blank_zero(backbone, texts), ref)
 
 
-@register_method("image")
+@register_method("image", order=10)
 class ImageOnly(CompositionMethod):
     """The reference image's embedding; the text is ignored."""
 
@@ -72,7 +72,7 @@ class ImageOnly(CompositionMethod):
         return F.normalize(require_pixels(ref_embeddings, self.name), dim=-1)
 
 
-@register_method("text")
+@register_method("text", order=20)
 class TextOnly(CompositionMethod):
     """The modification text's embedding (raw text, no template); the image is ignored."""
 
@@ -115,7 +115,7 @@ class ImageTextVectors(CompositionMethod):
         """The (B, D) query from reference embeddings and text embeddings of the same dtype."""
 
 
-@register_method("sum")
+@register_method("sum", order=30)
 class NormalisedSum(ImageTextVectors):
     """normalise(normalise(v) + normalise(w)): the linear-interpolation baseline at equal weights."""
 

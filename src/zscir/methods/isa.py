@@ -209,7 +209,7 @@ def align_cells(feats: torch.Tensor, n_cells: int) -> torch.Tensor:
     return pooled.flatten(2).transpose(1, 2)
 
 
-@register_method("isa")
+@register_method("isa", order=110)
 class ISA(PseudoTokenMethod):
     """Asymmetric ISA: light query encoder + adaptive token learner; gallery by the backbone's large tower."""
 
@@ -278,7 +278,7 @@ class ISA(PseudoTokenMethod):
                                backbone_fingerprint=self.backbone.fingerprint(), **meta)
 
 
-@register_method("isa/symmetric")
+@register_method("isa/symmetric", order=120)
 class ISASymmetric(ISA):
     """ISA with the token learner on the large tower's local features (query and gallery share the tower)."""
 

@@ -19,7 +19,7 @@ from zscir.methods.mapped import MappedTokenMethod
 LINCIR = "lincir"
 
 
-@register_method(LINCIR)
+@register_method(LINCIR, order=65)
 class LinCIR(MappedTokenMethod):
     """A pseudo-token mapper trained on captions only (text embedding + noise -> token that replaces the
     caption's keywords); composes like pic2word; towers frozen."""

@@ -89,7 +89,7 @@ class MappedTokenMethod(PseudoTokenMethod):
                 "injection": self.mapper.cfg.injection}
 
 
-@register_method("pic2word")
+@register_method("pic2word", order=60)
 class Pic2Word(MappedTokenMethod):
     """Pic2Word-style: one pseudo word from an MLP on the pooled image embedding; towers frozen."""
 
@@ -97,7 +97,7 @@ class Pic2Word(MappedTokenMethod):
     train_hint = "`zscir train pic2word --images SOURCE --out DIR`"
 
 
-@register_method("two-stage/mapping-only")
+@register_method("two-stage/mapping-only", order=70)
 class TwoStageMappingOnly(MappedTokenMethod):
     """Stage 1 only: injection mapper (soft text alignment), frozen text tower. Also loads a stage-2
     checkpoint and ignores its adapters (the stage-1 mapper is inside it)."""
@@ -114,7 +114,7 @@ class TwoStageMappingOnly(MappedTokenMethod):
         return super().serves(doc)
 
 
-@register_method("two-stage")
+@register_method("two-stage", order=80)
 class TwoStage(MappedTokenMethod):
     """Stage 1's frozen mapper + a text tower tuned with LoRA on synthetic triplets (stage 2)."""
 

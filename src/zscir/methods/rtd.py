@@ -98,7 +98,7 @@ class _RegisteredRTD(RTDMethod):
         return with_rtd(base, checkpoint.path, cls)
 
 
-@register_method("pic2word+rtd")
+@register_method("pic2word+rtd", order=90)
 class Pic2WordRTD(_RegisteredRTD):
     """pic2word with its queries run through the RTD-tuned text tower (gallery and mapper unchanged)."""
 
@@ -106,7 +106,7 @@ class Pic2WordRTD(_RegisteredRTD):
     train_hint = "`zscir train pic2word --out P2W ...`, then `zscir train rtd --mapper P2W --out DIR ...`"
 
 
-@register_method("two-stage+rtd")
+@register_method("two-stage+rtd", order=100)
 class TwoStageRTD(_RegisteredRTD):
     """two-stage with RTD: stage 2 trained on an RTD-tuned text tower (a stage-2 checkpoint recording the RTD
     tower as `text_init`, what `zscir demo` builds), or an RTD tower tuned after stage 2 (an RTD checkpoint

@@ -28,7 +28,7 @@ def slerp(v: torch.Tensor, w: torch.Tensor, alpha: float, eps: float = 1e-4) -> 
     return F.normalize(torch.where(small, linear, spherical), dim=-1)
 
 
-@register_method("slerp")
+@register_method("slerp", order=40)
 class Slerp(ImageTextVectors):
     """Spherical interpolation between the image and raw-text embeddings (published defaults: 0.9 for
     CIRR-like data, 0.8 for CIRCO and FashionIQ; our default 0.8)."""

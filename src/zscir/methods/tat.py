@@ -110,7 +110,7 @@ def load_tat_backbone(backbone: Backbone, path: str | Path) -> TunedBackbone:
     return tuned.to(backbone.device).eval()
 
 
-@register_method("slerp+tat")
+@register_method("slerp+tat", order=50)
 class SlerpTAT(Slerp):
     """Slerp on the TAT-tuned image tower: the reference image and the gallery are embedded by the tuned
     tower, the text by the frozen text tower. `tat` is a checkpoint folder (adapters or merged) or an

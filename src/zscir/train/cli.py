@@ -9,7 +9,7 @@ To add a trainer, write in your module:
 
     register_trainer("name", add_args, run, help="one line for `zscir train --help`")
 
-and append the module to TRAINER_MODULES below. Each module is imported when the CLI is built.
+in a new module of the zscir.train package: every module there is imported when the CLI is built.
 """
 
 from __future__ import annotations
@@ -18,14 +18,6 @@ import argparse
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-# Order = order in `zscir train --help`.
-TRAINER_MODULES: tuple[str, ...] = (
-    "zscir.train.tat",
-    "zscir.train.pseudo_token",
-    "zscir.train.rtd",
-    "zscir.train.isa",
-)
 
 
 @dataclass
@@ -54,9 +46,15 @@ def register_trainer(
 
 
 def list_trainers() -> list[str]:
-    for mod in TRAINER_MODULES:
-        importlib.import_module(mod)
-    return list(_TRAINERS)
+    """Every trainer, by name: every module of the zscir.train package is imported (a module registers its
+    trainers when imported), so a new trainer is one new module and no list to edit."""
+    import pkgutil
+
+    import zscir.train
+
+    for mod in pkgutil.iter_modules(zscir.train.__path__):
+        importlib.import_module(f"zscir.train.{mod.name}")
+    return sorted(_TRAINERS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

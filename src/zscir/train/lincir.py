@@ -39,9 +39,9 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,12 +52,24 @@ from zscir.methods.lincir import LINCIR
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
 from zscir.nn.mappers import MAPPER_KIND, TokenMapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
+from zscir.train.data import add_source_args, source_args
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence, StepContext, Task, add_engine_args, check_batch_size, check_out_dir, config_signature, device_for,
-    distributed, engine_args, engine_config, finish, fit, is_main_process,
+    EpochSequence,
+    StepContext,
+    Task,
+    add_engine_args,
+    check_batch_size,
+    check_out_dir,
+    config_signature,
+    device_for,
+    distributed,
+    engine_args,
+    engine_config,
+    finish,
+    fit,
+    is_main_process,
 )
-from zscir.train.data import add_source_args, source_args
 from zscir.train.pseudo_token import TrainResult
 from zscir.utils.runtime import configure_threads, seed_everything
 
