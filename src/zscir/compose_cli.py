@@ -18,6 +18,7 @@ import torch
 from zscir.backbones import load_backbone
 from zscir.methods import build_method
 from zscir.methods.build import precheck
+from zscir.utils.cli import add_backbone_arg, add_device_arg
 from zscir.utils.io import atomic_path, check_output_file, check_text, load_image
 
 
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--backbone", default="default", help="backbone spec (default: %(default)s)")
+    add_backbone_arg(p)
     p.add_argument("--method", default=None,
                    help="composition method (default: the checkpoint's method, else slerp)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=None, help="Slerp weight of the text in [0, 1] (default 0.8)")
     p.add_argument("--out", help="write the vector as .npy here (atomically)")
     p.add_argument("--json", action="store_true", help="print the vector as JSON")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
 
     def run(args: argparse.Namespace) -> int:
         text = check_text(args.text, "--text")

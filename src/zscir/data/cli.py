@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from zscir.errors import InputError
+from zscir.utils.cli import add_backbone_arg, add_device_arg, add_seed_arg
 
 
 def add_source_arguments(p: argparse.ArgumentParser, *, failures: bool = True) -> None:
@@ -72,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--targets", default=None, metavar="SOURCE",
                    help="more candidate target images (e.g. unlabelled ones; same columns as SOURCE), besides the "
                    "pairs' own images")
-    t.add_argument("--backbone", default="default", help="backbone whose embeddings pick the targets")
+    add_backbone_arg(t, "default", "backbone whose embeddings pick the targets")
     add_source_arguments(t)
     t.add_argument("--per-caption", type=int, default=2, help="edits tried per caption (default 2)")
     t.add_argument("--min-similarity", type=float, default=0.2,
@@ -82,9 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="... and, when given, the target is closer to the edited than to the original caption by "
                    "this much (default: no such check; it barely raised precision in benchmarks/triplet_quality.py)")
     t.add_argument("--max-triplets", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    add_seed_arg(t)
     t.add_argument("--cache", default=None, help="feature-cache folder (default $ZSCIR_HOME/cache/features)")
-    t.add_argument("--device", default=None)
+    add_device_arg(t)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0: this process)")
     t.set_defaults(data_func=run_make_triplets)

@@ -12,6 +12,7 @@ from zscir.datasets import list_benchmarks
 from zscir.datasets.fashioniq import CAPTION_ORDERS
 from zscir.errors import InputError
 from zscir.paths import cache_dir, data_home
+from zscir.utils.cli import add_backbone_arg, add_device_arg
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
                    help="checkpoint folder made by `zscir train` (a trained method needs one)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="--split test: write the server files even when the gallery is incomplete")
-    p.add_argument("--backbone", default="default", help="backbone spec (default, hf:<id or folder>, <folder>)")
+    add_backbone_arg(p)
     p.add_argument("--alpha", type=float, default=None, help="the method's interpolation weight, if it has one")
     p.add_argument("--preprocess", choices=MODES, default=None,
                    help="image preprocessing (default: the backbone's own): center_crop (CLIP), target_pad "
@@ -47,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--cache", type=Path, default=None, help="gallery embedding cache (default $ZSCIR_HOME/cache)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the gallery cache")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
     p.add_argument("--strict-counts", action="store_true", help="refuse anything but the full official split")
     p.add_argument("--out", type=Path, default=None,
                    help="results JSON (default $ZSCIR_HOME/results/<benchmark>-<split>-<method>.json)")

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from zscir.utils.cli import add_device_arg, add_seed_arg
+
 log = logging.getLogger(__name__)
 
 
@@ -173,9 +175,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="CI-sized run (quick world, shorter training)")
     p.add_argument("--size", choices=("quick", "default", "large"), default="", help="world size (default: quick with --quick, else default)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_seed_arg(p, "world and training seed")
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
-    p.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda if available)")
+    add_device_arg(p)
     p.add_argument("--examples", type=int, default=d.examples, help="example queries in the report")
     p.add_argument("--settings", default="", metavar="FILE",
                    help="a settings TOML replacing the size's (src/zscir/experiments/settings/<size>.toml): "

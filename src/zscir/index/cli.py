@@ -7,6 +7,7 @@ import argparse
 from zscir.data.cli import add_source_arguments
 from zscir.index.kinds import KINDS
 from zscir.index.runner import DEFAULT_SHARD_SIZE
+from zscir.utils.cli import add_backbone_arg, add_device_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "+ metadata/metadata_N.parquet) or .npy + .jsonl pairs; --backbone must name the model that "
                    "made them (its dimension is checked, the manifest records it)")
     p.add_argument("--out", required=True, help="index folder")
-    p.add_argument("--backbone", default="", help="backbone spec (default: 'default', or the index's own on resume/--add)")
+    add_backbone_arg(p, "", "backbone (default: 'default', or the index's own on resume/--add)")
     p.add_argument("--add", action="store_true", help="append to a complete index")
     p.add_argument("--kind", default="auto", help=f"index kind: {', '.join(KINDS)} or a faiss factory string")
     p.add_argument("--method", default=None, help="composition method whose gallery encoder embeds the images "
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=4, help="decoding threads (per actor with --engine ray)")
-    p.add_argument("--device", default=None)
+    add_device_arg(p)
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--ray-actors", type=int, default=2, help="actor pool size (one model each)")
     p.add_argument("--target-recall", type=float, default=0.95,

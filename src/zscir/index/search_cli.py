@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from zscir.utils.cli import add_backbone_arg
+
 
 def add_search_param_flags(p: argparse.ArgumentParser) -> None:
     """--ef-search / --nprobe / --rerank: override the search parameters the index's manifest records."""
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint folder of a trained method (made by `zscir train`)")
     p.add_argument("--alpha", type=float, default=None, help="method weight (slerp: 0 = image, 1 = text)")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--backbone", default=None, help="override the index's backbone spec (must match its fingerprint)")
+    add_backbone_arg(p, None, "override the index's backbone (must match its fingerprint)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-verify", action="store_true", help="skip shard checksums (large indexes)")
     add_search_param_flags(p)

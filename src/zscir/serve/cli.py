@@ -11,6 +11,8 @@ import gc
 import json
 import os
 
+from zscir.utils.cli import add_backbone_arg, add_device_arg
+
 ENV = "ZSCIR_SERVE_CONFIG"
 
 
@@ -24,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("index", help="index folder made by `zscir index`")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backbone", default=None, help="override the index's backbone spec (must match its fingerprint)")
+    add_backbone_arg(p, None, "override the index's backbone (must match its fingerprint)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="DIR",
                    help="checkpoint folder of a trained method to host (repeat for several; GET /methods lists them)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    add_device_arg(p)
     p.add_argument("--workers", type=int, default=1,
                    help="service processes sharing the port (each with its own model and copy of the index)")
     p.add_argument("--no-batching", action="store_true",

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from zscir.errors import InputError
 from zscir.train.distributed import DistInfo, gather, gather_with_grad, init_distributed
+from zscir.utils.cli import add_device_arg, add_seed_arg
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,8 @@ def add_engine_args(
                        "same kind; it is replaced atomically)")
     else:
         g.add_argument("--out", default=out_default, help=out_help + " (default: %(default)s)")
-    g.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    g.add_argument("--seed", type=int, default=0, help="random seed: same seed, same data, same weights (default 0)")
+    add_device_arg(g)
+    add_seed_arg(g, "random seed: same seed, same data, same weights")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32, or autocast in bf16 / fp16 (fp16 adds loss scaling) (default: %(default)s)")
     length = g.add_mutually_exclusive_group()

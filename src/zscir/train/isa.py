@@ -54,6 +54,7 @@ from zscir.train.engine import (
     param_groups,
     partial_dir,
 )
+from zscir.utils.cli import add_backbone_arg
 from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
     p.add_argument("--feature-cache", default="", metavar="DIR",
                    help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
-    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    add_backbone_arg(p, d.backbone)
     p.add_argument("--mode", choices=("asymmetric", "symmetric"), default=d.mode,
                    help="asymmetric: light query CNN (default); symmetric: token learner on the large tower")
     p.add_argument("--tokens", type=int, default=d.n_tokens, help="M, pseudo tokens per image (default: %(default)s)")

@@ -71,6 +71,7 @@ from zscir.train.engine import (
     is_main_process,
 )
 from zscir.train.pseudo_token import TrainResult
+from zscir.utils.cli import add_backbone_arg
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -383,7 +384,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
                           "list, or WebDataset shards")
     src.add_argument("--world", default="", metavar="DIR", help="a world folder made by `zscir world` (its pairs' captions)")
     add_source_args(p, pairs=True)
-    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    add_backbone_arg(p, d.backbone)
     p.add_argument("--template", default=d.template, help="composition template recorded for inference "
                    "(default: %(default)r)")
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)

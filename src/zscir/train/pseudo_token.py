@@ -60,6 +60,7 @@ from zscir.train.engine import (
     is_main_process,
     total_steps,
 )
+from zscir.utils.cli import add_backbone_arg
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -513,7 +514,7 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
 # --- CLI ------------------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser, d: Any) -> None:
     p.add_argument("--world", default="", help="a world folder made by `zscir world` (its images / pairs / triplets)")
-    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    add_backbone_arg(p, d.backbone)
     p.add_argument("--template", default=d.template, help="composition template (default: %(default)r)")
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)
 

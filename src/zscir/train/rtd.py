@@ -58,6 +58,7 @@ from zscir.train.engine import (
     is_main_process,
 )
 from zscir.train.triplets import Triplet
+from zscir.utils.cli import add_backbone_arg
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     d = RTDConfig()
     p.add_argument("--mapper", required=True,
                    help="checkpoint of the pseudo-token method to plug into (pic2word mapper, two-stage)")
-    p.add_argument("--backbone", default="default", help="backbone spec (default: %(default)s)")
+    add_backbone_arg(p)
     src = p.add_argument_group("triplet source (exactly one)")
     src.add_argument("--world", default="", help="a world folder: use its text_triplets.json")
     src.add_argument("--triplets", default="", help="a JSONL file of {reference, modification, target}")

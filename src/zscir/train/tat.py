@@ -62,6 +62,7 @@ from zscir.train.engine import (
     fit,
     is_main_process,
 )
+from zscir.utils.cli import add_backbone_arg
 from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -412,7 +413,7 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
 # --- CLI ---------------------------------------------------------------------------------------------------
 def _add_args(p: argparse.ArgumentParser) -> None:
     d = TATConfig()
-    p.add_argument("--backbone", default=d.backbone, help="backbone spec (default: %(default)s)")
+    add_backbone_arg(p, d.backbone)
     p.add_argument("--world", default="", help="train on this world's image-caption pairs")
     p.add_argument("--images", default="", help="image folder (with --captions)")
     p.add_argument("--captions", default="", help="JSONL ({'image','caption'} per line) or CSV (image,caption) file")

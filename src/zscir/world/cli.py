@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from zscir.errors import InputError
+from zscir.utils.cli import add_seed_arg
 
 
 def _is_world(path: Path) -> bool:
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (an existing world there is replaced atomically; any other non-empty folder "
                         "is refused)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed_arg(p)
     p.add_argument("--size", choices=list(SIZES), default="quick", help="how much data (default quick)")
     p.add_argument("--workers", type=int, default=2, help="rendering processes (default 2)")
     p.set_defaults(func=_run)
