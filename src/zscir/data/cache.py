@@ -332,6 +332,7 @@ class FeatureCache:
 
     @staticmethod
     def _commit(work: Path, final: Path, key: CacheKey, world_size: int) -> None:
+        shards: list[dict[str, Any]]
         shards, shape, dtype = [], None, None
         with open(work / ROWS, "w", encoding="utf-8") as rows_out, open(work / FAILURES, "w", encoding="utf-8") as fails:
             for r in range(world_size):

@@ -96,6 +96,7 @@ def image_features(
         dev = backbone.device
         with torch.inference_mode():
             for b in loader:
+                assert b.pixels is not None  # a PreprocessConfig transform, and the loader yields no empty batch
                 out = compute(b.pixels.to(dev)).to("cpu", dtype)
                 yield b.keys, b.locations, b.captions, out.numpy() if dtype != torch.bfloat16 else \
                     out.float().numpy()
@@ -142,7 +143,7 @@ def text_features(
         else:
             raise InputError(f"unknown text feature {feature!r} (text_trunk, text_embedding, or pass fn=)")
 
-    def batches() -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
+    def batches() -> Iterator[tuple[list[str], list[str], Sequence[str | None], np.ndarray]]:
         with torch.inference_mode():
             for i in range(0, len(texts), batch_size):
                 chunk = list(texts[i : i + batch_size])
@@ -159,6 +160,7 @@ def text_features(
             store.build(key, batches())
         except BaseException as e:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
             error = e
+    assert barrier is not None  # world > 1: torch.distributed is initialised
     barrier()
     if error is not None:
         raise error

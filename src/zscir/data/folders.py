@@ -32,8 +32,8 @@ class FolderSource(Source):
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            self._fail(_printable(rel or "."), _printable(folder), f"unreadable folder ({e.strerror or e})")
+        except OSError as err:
+            self._fail(_printable(rel or "."), _printable(folder), f"unreadable folder ({err.strerror or err})")
             return
         for e in entries:
             if e.name.startswith("."):

@@ -6,13 +6,19 @@ import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from zscir.data.base import CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, Record, Source, SourceConfig
 from zscir.errors import InputError
 from zscir.utils.io import iter_jsonl_objects, utf8_lines
 
 
+@overload
+def _pick(name: str | None, fields: Sequence[str], candidates: Sequence[str], what: str, where: str,
+          flag: str, required: Literal[True]) -> str: ...
+@overload
+def _pick(name: str | None, fields: Sequence[str], candidates: Sequence[str], what: str, where: str,
+          flag: str, required: bool) -> str | None: ...
 def _pick(name: str | None, fields: Sequence[str], candidates: Sequence[str], what: str, where: str,
           flag: str, required: bool) -> str | None:
     if name is not None:

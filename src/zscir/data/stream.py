@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -30,6 +30,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from zscir.backbones.preprocess import PreprocessConfig, preprocess_image
 from zscir.data.sources import Record, Source, open_source
 from zscir.errors import InputError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +331,16 @@ def _decode_location(location: str, cfg: PreprocessConfig) -> torch.Tensor | str
         return str(e)
 
 
+class LoadableImage(Protocol):
+    """An image that decodes itself (datasets.base.ImageItem: a file, maybe a crop; train.data.Location)."""
+
+    def load(self) -> Image.Image: ...
+
+
+# what `iter_pixel_batches` decodes: a file path, or an item with `load()`
+ImageRef = Path | str | LoadableImage
+
+
 def _decode_item(item: Any, cfg: PreprocessConfig) -> torch.Tensor:
     """A path, or an item with `load()` (a training Location, a benchmark image that may be a crop)."""
     from zscir.utils.io import load_image
@@ -336,7 +349,7 @@ def _decode_item(item: Any, cfg: PreprocessConfig) -> torch.Tensor:
     return preprocess_image(image, cfg)
 
 
-def iter_pixel_batches(paths: Sequence[Any], cfg: PreprocessConfig, batch_size: int = 64, workers: int = 2,
+def iter_pixel_batches(paths: Sequence[ImageRef], cfg: PreprocessConfig, batch_size: int = 64, workers: int = 2,
                        ) -> Iterator[torch.Tensor]:
     """Yield (B, 3, H, W) batches of `paths` (file paths or items with `load()`), in order; decoding runs in a
     thread pool one batch ahead of the model. A missing or unreadable image raises InputError naming the file
@@ -368,6 +381,7 @@ def iter_location_batches(locations: list[str], cfg: PreprocessConfig, batch_siz
             if pending is not None:
                 results = list(pending)
                 ok = [j for j, r in enumerate(results) if isinstance(r, torch.Tensor)]
+                pixels = [r for r in results if isinstance(r, torch.Tensor)]  # in the order of `ok`
                 errors = {j: r for j, r in enumerate(results) if not isinstance(r, torch.Tensor)}
-                yield (torch.stack([results[j] for j in ok]) if ok else None), ok, errors
+                yield (torch.stack(pixels) if ok else None), ok, errors
             pending = nxt

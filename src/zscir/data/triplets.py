@@ -142,12 +142,13 @@ def make_cir_triplets(
     feats = image_features(backbone, source, "image_embedding", cache=cache, dtype=torch.float16,
                            config=config or StreamConfig(batch_size=64, workers=0, max_bad_fraction=1.0))
     pair_rows = [i for i, c in enumerate(feats.captions) if c]
+    pair_captions = [c for c in feats.captions if c]  # the captions of pair_rows
     if not pair_rows:
         raise InputError(f"{source.spec}: none of the {len(feats)} readable images has a caption")
     caption_row: dict[str, int] = {}
-    for i in pair_rows:
-        caption_row.setdefault(feats.captions[i], i)
-    edits = [t for t in edit([feats.captions[i] for i in pair_rows], per_caption, seed) if t.reference in caption_row]
+    for i, cap in zip(pair_rows, pair_captions):
+        caption_row.setdefault(cap, i)
+    edits = [t for t in edit(pair_captions, per_caption, seed) if t.reference in caption_row]
     if not edits:
         raise InputError(f"{source.spec}: the caption editor made no edit of these captions")
     refs = [caption_row[t.reference] for t in edits]
@@ -198,12 +199,13 @@ def make_cir_triplets(
         raise InputError(f"{source.spec}: no edit clears the similarity floor {min_similarity:g} (best "
                          f"{best_seen:.3f} over {len(edits)} edits); lower --min-similarity")
     write_text(out, "".join(json.dumps(row, ensure_ascii=True) + "\n" for row in kept))
+    p10, p50, p90 = (round(float(q), 4) for q in np.quantile(scores[:, 0], [0.1, 0.5, 0.9]))
     report = TripletReport(images=len(feats) + (len(extra) if targets is not None else 0), pairs=len(pair_rows), candidates=len(edits), kept=len(kept),
                            below_floor=below_floor, below_margin=below_margin, min_similarity=min_similarity,
                            min_margin=min_margin,
                            mean_similarity_kept=round(float(np.mean([k["similarity"] for k in kept])), 4),
                            out=str(out), unreadable=int(feats.meta.get("failures", 0)),
-                           similarity_quantiles=tuple(round(float(q), 4) for q in np.quantile(scores[:, 0], [0.1, 0.5, 0.9])))
+                           similarity_quantiles=(p10, p50, p90))
     log.info(report.summary())
     return report
 

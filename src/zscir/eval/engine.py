@@ -11,13 +11,14 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from zscir.backbones.preprocess import PreprocessConfig
-from zscir.data.stream import iter_pixel_batches
+from zscir.data.stream import ImageRef, iter_pixel_batches
 from zscir.errors import InputError
 from zscir.utils.io import atomic_path
 
@@ -29,7 +30,7 @@ DEFAULT_BATCH = 64
 @torch.inference_mode()
 def embed_images(
     encode: Callable[[torch.Tensor], torch.Tensor],
-    paths: Sequence[Path | str],
+    paths: Sequence[ImageRef],
     cfg: PreprocessConfig,
     device: torch.device | str = "cpu",
     batch_size: int = DEFAULT_BATCH,
@@ -47,12 +48,12 @@ def embed_images(
     return torch.cat(out)
 
 
-def gallery_digest(ids: Sequence[str], paths: Sequence[Path | str]) -> str:
+def gallery_digest(ids: Sequence[str], paths: Sequence[ImageRef]) -> str:
     """Identifies a gallery's content: ids, paths, file sizes and modification times."""
     h = hashlib.sha256()
     for i, p in zip(ids, paths):
         key = p.cache_key() if hasattr(p, "cache_key") else str(p)
-        p = Path(p.path) if hasattr(p, "path") else Path(p)
+        p = Path(p.path) if hasattr(p, "path") else Path(cast("str | Path", p))
         st = p.stat() if p.exists() else None
         h.update(f"{i}\0{key}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n".encode())
     return h.hexdigest()[:16]
@@ -61,7 +62,7 @@ def gallery_digest(ids: Sequence[str], paths: Sequence[Path | str]) -> str:
 def embed_gallery(
     method,
     ids: Sequence[str],
-    paths: Sequence[Path | str],
+    paths: Sequence[ImageRef],
     cache_dir: Path | None = None,
     batch_size: int = DEFAULT_BATCH,
     desc: str = "gallery",
@@ -86,7 +87,7 @@ def embed_gallery(
 @torch.inference_mode()
 def compose_queries(
     method,
-    ref_paths: Sequence[Path | str] | None,
+    ref_paths: Sequence[ImageRef] | None,
     texts: Sequence[str],
     batch_size: int = DEFAULT_BATCH,
     desc: str = "queries",

@@ -55,7 +55,7 @@ NOT_KEYED = frozenset({"out", "device", "progress", "world", "feature_cache", "c
 def settings_doc(settings: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
-    doc = asdict(settings) if is_dataclass(settings) else dict(settings)
+    doc = asdict(settings) if is_dataclass(settings) and not isinstance(settings, type) else dict(settings)
     return {k: v for k, v in doc.items() if k not in NOT_KEYED}
 
 

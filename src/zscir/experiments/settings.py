@@ -7,12 +7,15 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zscir.errors import InputError
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 SETTINGS_DIR = Path(__file__).parent / "settings"
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")  # a trainer's config dataclass
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,13 @@ class Settings:
     def config(self, name: str, cls: type[C], **overrides: Any) -> C:
         """`cls()` with table `name`, the experiment's seed and device, then `overrides`; an unknown key in the
         table is an error naming the file (a typo must not fall back silently to a default)."""
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in fields(cls)}
         values = self.table(name)
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"{self.source} [{name}]: unknown setting(s) {unknown} for {cls.__name__}")
         extra = {k: v for k, v in (("seed", self.seed), ("device", self.device)) if k in known}
-        return replace(cls(), **{**values, **extra, **overrides})  # type: ignore[type-var]
+        return replace(cls(), **{**values, **extra, **overrides})
 
 
 def load_settings(size: str, seed: int = 0, device: str = "", path: str | Path | None = None) -> Settings:

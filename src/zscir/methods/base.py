@@ -43,6 +43,8 @@ class CompositionMethod(nn.Module, abc.ABC):
     train_hint: ClassVar[str] = ""
     #: settings a user may pass (name -> default); anything else is refused by `check_settings`
     setting_defaults: ClassVar[dict[str, Any]] = {}
+    #: the checkpoint a built method was made from (path, fingerprint, kind); set by `build_method`, absent before
+    checkpoint_ref: dict[str, str]
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()

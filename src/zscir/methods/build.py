@@ -93,7 +93,8 @@ def _refs(checkpoints: Sequence[str | Path | CheckpointRef] | str | Path | None)
 def methods_for_checkpoint(checkpoint: str | Path | CheckpointRef | dict[str, Any]) -> list[str]:
     """The registered methods a checkpoint serves, the one it was made for first. Refused (CheckpointError with
     the reason) when it serves none."""
-    doc = checkpoint if isinstance(checkpoint, dict) else _refs([checkpoint])[0].doc  # type: ignore[list-item]
+    doc = checkpoint if isinstance(checkpoint, dict) else _refs([checkpoint])[0].doc
+    scored: list[tuple[int, int, str]]
     scored, reasons = [], []
     for name in list_methods():
         cls = get_method_class(name)
@@ -118,7 +119,7 @@ def missing_checkpoint_message(cls: type[CompositionMethod]) -> str:
             "then pass the folder with --checkpoint DIR")
 
 
-def precheck(name: str | None, checkpoints: Sequence[str | Path] | None = (), **settings: Any) -> str:
+def precheck(name: str | None, checkpoints: Sequence[str | Path | CheckpointRef] | None = (), **settings: Any) -> str:
     """Everything `build_method` refuses that needs no backbone (unknown method, a setting it does not take,
     a missing checkpoint, a checkpoint for another method), checked before any model is loaded; returns
     the method name (inferred from the first checkpoint when `name` is None)."""
@@ -155,7 +156,7 @@ def build_method(name: str | None, backbone: Backbone,
         return cls.from_checkpoint(backbone, None, **settings).eval()
     chosen = next(r for r in refs if cls.serves(r.doc)[0] > 0)
     method = cls.from_checkpoint(backbone, chosen, **settings)
-    method.checkpoint_ref = {"path": str(chosen.path), "fingerprint": chosen.fingerprint,  # type: ignore[attr-defined]
+    method.checkpoint_ref = {"path": str(chosen.path), "fingerprint": chosen.fingerprint,
                              "kind": chosen.kind}
     return method.eval()
 

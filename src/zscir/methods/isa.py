@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,7 @@ class LightEncoder(nn.Module):
         w = list(widths)
         if len(w) != 5:
             raise InputError(f"the light encoder has 5 stride-2 stages, got widths {tuple(w)}")
-        layers = [_conv_bn(in_channels, w[0], 3, 2)]
+        layers: list[nn.Module] = [_conv_bn(in_channels, w[0], 3, 2)]
         layers += [_conv_bn(w[0], w[0], 3, 2, groups=w[0]), _conv_bn(w[0], w[1], 1)]  # depthwise-separable
         layers += [_conv_bn(w[1], w[2], 3, 2), _conv_bn(w[2], w[3], 3, 2), _conv_bn(w[3], w[4], 3, 2)]
         layers += [nn.Conv2d(w[4], out, 1)]
@@ -98,6 +99,8 @@ class LightEncoder(nn.Module):
 
 class AdaptiveTokenLearner(nn.Module):
     """M learnable queries cross-attend to a feature map (B, L, C) -> tokens (B, M, W) and maps (B, M, L)."""
+
+    word_norm: torch.Tensor  # a buffer
 
     def __init__(self, feat_dim: int, n_cells: int, n_tokens: int, word_dim: int, dim: int = 256, heads: int = 4,
                  word_norm: float = 1.0) -> None:
@@ -180,13 +183,13 @@ def light_cells(cfg: ISAConfig) -> int:
     return side * side
 
 
-def isa_config_for(backbone: Backbone, mode: str = "asymmetric", n_tokens: int = 4, **arch: object) -> ISAConfig:
+def isa_config_for(backbone: Backbone, mode: str = "asymmetric", n_tokens: int = 4, **arch: Any) -> ISAConfig:
     """An ISAConfig that fits `backbone` (its word width, word norm, resolution and feature map). The token
     learner reads the light encoder's grid (asymmetric) or the large tower's tokens (symmetric), whatever the
     tower: a CNN grid, a ViT's CLS + patches of any patch size, or SigLIP's patches without a CLS."""
     n_cells, large_dim = large_feature_shape(backbone)
     cfg = ISAConfig(mode=mode, n_tokens=n_tokens, image_size=backbone.preprocess_config.size, n_cells=n_cells,
-                    word_dim=backbone.word_dim, word_norm=word_embedding_norm(backbone), **arch)  # type: ignore[arg-type]
+                    word_dim=backbone.word_dim, word_norm=word_embedding_norm(backbone), **arch)
     cfg.feat_dim = cfg.light_out if mode == "asymmetric" else large_dim
     if mode == "asymmetric":
         cfg.n_cells = light_cells(cfg)

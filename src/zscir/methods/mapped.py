@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class MappedTokenMethod(PseudoTokenMethod):
 
     #: checkpoint kinds this method loads
     kinds: tuple[str, ...] = (MAPPER_KIND,)
-    checkpoint_kinds = (MAPPER_KIND,)
+    checkpoint_kinds: ClassVar[tuple[str, ...]] = (MAPPER_KIND,)
     #: the `config.method` of the checkpoints made for this method
     made_by: tuple[str, ...] = ()
 

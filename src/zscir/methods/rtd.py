@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar, cast
 
 import torch
 
@@ -39,7 +40,7 @@ class RTDMethod(CompositionMethod):
         super().__init__(base.backbone)
         base.text_encoder = text_encoder
         self.base = base
-        self.name = f"{base.name}+rtd"  # type: ignore[misc]
+        self.name = f"{base.name}+rtd"  # type: ignore[misc]  # a ClassVar elsewhere: this wrapper names itself per instance
 
     @property
     def gallery_id(self) -> str:
@@ -63,7 +64,8 @@ def with_rtd(method: CompositionMethod, path: str | Path, cls: type[RTDMethod] =
     """`method` (a pseudo-token method) with its text side replaced by the RTD-tuned tower at `path`."""
     if not hasattr(method, "text_encoder"):
         raise CheckpointError(f"RTD plugs into pseudo-token methods; {method.name!r} has no text encoder to tune")
-    return cls(method, load_rtd_text_encoder(path, method.backbone, base=method.text_encoder))
+    base = cast(Backbone, method.text_encoder)  # a pseudo-token method's text side (checked above)
+    return cls(method, load_rtd_text_encoder(path, method.backbone, base=base))
 
 
 def _rtd_base(doc: dict) -> str:
@@ -75,7 +77,7 @@ class _RegisteredRTD(RTDMethod):
     """A registered `<base>+rtd` method built from an RTD checkpoint (it records the mapper it was trained for,
     so that one folder suffices)."""
 
-    checkpoint_kinds = (RTD_KIND,)
+    checkpoint_kinds: ClassVar[tuple[str, ...]] = (RTD_KIND,)
     base_name = ""
 
     @classmethod

@@ -35,7 +35,7 @@ def add_source_args(p: argparse.ArgumentParser, *, images: bool = False, pairs: 
                    help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
 
 
-def source_args(args: argparse.Namespace) -> dict[str, str]:
+def source_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields add_source_args declared."""
     out = {"image_column": args.image_column, "caption_column": args.caption_column,
            "feature_cache": args.feature_cache}
@@ -54,7 +54,7 @@ def open_training_source(spec: str, image_column: str = "", caption_column: str 
 class FeatureRows:
     """Row access to a memory-mapped cache entry as torch tensors: rows[idx] reads only those rows."""
 
-    def __init__(self, feats: Any, rows: Sequence[int] | None = None) -> None:
+    def __init__(self, feats: Any, rows: Sequence[int] | np.ndarray | None = None) -> None:
         self.feats = feats
         self.rows = np.arange(len(feats)) if rows is None else np.asarray(rows, dtype=np.int64)
 

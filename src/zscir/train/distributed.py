@@ -112,7 +112,7 @@ class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums every rank's gradient for the local rows (all_reduce + slice)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         world = tdist.get_world_size()
         ctx.rank, ctx.rows = tdist.get_rank(), x.shape[0]
         parts = [torch.empty_like(x) for _ in range(world)]
@@ -120,7 +120,7 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat(parts)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous().clone()
         tdist.all_reduce(grad)
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -465,16 +465,16 @@ def _average_gradients(params: Sequence[torch.Tensor], dist: DistInfo) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        by_dtype.setdefault(p.grad.dtype, []).append(p)
-    for ps in by_dtype.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in ps])
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
         comm = flat if dist._comm_device == flat.device else flat.to(dist._comm_device)
         tdist.all_reduce(comm)
         comm = comm.to(flat.device) / dist.world
         o = 0
-        for p in ps:
-            n = p.grad.numel()
-            p.grad.copy_(comm[o : o + n].view_as(p.grad))
+        for g in grads:
+            n = g.numel()
+            g.copy_(comm[o : o + n].view_as(g))
             o += n
 
 
@@ -514,7 +514,7 @@ def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def _save_state(partial: Path, signature: dict, module: nn.Module, opt, sched, scaler, step: int, epoch: int,
                 pos: int, dist: DistInfo) -> None:
     rng = _rng_state()
-    rngs = [rng]
+    rngs: list[dict | None] = [rng]
     if dist.enabled:
         rngs = [None] * dist.world
         tdist.all_gather_object(rngs, rng)
@@ -561,22 +561,25 @@ def _restore(state: dict, module: nn.Module, opt, sched, scaler, dist: DistInfo)
 
 
 # --- data order helpers -------------------------------------------------------------------------------------------
-class EpochSequence:
+_Draw = TypeVar("_Draw")  # what one epoch's draw is: a permutation tensor, a list of batches
+
+
+class EpochSequence(Generic[_Draw]):
     """Epochs drawn one after the other from one seeded generator (the order older trainers used), made a
     pure function of the epoch: epoch e replays the generator from the start when it is not the next one."""
 
-    def __init__(self, make_gen: Callable[[], Any], draw: Callable[[Any], list]) -> None:
+    def __init__(self, make_gen: Callable[[], Any], draw: Callable[[Any], _Draw]) -> None:
         self._make, self._draw = make_gen, draw
         self._gen: Any = None
         self._next = 0
-        self._cache: dict[int, list] = {}
+        self._cache: dict[int, _Draw] = {}
 
-    def __call__(self, epoch: int) -> list:
+    def __call__(self, epoch: int) -> _Draw:
         if epoch in self._cache:
             return self._cache[epoch]
         if self._gen is None or epoch < self._next:
             self._gen, self._next = self._make(), 0
-        out: list = []
+        out: _Draw
         while self._next <= epoch:
             out = self._draw(self._gen)
             self._next += 1

@@ -136,12 +136,14 @@ def isa_inputs(backbone: Backbone, source: Source, cfg: ISATrainConfig, keep_pix
     return FeatureRows(feats, keep), pixels, keys
 
 
-def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, embs: torch.Tensor, cfg: ISATrainConfig,
+def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor | FeatureRows | LazyRows,
+                  embs: torch.Tensor | LazyRows, cfg: ISATrainConfig,
                   gen: torch.Generator | None, device: torch.device, dist: DistInfo | None = None) -> float:
     """Warm up the light CNN (no text tower, cheap): per-cell cosine to the large tower's local features and
     pooled cosine to its embedding, each through a linear probe. Runs on the engine (phase `isa light distill`,
     resumable from OUT.distill.partial)."""
     assert method.light is not None
+    light_net = method.light
     dist = dist or DistInfo(device=device)
     probe = nn.Linear(method.light.out_dim, feats.shape[-1]).to(device)
     # and the pooled light map, through a second probe, to the large tower's embedding of the image
@@ -160,7 +162,7 @@ def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor, embs: 
     def loss_fn(b: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         x = pixels[b].to(device, torch.float32)
         target = F.normalize(feats[b].to(device, torch.float32), dim=-1)
-        light = method.light(x)
+        light = light_net(x)
         pred = F.normalize(probe(light).float(), dim=-1)
         emb = F.normalize(emb_probe(light.mean(dim=1)).float(), dim=-1)
         return (1 - (pred * target).sum(-1)).mean() + (1 - (emb * embs[b].to(device)).sum(-1)).mean()

@@ -187,6 +187,8 @@ def _check_common(cfg: Any, kind: str) -> None:
 class _SourceData:
     """What the trainers read of a world, for a user's SOURCE (features come from the data layer's cache)."""
 
+    meta: dict[str, Any]
+
     def __init__(self, spec: str) -> None:
         self.root, self.meta, self.key = spec, {}, spec
 
@@ -360,7 +362,7 @@ def select_triplets(triplets: Sequence[dict], fraction: float, noise: float, gen
     if k >= 2:
         victims = torch.randperm(len(out), generator=gen)[:k].tolist()
         mods = [out[i]["modification"] for i in victims]
-        shift = torch.randint(1, k, (1,), generator=gen).item()  # a derangement: every victim changes text
+        shift = int(torch.randint(1, k, (1,), generator=gen).item())  # a derangement: every victim changes text
         for j, i in enumerate(victims):
             out[i]["modification"] = mods[(j + shift) % k]
     return out

@@ -388,7 +388,7 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
         log.info("RTD (%s, %d steps, %d triplets): loss %.3f -> %.3f, %d / %d text-tower parameters trained, %.0f s%s",
                  cfg.tune, fit_res.steps, len(triplets), losses[0] if losses else float("nan"), res.final_loss,
                  trainable, total, res.seconds, f" -> {path}" if path else "")
-    res.student = student  # type: ignore[attr-defined]
+    res.student = student  # type: ignore[attr-defined]  # the trained module, for callers that keep it; not a result field
     return res
 
 

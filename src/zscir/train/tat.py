@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from zscir.backbones.base import Backbone
 from zscir.backbones.tuned import TunedBackbone
 from zscir.checkpoint import save_checkpoint
-from zscir.data.stream import iter_pixel_batches
+from zscir.data.stream import ImageRef, iter_pixel_batches
 from zscir.errors import InputError
 from zscir.methods.tat import (
     ADAPTERS_KIND,
@@ -124,7 +124,7 @@ class TATConfig:
 class PairSet:
     """Image paths + captions; `missing` lists rows skipped because their image was not found."""
 
-    paths: list[Path]
+    paths: Sequence[ImageRef]  # files, or data-layer locations (train.data.Location)
     captions: list[str]
     missing: list[str] = field(default_factory=list)
     source: str = ""
@@ -232,6 +232,8 @@ class _AdaptedSuffix(nn.Module):
     """The image path from the input of stage `start` (pixels when 0) to the normalised embedding. Only the
     tuned image tower is registered: it is what the engine trains and checkpoints."""
 
+    _backbone: TunedBackbone
+
     def __init__(self, tuned: TunedBackbone, start: int) -> None:
         super().__init__()
         self.tower = tuned.image_tower
@@ -256,7 +258,7 @@ def cached_prefix_start(tuned: Backbone, wrapped: Sequence[str]) -> int:
 
 
 @torch.inference_mode()
-def _prefix_features(backbone: Backbone, start: int, paths: Sequence[Path], batch: int, progress: bool) -> torch.Tensor:
+def _prefix_features(backbone: Backbone, start: int, paths: Sequence[ImageRef], batch: int, progress: bool) -> torch.Tensor:
     out = []
     with tqdm(total=len(paths), desc="frozen image features", unit="img", leave=False, disable=not progress) as bar:
         for px in iter_pixel_batches(paths, backbone.preprocess_config, batch):
@@ -292,7 +294,7 @@ def gap_stats(v: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def measure_gap(backbone: Backbone, paths: Sequence[Path], captions: Sequence[str], batch: int = 64) -> dict[str, float]:
+def measure_gap(backbone: Backbone, paths: Sequence[ImageRef], captions: Sequence[str], batch: int = 64) -> dict[str, float]:
     """Mean matched image-caption cosine and centroid distance, through the backbone's public API."""
     from zscir.eval.engine import embed_images
 

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zscir.errors import InputError
 
@@ -114,10 +115,10 @@ def read_captions(path: str | Path) -> list[str]:
             raise InputError(f"{path}: invalid JSON ({e.msg})") from None
         if not isinstance(doc, list):
             raise InputError(f"{path}: expected a JSON list of captions")
-        caps = [d.get("caption") if isinstance(d, dict) else d for d in doc]
+        raw: list[Any] = [d.get("caption") if isinstance(d, dict) else d for d in doc]
     else:
-        caps = text.splitlines()
-    caps = [" ".join(c.split()) for c in caps if isinstance(c, str) and c.strip()]
+        raw = text.splitlines()
+    caps = [" ".join(c.split()) for c in raw if isinstance(c, str) and c.strip()]
     if not caps:
         raise InputError(f"{path}: no captions")
     return caps

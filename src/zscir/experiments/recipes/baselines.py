@@ -3,9 +3,14 @@ alpha is chosen on the world's CIR training triplets (zscir.eval.alpha)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 from zscir.experiments.context import ExperimentContext
 from zscir.experiments.recipes import recipe
 from zscir.methods import CompositionMethod, build_method, get_method_class
+
+if TYPE_CHECKING:
+    from zscir.methods.slerp import Slerp
 
 
 @recipe("image", order=10)
@@ -35,5 +40,5 @@ def choose_alpha(ctx: ExperimentContext, make, key: str) -> float:
 
 @recipe("slerp", order=40)
 def _slerp(ctx: ExperimentContext) -> CompositionMethod:
-    cls = get_method_class("slerp")
+    cls = cast("type[Slerp]", get_method_class("slerp"))
     return build_method("slerp", ctx.backbone, alpha=choose_alpha(ctx, lambda a: cls(ctx.backbone, alpha=a), "slerp"))

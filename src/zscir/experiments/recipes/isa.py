@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from zscir.experiments.context import ExperimentContext
 from zscir.experiments.recipes import recipe
 from zscir.methods import CompositionMethod, build_method
+
+if TYPE_CHECKING:
+    from zscir.methods.isa import ISA
 
 
 def isa_config(ctx: ExperimentContext, mode: str):
@@ -31,7 +35,7 @@ def isa_checkpoint(ctx: ExperimentContext, mode: str) -> Path:
                                                                    world=ctx.world))
 
 
-def _record_flops(ctx: ExperimentContext, name: str, method: CompositionMethod) -> None:
+def _record_flops(ctx: ExperimentContext, name: str, method: ISA) -> None:
     from zscir.utils.profiling import count_flops
 
     size = ctx.backbone.preprocess_config.size
@@ -42,8 +46,10 @@ def _record_flops(ctx: ExperimentContext, name: str, method: CompositionMethod) 
 @recipe("isa", order=110)
 def _isa_asymmetric(ctx: ExperimentContext) -> CompositionMethod:
     from zscir.eval.costs import query_side_costs
+    from zscir.methods.isa import ISA
 
     method = build_method("isa", ctx.backbone, [isa_checkpoint(ctx, "asymmetric")])
+    assert isinstance(method, ISA)
     section = ctx.extras.setdefault("isa", {})
     section["n_tokens"] = method.config.n_tokens
     repeats = int(ctx.settings.table("isa_costs").get("repeats", 20))
@@ -54,6 +60,9 @@ def _isa_asymmetric(ctx: ExperimentContext) -> CompositionMethod:
 
 @recipe("isa/symmetric", order=120)
 def _isa_symmetric(ctx: ExperimentContext) -> CompositionMethod:
+    from zscir.methods.isa import ISA
+
     method = build_method("isa/symmetric", ctx.backbone, [isa_checkpoint(ctx, "symmetric")])
+    assert isinstance(method, ISA)  # ISASymmetric
     _record_flops(ctx, "isa/symmetric", method)
     return method

@@ -32,9 +32,11 @@ def rtd_config(ctx: ExperimentContext):
 def rtd_checkpoint_for(ctx: ExperimentContext, base: CompositionMethod, cfg=None) -> Path:
     """Train (or reuse) RTD for `base`'s mapper on the world's text triplets, starting from `base`'s text side;
     the RTD checkpoint folder, keyed by the base checkpoint and the settings."""
+    from zscir.methods.mapped import MappedTokenMethod
     from zscir.train.rtd import train_rtd
     from zscir.train.triplets import triplets_from_dicts
 
+    assert isinstance(base, MappedTokenMethod)  # pic2word, two-stage/mapping-only: a mapper and a text side
     cfg = cfg or rtd_config(ctx)
     base_ckpt = Path(str(getattr(base, "checkpoint_path", "")))
 

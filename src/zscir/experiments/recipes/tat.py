@@ -9,10 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from zscir.experiments.context import ExperimentContext
 from zscir.experiments.recipes import recipe
 from zscir.methods import CompositionMethod, build_method, get_method_class
+
+if TYPE_CHECKING:
+    from zscir.methods.slerp import Slerp
+    from zscir.methods.tat import SlerpTAT
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +73,10 @@ def _slerp_tat(ctx: ExperimentContext) -> CompositionMethod:
           f"{gap_after['centroid_distance']:.3f}")
 
     # the `slerp` recipe's rule: alpha chosen on the world's CIR *training* triplets, never on evaluation
-    cls = get_method_class("slerp+tat")
+    cls = cast("type[SlerpTAT]", get_method_class("slerp+tat"))
     alpha = choose_alpha(ctx, lambda a: cls(ctx.backbone, tat=tuned, alpha=a), "slerp+tat")
     method = build_method("slerp+tat", ctx.backbone, [out], alpha=alpha)
-    base = get_method_class("slerp")(ctx.backbone, alpha=DEFAULT_ALPHA)
+    base = cast("type[Slerp]", get_method_class("slerp"))(ctx.backbone, alpha=DEFAULT_ALPHA)
     from zscir.eval.alpha import ALPHA_GRID
 
     ctx.extras["sweeps"] = {"alphas": list(ALPHA_GRID), "slerp": alpha_sweep(ctx.evaluator, base),
