@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from zscir.errors import InputError
+from zscir.train.data import EpochSequence
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
     EngineConfig,
-    EpochSequence,
     Task,
     TrainingDiverged,
     check_out_dir,

@@ -10,9 +10,9 @@ not recompute anything."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -194,3 +194,30 @@ def pooled_rows(backbone: Any, tokens: Any) -> LazyRows:
         return F.normalize(backbone.image_head(x.to(backbone.device, torch.float32)), dim=-1).float()
 
     return LazyRows(tokens, pool, (backbone.embed_dim,))
+
+
+# --- data order helpers -------------------------------------------------------------------------------------------
+_Draw = TypeVar("_Draw")  # what one epoch's draw is: a permutation tensor, a list of batches
+
+
+class EpochSequence(Generic[_Draw]):
+    """Epochs drawn one after the other from one seeded generator (the order older trainers used), made a
+    pure function of the epoch: epoch e replays the generator from the start when it is not the next one."""
+
+    def __init__(self, make_gen: Callable[[], Any], draw: Callable[[Any], _Draw]) -> None:
+        self._make, self._draw = make_gen, draw
+        self._gen: Any = None
+        self._next = 0
+        self._cache: dict[int, _Draw] = {}
+
+    def __call__(self, epoch: int) -> _Draw:
+        if epoch in self._cache:
+            return self._cache[epoch]
+        if self._gen is None or epoch < self._next:
+            self._gen, self._next = self._make(), 0
+        out: _Draw
+        while self._next <= epoch:
+            out = self._draw(self._gen)
+            self._next += 1
+        self._cache = {epoch: out}
+        return out

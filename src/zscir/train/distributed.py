@@ -13,8 +13,9 @@ is exactly the batch a single process with the same global batch would see.
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,3 +145,42 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(tdist.get_world_size())]
     tdist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
+
+
+# --- DDP helpers ------------------------------------------------------------------------------------------------
+def broadcast_params(params: Sequence[torch.Tensor], dist: DistInfo) -> None:
+    if not dist.enabled:
+        return
+    with torch.no_grad():
+        for p in params:
+            buf = p.data if dist._comm_device == p.device else p.data.to(dist._comm_device)
+            tdist.broadcast(buf, 0)
+            if buf is not p.data:
+                p.data.copy_(buf)
+
+
+def average_gradients(params: Sequence[torch.Tensor], dist: DistInfo) -> None:
+    """What DDP does: every parameter's gradient averaged over the ranks (one flat all-reduce per dtype)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        comm = flat if dist._comm_device == flat.device else flat.to(dist._comm_device)
+        tdist.all_reduce(comm)
+        comm = comm.to(flat.device) / dist.world
+        o = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(comm[o : o + n].view_as(g))
+            o += n
+
+
+def max_abs_or_nan(value: float, dist: DistInfo) -> float:
+    """Any rank's non-finite loss stops every rank (else the others would hang in the next collective)."""
+    t = torch.tensor([0.0 if math.isfinite(value) else 1.0, value if math.isfinite(value) else 0.0],
+                     dtype=torch.float64, device=dist._comm_device)
+    tdist.all_reduce(t)
+    return value if t[0].item() == 0 else float("nan")

@@ -28,29 +28,35 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
 from tqdm.auto import tqdm
 
 from zscir.errors import InputError
-from zscir.train.distributed import DistInfo, gather, gather_with_grad, init_distributed
+from zscir.train.distributed import (
+    DistInfo,
+    average_gradients,
+    broadcast_params,
+    gather,
+    gather_with_grad,
+    init_distributed,
+    max_abs_or_nan,
+)
+from zscir.train.resume import STATE_NAME, jsonable, load_state, restore_state, save_state
 from zscir.utils.cli import add_device_arg, add_seed_arg
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-STATE_NAME = "state.pt"
 #: test hook: after saving the resume state at this step the process dies (as under `kill -9`)
 CRASH_ENV = "ZSCIR_TRAIN_CRASH_AFTER_SAVE"
 
@@ -336,21 +342,21 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise InputError(f"{task.name}: nothing to train (no parameter requires a gradient)")
-    _broadcast(params, dist)  # every rank starts from rank 0's weights, as DDP does
+    broadcast_params(params, dist)  # every rank starts from rank 0's weights, as DDP does
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg.warmup))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     state_module = task.module
-    signature = {"task": task.name, "total_steps": total, "world": dist.world, **_jsonable(task.signature),
-                 "engine": _jsonable({k: getattr(cfg, k) for k in ("lr", "weight_decay", "warmup", "grad_clip",
+    signature = {"task": task.name, "total_steps": total, "world": dist.world, **jsonable(task.signature),
+                 "engine": jsonable({k: getattr(cfg, k) for k in ("lr", "weight_decay", "warmup", "grad_clip",
                                                                    "precision", "seed")})}
     partial = partial_dir(cfg.out) if cfg.out else None
     step, epoch, pos = 0, 0, 0
     resumed_from = 0
     if partial is not None:
-        loaded = _load_state(partial, signature, cfg.resume, dist)
+        loaded = load_state(partial, signature, cfg.resume, dist)
         if loaded is not None:
-            _restore(loaded, state_module, opt, sched, scaler, dist)
+            restore_state(loaded, state_module, opt, sched, scaler, dist)
             step, epoch, pos = int(loaded["step"]), int(loaded["epoch"]), int(loaded["pos"])
             resumed_from = step
             if dist.is_main:
@@ -373,7 +379,7 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
                 loss = task.loss(local, ctx)
             value = float(loss.detach().float())
             if dist.enabled:
-                value = _max_abs_or_nan(value, dist)
+                value = max_abs_or_nan(value, dist)
             if not math.isfinite(value):
                 bar.close()
                 raise TrainingDiverged(
@@ -382,7 +388,7 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if dist.enabled:
-                _average_gradients(params, dist)
+                average_gradients(params, dist)
             if cfg.grad_clip > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -401,7 +407,7 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", items_s=f"{seen / max(1e-6, time.time() - t0):.0f}")
                 bar.update(1)
             if partial is not None and cfg.save_every and step % cfg.save_every == 0 and step < total:
-                _save_state(partial, signature, state_module, opt, sched, scaler, step, epoch, pos, dist)
+                save_state(partial, signature, state_module, opt, sched, scaler, step, epoch, pos, dist)
                 after_save(step)
         else:
             epoch += 1
@@ -445,146 +451,6 @@ def distributed(device: str = "") -> Iterator[DistInfo]:
 
         atexit.register(dist.close)
     yield dist
-
-
-# --- DDP helpers ------------------------------------------------------------------------------------------------
-def _broadcast(params: Sequence[torch.Tensor], dist: DistInfo) -> None:
-    if not dist.enabled:
-        return
-    with torch.no_grad():
-        for p in params:
-            buf = p.data if dist._comm_device == p.device else p.data.to(dist._comm_device)
-            tdist.broadcast(buf, 0)
-            if buf is not p.data:
-                p.data.copy_(buf)
-
-
-def _average_gradients(params: Sequence[torch.Tensor], dist: DistInfo) -> None:
-    """What DDP does: every parameter's gradient averaged over the ranks (one flat all-reduce per dtype)."""
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-    for grads in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        comm = flat if dist._comm_device == flat.device else flat.to(dist._comm_device)
-        tdist.all_reduce(comm)
-        comm = comm.to(flat.device) / dist.world
-        o = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(comm[o : o + n].view_as(g))
-            o += n
-
-
-def _max_abs_or_nan(value: float, dist: DistInfo) -> float:
-    """Any rank's non-finite loss stops every rank (else the others would hang in the next collective)."""
-    t = torch.tensor([0.0 if math.isfinite(value) else 1.0, value if math.isfinite(value) else 0.0],
-                     dtype=torch.float64, device=dist._comm_device)
-    tdist.all_reduce(t)
-    return value if t[0].item() == 0 else float("nan")
-
-
-# --- resume state -------------------------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _module_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable parameters and every buffer (batch-norm statistics): what training changes."""
-    state = {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
-    state.update({f"buffer:{n}": b.detach().cpu().clone() for n, b in module.named_buffers()})
-    return state
-
-
-def _save_state(partial: Path, signature: dict, module: nn.Module, opt, sched, scaler, step: int, epoch: int,
-                pos: int, dist: DistInfo) -> None:
-    rng = _rng_state()
-    rngs: list[dict | None] = [rng]
-    if dist.enabled:
-        rngs = [None] * dist.world
-        tdist.all_gather_object(rngs, rng)
-    if dist.is_main:
-        partial.mkdir(parents=True, exist_ok=True)
-        tmp = partial / (STATE_NAME + ".tmp")
-        torch.save({"signature": json.dumps(signature, sort_keys=True), "module": _module_state(module),
-                    "opt": opt.state_dict(), "sched": sched.state_dict(), "scaler": scaler.state_dict(),
-                    "rng": rngs, "step": step, "epoch": epoch, "pos": pos}, tmp)
-        os.replace(tmp, partial / STATE_NAME)
-    dist.barrier()
-
-
-def _load_state(partial: Path, signature: dict, required: bool, dist: DistInfo) -> dict | None:
-    f = partial / STATE_NAME
-    if not f.is_file():
-        if required:
-            raise InputError(f"--resume: no resumable state at {partial}")
-        return None
-    state = torch.load(f, map_location="cpu", weights_only=False)
-    if json.loads(state["signature"]) != _jsonable(signature):
-        if required:
-            raise InputError(f"--resume: {partial} holds a run with other settings (or another number of processes)")
-        if dist.is_main:
-            log.warning("%s holds a run with other settings; starting afresh", partial)
-        return None
-    return state
-
-
-def _restore(state: dict, module: nn.Module, opt, sched, scaler, dist: DistInfo) -> None:
-    saved = state["module"]
-    with torch.no_grad():
-        for n, p in module.named_parameters():
-            if p.requires_grad and n in saved:
-                p.copy_(saved[n])
-        for n, b in module.named_buffers():
-            if f"buffer:{n}" in saved:
-                b.copy_(saved[f"buffer:{n}"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    scaler.load_state_dict(state["scaler"])
-    rngs = state["rng"]
-    _set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-
-
-# --- data order helpers -------------------------------------------------------------------------------------------
-_Draw = TypeVar("_Draw")  # what one epoch's draw is: a permutation tensor, a list of batches
-
-
-class EpochSequence(Generic[_Draw]):
-    """Epochs drawn one after the other from one seeded generator (the order older trainers used), made a
-    pure function of the epoch: epoch e replays the generator from the start when it is not the next one."""
-
-    def __init__(self, make_gen: Callable[[], Any], draw: Callable[[Any], _Draw]) -> None:
-        self._make, self._draw = make_gen, draw
-        self._gen: Any = None
-        self._next = 0
-        self._cache: dict[int, _Draw] = {}
-
-    def __call__(self, epoch: int) -> _Draw:
-        if epoch in self._cache:
-            return self._cache[epoch]
-        if self._gen is None or epoch < self._next:
-            self._gen, self._next = self._make(), 0
-        out: _Draw
-        while self._next <= epoch:
-            out = self._draw(self._gen)
-            self._next += 1
-        self._cache = {epoch: out}
-        return out
 
 
 # --- glue for the trainers' own config dataclasses ------------------------------------------------------------------

@@ -52,10 +52,9 @@ from zscir.methods.lincir import LINCIR
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
 from zscir.nn.mappers import MAPPER_KIND, TokenMapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
-from zscir.train.data import add_source_args, source_args
+from zscir.train.data import EpochSequence, add_source_args, source_args
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence,
     StepContext,
     Task,
     add_engine_args,

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig
 from zscir.errors import InputError
 from zscir.objectives import info_nce
+from zscir.train.data import EpochSequence
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence,
     StepContext,
     Task,
     add_engine_args,

@@ -41,10 +41,9 @@ from zscir.methods.tuned_text import load_rtd_text_encoder, lora_text_encoder
 from zscir.nn.lora import LoRAConfig, count_parameters, lora_state_dict
 from zscir.nn.mappers import MAPPER_KIND, TokenMapper, load_mapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
-from zscir.train.data import add_source_args, pooled_rows, source_args, world_image_features
+from zscir.train.data import EpochSequence, add_source_args, pooled_rows, source_args, world_image_features
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence,
     StepContext,
     Task,
     add_engine_args,

@@ -41,9 +41,9 @@ from zscir.checkpoint import save_checkpoint, tensors_fingerprint
 from zscir.errors import InputError
 from zscir.methods.tuned_text import RTD_KIND, frozen_word_table_names, load_text_adapters, text_fingerprint
 from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_dict
+from zscir.train.data import EpochSequence
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
-    EpochSequence,
     StepContext,
     Task,
     add_engine_args,
