@@ -8,10 +8,10 @@ import logging
 import pytest
 
 from zscir.errors import InputError
-from zscir.train.rtd import load_triplet_source
 from zscir.train.triplets import (
     ATTRIBUTE_WORDS,
     generate_triplets,
+    load_triplet_source,
     read_captions,
     read_triplets_jsonl,
     write_triplets_jsonl,

@@ -57,7 +57,7 @@ from zscir.train.engine import (
     fit,
     is_main_process,
 )
-from zscir.train.triplets import Triplet
+from zscir.train.triplets import Triplet, load_triplet_source, triplets_digest
 from zscir.utils.cli import add_backbone_arg
 from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -372,7 +372,7 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
         return anchored_info_nce(q.float(), k.float(), key_caps, cfg.temperature)
 
     ecfg = engine_config(cfg, steps=steps, lr=cfg.resolved_lr(), progress=progress)
-    sig = {**config_signature(cfg), "triplets": _triplets_digest(triplets)}
+    sig = {**config_signature(cfg), "triplets": triplets_digest(triplets)}
     # the engine trains the student's own text tower (its image tower is the backbone's, shared)
     task = Task(f"rtd ({cfg.tune})", student.text_tower, epochs, loss_fn, steps_per_epoch=per_epoch, shard=shard, signature=sig)
     fit_res = fit(task, ecfg, dist)
@@ -390,15 +390,6 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
                  trainable, total, res.seconds, f" -> {path}" if path else "")
     res.student = student  # type: ignore[attr-defined]  # the trained module, for callers that keep it; not a result field
     return res
-
-
-def _triplets_digest(triplets: Sequence[Triplet]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in triplets:
-        h.update(f"{t.reference}\x1f{t.modification}\x1f{t.target}\x1e".encode())
-    return h.hexdigest()[:16]
 
 
 def _ddp_loss(q: torch.Tensor, k: torch.Tensor, key_caps: list[str], cfg: RTDConfig, cap: int, rank: int,
@@ -437,31 +428,6 @@ def save_rtd(cfg: RTDConfig, student: Backbone, backbone: Backbone, mapper: nn.M
             "text_fingerprint": "backbone" if start is None or start is backbone else text_fingerprint(start)}
     return save_checkpoint(cfg.out, RTD_KIND, config, tensors, backbone_fingerprint=backbone.fingerprint(),
                            mapper=src, init=init, rtd=asdict(cfg), triplets=n_triplets, **meta)
-
-
-# --- triplet sources -------------------------------------------------------------------------------------
-def load_triplet_source(world: str = "", triplets: str = "", captions: str = "", per_caption: int = 2,
-                        seed: int = 0, max_bad_fraction: float = 0.05,
-                        caption_column: str = "") -> tuple[list[Triplet], str]:
-    """(triplets, description) from exactly one of: a world folder, a JSONL file, captions (plain text one per
-    line, a JSONL/CSV/TSV column, a JSON list, or WebDataset shards' .txt; read by the data layer)."""
-    from zscir.train.triplets import generate_triplets, read_triplets_jsonl, triplets_from_dicts
-
-    given = [x for x in (world, triplets, captions) if x]
-    if len(given) != 1:
-        raise InputError("give exactly one triplet source: --world DIR, --triplets FILE.jsonl or --captions FILE")
-    if world:
-        from zscir.world import load_world
-
-        return triplets_from_dicts(load_world(world).text_triplets), f"world:{world}"
-    if triplets:
-        return read_triplets_jsonl(triplets, max_bad_fraction), f"jsonl:{triplets}"
-    from zscir.data import iter_texts
-
-    caps = list(dict.fromkeys(iter_texts(captions, caption_column or None)))
-    if not caps:
-        raise InputError(f"{captions}: no captions")
-    return generate_triplets(caps, per_caption, seed), f"rules:{captions}"
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
