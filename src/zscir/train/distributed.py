@@ -29,13 +29,13 @@ from zscir.utils.runtime import pick_device
 @dataclass
 class DistInfo:
     rank: int = 0
-    world: int = 1
+    world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
@@ -55,7 +55,7 @@ class DistInfo:
             yield self.shard(b)
 
     def shard(self, global_idx: torch.Tensor) -> torch.Tensor:
-        per = len(global_idx) // self.world
+        per = len(global_idx) // self.world_size
         return global_idx[self.rank * per : (self.rank + 1) * per]
 
     def barrier(self) -> None:
@@ -68,7 +68,7 @@ class DistInfo:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=self._comm_device)
         tdist.all_reduce(t)
-        return float(t.item()) / self.world
+        return float(t.item()) / self.world_size
 
     @property
     def _comm_device(self) -> torch.device:
@@ -106,7 +106,7 @@ def init_distributed(device: str = "") -> DistInfo:
         backend = "gloo"
     if not tdist.is_initialized():
         tdist.init_process_group(backend=backend)
-    return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -170,7 +170,7 @@ def average_gradients(params: Sequence[torch.Tensor], dist: DistInfo) -> None:
         flat = torch.cat([g.reshape(-1) for g in grads])
         comm = flat if dist._comm_device == flat.device else flat.to(dist._comm_device)
         tdist.all_reduce(comm)
-        comm = comm.to(flat.device) / dist.world
+        comm = comm.to(flat.device) / dist.world_size
         o = 0
         for g in grads:
             n = g.numel()

@@ -243,7 +243,7 @@ class StepContext:
 
     def batch_mean(self, per_item: torch.Tensor) -> torch.Tensor:
         """Mean over the *global* batch of a per-item loss of this rank's rows (exact under uneven shards)."""
-        return per_item.sum() * self.dist.world / max(1, self.global_size)
+        return per_item.sum() * self.dist.world_size / max(1, self.global_size)
 
 
 def split_rows(batch: Any, dist: DistInfo) -> tuple[Any, int]:
@@ -251,7 +251,7 @@ def split_rows(batch: Any, dist: DistInfo) -> tuple[Any, int]:
     if not dist.enabled:
         return batch, 0
     n = len(batch)
-    base, extra = divmod(n, dist.world)
+    base, extra = divmod(n, dist.world_size)
     start = dist.rank * base + min(dist.rank, extra)
     size = base + (1 if dist.rank < extra else 0)
     return batch[start : start + size], start
@@ -347,7 +347,7 @@ def fit(task: Task, cfg: EngineConfig, dist: DistInfo) -> FitResult:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg.warmup))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     state_module = task.module
-    signature = {"task": task.name, "total_steps": total, "world": dist.world, **jsonable(task.signature),
+    signature = {"task": task.name, "total_steps": total, "world": dist.world_size, **jsonable(task.signature),
                  "engine": jsonable({k: getattr(cfg, k) for k in ("lr", "weight_decay", "warmup", "grad_clip",
                                                                    "precision", "seed")})}
     partial = partial_dir(cfg.out) if cfg.out else None

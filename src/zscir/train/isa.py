@@ -151,7 +151,7 @@ def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor | Featu
     module = nn.ModuleDict({"light": method.light, "probe": probe, "emb_probe": emb_probe})
     n = len(pixels)
     bs = min(cfg.batch_size * 2, n)
-    bs -= bs % dist.world
+    bs -= bs % dist.world_size
     steps = max(1, cfg.distill_epochs * (n // bs))
 
     def batches(epoch: int):
@@ -258,8 +258,8 @@ def _train(backbone: Backbone, source: Source, cfg: ISATrainConfig, gen: torch.G
         local = LazyRows(feats, lambda x: align_cells(x, icfg.n_cells), (icfg.n_cells, feats.shape[-1]))
     n = len(feats)
     bs = min(cfg.batch_size, n)
-    if bs % dist.world:
-        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    if bs % dist.world_size:
+        raise InputError(f"batch size {bs} does not split over {dist.world_size} processes")
     probe = nn.Linear(icfg.word_dim, feats.shape[-1]).to(device)
     main_state = partial_dir(cfg.out) / "state.pt" if cfg.out else None
     distill = float("nan")

@@ -332,8 +332,8 @@ def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: 
         float(ls.detach().exp()) if isinstance(ls, torch.Tensor) else 1 / 0.07)
     n, dim = len(caps), backbone.embed_dim
     bs = min(cfg.batch_size, n)
-    if bs % dist.world:
-        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    if bs % dist.world_size:
+        raise InputError(f"batch size {bs} does not split over {dist.world_size} processes")
     orders = EpochSequence(lambda: torch.Generator().manual_seed(cfg.seed), lambda g: torch.randperm(n, generator=g))
 
     def batches(epoch: int):

@@ -149,8 +149,8 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
     n_val = max(1, int(n * cfg.val_fraction))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     bs = min(cfg.batch_size, len(train_idx))
-    if bs % dist.world:
-        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    if bs % dist.world_size:
+        raise InputError(f"batch size {bs} does not split over {dist.world_size} processes")
     steps_per_epoch = max(1, len(train_idx) // bs)
 
     def make_gen() -> torch.Generator:  # the generator as it stands after the validation split

@@ -282,8 +282,8 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
     scale = _logit_scale(backbone)
     target_scale = 1 / cfg.soft_temperature if cfg.soft_temperature > 0 else scale
     bs = min(cfg.batch_size, len(ids))
-    if bs % dist.world:
-        raise InputError(f"batch size {bs} does not split over {dist.world} processes")
+    if bs % dist.world_size:
+        raise InputError(f"batch size {bs} does not split over {dist.world_size} processes")
     n = len(ids)
     # epoch e: the (e+1)-th permutation drawn from one generator seeded with --seed (as before the engine)
     orders = EpochSequence(lambda: torch.Generator().manual_seed(cfg.seed), lambda g: torch.randperm(n, generator=g))
@@ -456,8 +456,8 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
     enc, wrapped = lora_text_encoder(start, lcfg)
     trainable, total = count_parameters(enc.text_tower)
     batch = min(cfg.batch_size, len(triplets))
-    if batch < dist.world:
-        raise InputError(f"batch size {batch} is too small for {dist.world} processes")
+    if batch < dist.world_size:
+        raise InputError(f"batch size {batch} is too small for {dist.world_size} processes")
     scale = _logit_scale(backbone)
     mods = [t["modification"] for t in triplets]
     refs = [t["reference"] for t in triplets]

@@ -53,7 +53,7 @@ def save_state(partial: Path, signature: dict, module: nn.Module, opt, sched, sc
     rng = rng_state()
     rngs: list[dict | None] = [rng]
     if dist.enabled:
-        rngs = [None] * dist.world
+        rngs = [None] * dist.world_size
         tdist.all_gather_object(rngs, rng)
     if dist.is_main:
         partial.mkdir(parents=True, exist_ok=True)

@@ -286,7 +286,7 @@ def _replay_rng(seed: int, n_triplets: int, max_triplets: int) -> random.Random:
 
 def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: Sequence[Triplet], meta: dict | None,
                progress: bool, text_encoder: Backbone | None, dist: DistInfo, t0: float) -> RTDResult:
-    rank, world = dist.rank, dist.world
+    rank, world = dist.rank, dist.world_size
     device = device_for(dist, cfg.device)
     if cfg.batch_size < 2 * world:
         raise InputError(f"batch size {cfg.batch_size} is too small for {world} processes")
@@ -342,9 +342,9 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
     steps = cfg.steps or max(1, math.ceil(per_epoch * cfg.epochs))
 
     def shard(batch: list[int], d: DistInfo) -> tuple[list[int], int]:
-        if d.world == 1:
+        if d.world_size == 1:
             return batch, 0
-        per = math.ceil(len(batch) / d.world)  # this rank's contiguous share of the global batch
+        per = math.ceil(len(batch) / d.world_size)  # this rank's contiguous share of the global batch
         return batch[d.rank * per : (d.rank + 1) * per], d.rank * per
 
     def loss_fn(batch: list[int], ctx: StepContext) -> torch.Tensor:

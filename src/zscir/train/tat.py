@@ -325,8 +325,8 @@ def train_tat(cfg: TATConfig, backbone: Backbone | None = None, dist: DistInfo |
 
 def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: PairSet | None, t0: float) -> TATResult:
     seed_everything(cfg.seed + dist.rank)
-    if cfg.batch_size % dist.world:
-        raise InputError(f"batch size {cfg.batch_size} does not split over {dist.world} processes")
+    if cfg.batch_size % dist.world_size:
+        raise InputError(f"batch size {cfg.batch_size} does not split over {dist.world_size} processes")
     device = device_for(dist, cfg.device)
     if backbone is None:
         from zscir.backbones import load_backbone
