@@ -71,12 +71,12 @@ def image_features(
     model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
     key = CacheKey(model_key, pre.digest(), f"{source.fingerprint()}", feature,
                    extra=str(dtype).replace("torch.", ""))
-    rank, world, barrier = _dist()
+    rank, world_size, barrier = _dist()
     hit = store.get(key)
-    if world > 1:  # every rank must take the same branch (a build has barriers): build unless all hit
+    if world_size > 1:  # every rank must take the same branch (a build has barriers): build unless all hit
         import torch.distributed as dist
 
-        flags: list[Any] = [None] * world
+        flags: list[Any] = [None] * world_size
         dist.all_gather_object(flags, hit is not None)
         if not all(flags):
             hit = None
@@ -89,7 +89,7 @@ def image_features(
 
     def batches(done: set[str]) -> Iterator[tuple[list[str], list[str], list[str | None], np.ndarray]]:
         # `done`: keys an interrupted build already wrote; the workers skip them before decoding
-        ds = StreamingDataset(source, pre, replace(cfg, shuffle=False, repeat=False), rank, world,
+        ds = StreamingDataset(source, pre, replace(cfg, shuffle=False, repeat=False), rank, world_size,
                               skip_keys=frozenset(done))
         loader = StreamingLoader(ds, failures_path)
         loaders.append(loader)
@@ -102,7 +102,7 @@ def image_features(
                     out.float().numpy()
 
     log.info("feature cache miss: computing %s for %s", feature, source)
-    return store.build(key, batches, rank=rank, world_size=world, barrier=barrier,
+    return store.build(key, batches, rank=rank, world_size=world_size, barrier=barrier,
                        failures=lambda: loaders[-1].failures if loaders else [], shard_bytes=shard_bytes)
 
 
@@ -125,12 +125,12 @@ def text_features(
         h.update(t.encode("utf-8", "surrogateescape") + b"\0")
     model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
     key = CacheKey(model_key, "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
-    rank, world, barrier = _dist()
+    rank, world_size, barrier = _dist()
     hit = store.get(key)
-    if world > 1:
+    if world_size > 1:
         import torch.distributed as dist
 
-        flags: list[Any] = [None] * world
+        flags: list[Any] = [None] * world_size
         dist.all_gather_object(flags, hit is not None)
         hit = hit if all(flags) else None
     if hit is not None:
@@ -151,7 +151,7 @@ def text_features(
                 yield ([str(j) for j in range(i, i + len(chunk))], [""] * len(chunk), chunk,
                        out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
 
-    if world == 1:
+    if world_size == 1:
         return store.build(key, batches())
     # texts are cheap next to images: under DDP rank 0 computes them all while the others wait
     error: BaseException | None = None
@@ -160,7 +160,7 @@ def text_features(
             store.build(key, batches())
         except BaseException as e:  # noqa: BLE001 - raised after the barrier, so no rank waits forever
             error = e
-    assert barrier is not None  # world > 1: torch.distributed is initialised
+    assert barrier is not None  # world_size > 1: torch.distributed is initialised
     barrier()
     if error is not None:
         raise error
