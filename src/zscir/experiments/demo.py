@@ -109,6 +109,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         log.info("ISA: asymmetric keeps %.0f%% of symmetric R@10 at %.0f%% of its query-side FLOPs",
                  100 * check["r10_ratio"], 100 * check["flops_ratio"])
 
+    from zscir.eval.claims import calibration, claims, format_checks
+
+    checks = {"claims": claims(protocols, ctx.extras), "calibration": calibration(protocols)}
     results = {
         "backbone": backbone.spec,
         "backbone_fingerprint": backbone.fingerprint(),
@@ -118,6 +121,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "protocols": protocols,
         "settings": settings,
         **ctx.extras,
+        **checks,
         "timings_s": {**timings, "total": round(time.time() - t0, 1)},
         "device": str(ctx.device),
         "torch_threads": torch.get_num_threads(),
@@ -127,6 +131,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     write_json(out / "results.json", results)
     _write_demo_report(out / "report.html", world, results, outputs, evaluator, cfg.examples)
     print(format_table(protocols))
+    for name, key in (("claims", "claim"), ("calibration", "check")):
+        if checks[name]:
+            print(f"\n{name} (measured on this run):\n" + format_checks(checks[name], key))
     print(f"\nwrote {out / 'results.json'} and {out / 'report.html'} ({time.time() - t0:.0f} s)")
     return results
 def _write_demo_report(path: Path, world, results: dict, outputs: dict, evaluator, n_examples: int) -> None:
