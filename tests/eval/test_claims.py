@@ -25,7 +25,7 @@ def test_claims_need_both_protocols_and_skip_rows_not_run():
 
 
 def test_calibration_flags_strong_baselines():
-    weak = _rows(image=(4, 21, 3), text=(5, 60, 2), sum=(9, 30, 6), slerp=(20, 50, 12), pic2word=(22, 55, 14))
+    weak = _rows(image=(4, 21, 3), text=(5, 50, 2), sum=(9, 30, 6), slerp=(20, 50, 12), pic2word=(22, 55, 14))
     assert all(r["holds"] for r in calibration(weak)), calibration(weak)
     strong = _rows(image=(15, 45, 22), text=(2, 40, 1), sum=(21, 30, 15), slerp=(20, 50, 19), pic2word=(17, 50, 12))
     failed = {r["check"] for r in calibration(strong) if not r["holds"]}
