@@ -42,7 +42,7 @@ def test_unkeyed_artifact_is_rebuilt_in_place_and_a_foreign_folder_is_never_touc
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.txt").write_text("precious")
-    with pytest.raises(InputError, match="never overwritten"):
+    with pytest.raises(InputError, match="is never overwritten"):
         cached_artifact(tmp_path, "mine", {}, {}, build, keyed_folder=False)
     assert (mine / "thesis.txt").read_text() == "precious"
 

@@ -49,8 +49,9 @@ def cached_artifact(root: str | os.PathLike[str], name: str, settings: Mapping[s
     if final.exists() and not recorded_key(final) and any(final.iterdir()):
         from zscir.errors import InputError
 
-        raise InputError(f"{final}: exists and is not an artefact of zscir's experiments (no {MARKER}); "
-                         "move it away, it is never overwritten")
+        raise InputError(f"{final}: exists but has no {MARKER} (made by you, or by a zscir older than the "
+                         "experiments layer), so it is never overwritten: move it away or delete it to let it be "
+                         "rebuilt here")
     root.mkdir(parents=True, exist_ok=True)
     work = root / f".{final.name}.building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
