@@ -126,13 +126,7 @@ def text_features(
     model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
     key = CacheKey(model_key, "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
     rank, world_size, barrier = _dist()
-    hit = store.get(key)
-    if world_size > 1:
-        import torch.distributed as dist
-
-        flags: list[Any] = [None] * world_size
-        dist.all_gather_object(flags, hit is not None)
-        hit = hit if all(flags) else None
+    hit = _hit_everywhere(store, key, world_size)
     if hit is not None:
         return hit
     if fn is None:
@@ -151,9 +145,26 @@ def text_features(
                 yield ([str(j) for j in range(i, i + len(chunk))], [""] * len(chunk), chunk,
                        out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
 
+    return _build_on_rank0(store, key, batches, world_size, rank, barrier, "the text features")
+
+
+def _hit_everywhere(store: FeatureCache, key: CacheKey, world_size: int) -> CachedFeatures | None:
+    """The entry if every rank finds it (every rank must take the same branch: a build has barriers)."""
+    hit = store.get(key)
+    if world_size > 1:
+        import torch.distributed as dist
+
+        flags: list[Any] = [None] * world_size
+        dist.all_gather_object(flags, hit is not None)
+        hit = hit if all(flags) else None
+    return hit
+
+
+def _build_on_rank0(store: FeatureCache, key: CacheKey, batches: Callable[[], Any], world_size: int, rank: int,
+                    barrier: Callable[[], None] | None, what: str) -> CachedFeatures:
+    """Build an entry in this process, or under DDP on rank 0 while the others wait (cheap features)."""
     if world_size == 1:
         return store.build(key, batches())
-    # texts are cheap next to images: under DDP rank 0 computes them all while the others wait
     error: BaseException | None = None
     if rank == 0:
         try:
@@ -166,5 +177,40 @@ def text_features(
         raise error
     entry = store.get(key)
     if entry is None:
-        raise CheckpointError(f"{store.path(key)}: rank 0 could not build the text features")
+        raise CheckpointError(f"{store.path(key)}: rank 0 could not build {what}")
     return entry
+
+
+def derived_features(
+    entry: CachedFeatures,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    feature: str,
+    model_key: str,
+    *,
+    cache: FeatureCache | str | Path | None = None,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+) -> CachedFeatures:
+    """`fn` applied to the rows of a cached entry (e.g. the frozen image embedding pooled from cached local
+    features through the image head), cached too: row i of the result belongs to row i of `entry`. Computed
+    once, in fixed chunks of the entry's key order (under DDP by rank 0), so its values never depend on how a
+    training run batches or shards the rows. `model_key` identifies what `fn` computes with (a fingerprint)."""
+    store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    key = CacheKey(model_key, "", entry.key.digest(), feature, extra=str(dtype).replace("torch.", ""))
+    rank, world_size, barrier = _dist()
+    hit = _hit_everywhere(store, key, world_size)
+    if hit is not None:
+        return hit
+
+    def batches() -> Iterator[tuple[list[str], list[str], Sequence[str | None], np.ndarray]]:
+        with torch.inference_mode():
+            # chunks in key order: the same chunks whoever built `entry` (several DDP ranks write it in
+            # another row order than one process)
+            order = np.array(sorted(range(len(entry)), key=lambda j: entry.keys[j]), dtype=np.int64)
+            for i in range(0, len(entry), batch_size):
+                idx = order[i : i + batch_size]
+                out = fn(torch.from_numpy(entry.gather(idx))).to("cpu", dtype)
+                yield ([entry.keys[j] for j in idx], [entry.locations[j] for j in idx],
+                       [entry.captions[j] for j in idx], out.numpy() if dtype != torch.bfloat16 else out.float().numpy())
+
+    return _build_on_rank0(store, key, batches, world_size, rank, barrier, f"the {feature} features")

@@ -221,3 +221,20 @@ class EpochSequence(Generic[_Draw]):
             self._next += 1
         self._cache = {epoch: out}
         return out
+
+
+def frozen_embeddings(backbone: Any, tokens: FeatureRows, cache: str = "") -> FeatureRows:
+    """The frozen, L2-normalised image embedding of cached local-feature rows (through the image head), itself
+    cached on disk and computed once in fixed chunks: its values never depend on how a run batches or shards
+    the rows (`pooled_rows` pools per batch instead, whose last bits follow the batch)."""
+    import torch.nn.functional as F
+
+    from zscir.data.features import derived_features
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(backbone.image_head(x.to(backbone.device, torch.float32)), dim=-1).float()
+
+    entry = derived_features(tokens.feats, pool, "image_embedding_from_tokens", backbone.fingerprint(),
+                             cache=cache or None)
+    pos = {k: i for i, k in enumerate(entry.keys)}
+    return FeatureRows(entry, [pos[tokens.feats.keys[r]] for r in tokens.rows])

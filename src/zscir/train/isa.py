@@ -35,7 +35,7 @@ from zscir.data.sources import Source
 from zscir.errors import InputError
 from zscir.methods.isa import ISA, ISASymmetric, align_cells, isa_config_for
 from zscir.objectives import info_nce
-from zscir.train.data import FeatureRows, LazyRows, pooled_rows
+from zscir.train.data import FeatureRows, LazyRows, frozen_embeddings
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
     StepContext,
@@ -137,7 +137,7 @@ def isa_inputs(backbone: Backbone, source: Source, cfg: ISATrainConfig, keep_pix
 
 
 def distill_light(method: ISA, pixels: torch.Tensor, feats: torch.Tensor | FeatureRows | LazyRows,
-                  embs: torch.Tensor | LazyRows, cfg: ISATrainConfig,
+                  embs: torch.Tensor | LazyRows | FeatureRows, cfg: ISATrainConfig,
                   gen: torch.Generator | None, device: torch.device, dist: DistInfo | None = None) -> float:
     """Warm up the light CNN (no text tower, cheap): per-cell cosine to the large tower's local features and
     pooled cosine to its embedding, each through a linear probe. Runs on the engine (phase `isa light distill`,
@@ -250,7 +250,7 @@ def _train(backbone: Backbone, source: Source, cfg: ISATrainConfig, gen: torch.G
     torch.manual_seed(cfg.seed)
     method = (ISA if cfg.mode == "asymmetric" else ISASymmetric)(backbone, icfg)
     feats, pixels, keys = isa_inputs(backbone, source, cfg, keep_pixels=method.light is not None)
-    embs = pooled_rows(backbone, feats)  # the gallery-side target, pooled per batch
+    embs = frozen_embeddings(backbone, feats, cfg.feature_cache)  # the gallery-side target
     # the light encoder's grid may differ from the large tower's tokens (a ViT: CLS + patches of any size):
     # the per-cell targets are the large features pooled onto the light grid (identity when they match)
     local: Any = feats
