@@ -21,6 +21,12 @@ def test_claims_need_both_protocols_and_skip_rows_not_run():
     gap = {"modality_gap": {"before": {"matched_cosine": 0.3, "centroid_distance": 0.8},
                             "after": {"matched_cosine": 0.35, "centroid_distance": 0.6}}}
     assert {r["claim"]: r for r in claims(p, gap)}["TAT narrows the modality gap"]["holds"]
+    tiny = {"modality_gap": {"before": {"matched_cosine": 0.856, "centroid_distance": 0.042},
+                             "after": {"matched_cosine": 0.857, "centroid_distance": 0.041}}}
+    assert not {r["claim"]: r for r in claims(p, tiny)}["TAT narrows the modality gap"]["holds"]  # 2%: not narrowed
+    close = _rows(slerp=(20, 50, 15), sum=(19.5, 30, 14.6))
+    row = {r["claim"]: r for r in claims(close, {})}["slerp beats sum"]
+    assert row["holds"] and "within noise" in row["measured"]
     assert "| slerp beats image |" in format_checks(claims(p, {}))
 
 

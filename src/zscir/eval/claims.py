@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 BASELINES = ("image", "text", "sum")
+NOISE_POINTS = 1.0  # smaller wins are reported as within noise (one seed, 200-1000 queries)
+GAP_NARROWING = 0.10  # TAT "narrows the gap" when the centroid distance drops by at least 10%
 HEADLINE = {"cirr": "R@1", "circo": "mAP@10"}
 
 
@@ -25,8 +27,11 @@ def _beats(protocols: dict, a: str, b: str, claim: str) -> dict[str, Any] | None
     rows = _pair(protocols, a, b)
     if rows is None:
         return None
-    return {"claim": claim, "measured": "; ".join(f"{m} {x:.1f} vs {y:.1f}" for m, x, y in rows),
-            "holds": all(x > y for _, x, y in rows)}
+    margin = min(x - y for _, x, y in rows)
+    measured = "; ".join(f"{m} {x:.1f} vs {y:.1f}" for m, x, y in rows)
+    if 0 < margin < NOISE_POINTS:  # a win this small is within seed-to-seed noise on these query counts
+        measured += f" (margin {margin:.1f} point: within noise)"
+    return {"claim": claim, "measured": measured, "holds": margin > 0, "margin": round(margin, 2)}
 
 
 def claims(protocols: dict[str, dict[str, dict[str, float]]], extras: dict[str, Any]) -> list[dict[str, Any]]:
@@ -40,7 +45,7 @@ def claims(protocols: dict[str, dict[str, dict[str, float]]], extras: dict[str, 
         out.append({"claim": "TAT narrows the modality gap",
                     "measured": f"matched cosine {before['matched_cosine']:.3f} -> {after['matched_cosine']:.3f}, "
                                 f"centroid distance {before['centroid_distance']:.3f} -> {after['centroid_distance']:.3f}",
-                    "holds": after["centroid_distance"] < before["centroid_distance"]})
+                    "holds": after["centroid_distance"] <= (1 - GAP_NARROWING) * before["centroid_distance"]})
     out += [_beats(protocols, "slerp+tat", "slerp", "slerp+tat beats slerp (both protocols)"),
             _beats(protocols, "two-stage", "pic2word", "two-stage beats pic2word"),
             _beats(protocols, "pic2word+rtd", "pic2word", "pic2word+rtd beats pic2word"),
