@@ -124,7 +124,7 @@ def add_config_args(p: Any, config: Any, *, skip: Collection[str] = (), only: Co
                 kw["default"] = default
             for k in ("choices", "metavar"):
                 if meta.get(k):
-                    kw[k] = list(meta[k]) if k == "choices" else meta[k]
+                    kw[k] = meta[k]
         p.add_argument(flag, **kw)
 
 
