@@ -215,3 +215,26 @@ def generate_triplets(captions: Sequence[str], per_caption: int = 2, seed: int =
         raise InputError("the captions contain no attribute words the generator knows (colours, sizes, shapes, "
                          "materials, positions, counts, patterns); supply a triplet JSONL instead")
     return out
+
+
+# --- triplet sources -------------------------------------------------------------------------------------
+def load_triplet_source(world: str = "", triplets: str = "", captions: str = "", per_caption: int = 2,
+                        seed: int = 0, max_bad_fraction: float = 0.05,
+                        caption_column: str = "") -> tuple[list[Triplet], str]:
+    """(triplets, description) from exactly one of: a world folder, a JSONL file, captions (plain text one per
+    line, a JSONL/CSV/TSV column, a JSON list, or WebDataset shards' .txt; read by the data layer)."""
+    given = [x for x in (world, triplets, captions) if x]
+    if len(given) != 1:
+        raise InputError("give exactly one triplet source: --world DIR, --triplets FILE.jsonl or --captions FILE")
+    if world:
+        from zscir.world import load_world
+
+        return triplets_from_dicts(load_world(world).text_triplets), f"world:{world}"
+    if triplets:
+        return read_triplets_jsonl(triplets, max_bad_fraction), f"jsonl:{triplets}"
+    from zscir.data import iter_texts
+
+    caps = list(dict.fromkeys(iter_texts(captions, caption_column or None)))
+    if not caps:
+        raise InputError(f"{captions}: no captions")
+    return generate_triplets(caps, per_caption, seed), f"rules:{captions}"
