@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable
 from typing import Any
 
 BACKBONE_SCHEMES = "default, default:<folder>, hf:<hub id or folder>, py:<module>:<factory>"
@@ -54,7 +54,7 @@ def parser_group(p: argparse.ArgumentParser, title: str) -> Any:
 
 
 # --- flags from settings dataclasses ---------------------------------------------------------------------
-def option(default: Any, help: str = "", *, flag: str = "", choices: Sequence[Any] = (), metavar: str = "",
+def option(default: Any, help: str = "", *, flag: str = "", choices: Iterable[Any] = (), metavar: str = "",
            required: bool = False, cli: bool = True) -> Any:
     """A settings field with its command-line flag (see the module doc). `flag`: the flag when it is not
     `--field-name` (`--no-field-name` for a bool whose default is True); `required`: the flag must be given
@@ -125,6 +125,8 @@ def add_config_args(p: Any, config: Any, *, skip: Collection[str] = (), only: Co
             for k in ("choices", "metavar"):
                 if meta.get(k):
                     kw[k] = meta[k]
+            if meta.get("flag") and not meta.get("metavar") and not meta.get("choices"):
+                kw["metavar"] = flag.lstrip("-").replace("-", "_").upper()  # as argparse names it from the flag
         p.add_argument(flag, **kw)
 
 
