@@ -39,8 +39,8 @@ from typing import Any
 import torch
 
 TRAINERS = ("pretrain", "mapping", "pic2word", "composing", "rtd", "isa", "tat")
-TRAINER_MODULES = ("zscir.train.pretrain", "zscir.train.pseudo_token", "zscir.train.rtd", "zscir.train.isa",
-                   "zscir.train.tat")
+TRAINER_MODULES = ("zscir.train.pretrain", "zscir.train.pseudo_token", "zscir.train.composing", "zscir.train.rtd",
+                   "zscir.train.isa", "zscir.train.tat")
 
 
 def make_data(root: Path) -> dict[str, str]:

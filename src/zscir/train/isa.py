@@ -54,7 +54,7 @@ from zscir.train.engine import (
     param_groups,
     partial_dir,
 )
-from zscir.utils.cli import add_backbone_arg
+from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
 from zscir.utils.runtime import configure_threads, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,27 @@ TRAIN_TEMPLATE = "a photo of $"
 class ISATrainConfig:
     """Settings of ISA training (reproducible from these + the world + the backbone)."""
 
-    world: str = ""
+    world: str = option("", "a world folder made by `zscir world` (its unlabelled images are used)")
     out: str = ""
-    images: str = ""  # a SOURCE of unlabelled images (zscir.data) instead of the world's
-    image_column: str = ""
-    feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
+    # a SOURCE of unlabelled images (zscir.data) instead of the world's
+    images: str = option("", "your unlabelled images: a folder, a glob, a CSV/TSV/JSONL listing or WebDataset shards",
+                         metavar="SOURCE")
+    image_column: str = option("", "listing column holding the image path (default: guessed)")
+    feature_cache: str = option("", "frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)", metavar="DIR")
     backbone: str = "default"
-    mode: str = "asymmetric"
-    n_tokens: int = 4
+    mode: str = option("asymmetric", "asymmetric: light query CNN (default); symmetric: token learner on the large tower",
+                       choices=("asymmetric", "symmetric"))
+    n_tokens: int = option(4, "M, pseudo tokens per image (default: %(default)s)", flag="--tokens")
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
-    light_lr: float = 3e-4
-    distill_epochs: int = 40  # light-encoder warm-up epochs (cheap: no text tower)
-    distill_lr: float = 3e-3
-    w_global: float = 1.0
-    w_local: float = 0.5
-    temperature: float = 0.05
-    max_images: int = 0  # 0 = every unlabelled image
+    light_lr: float = option(3e-4)
+    distill_epochs: int = option(40)  # light-encoder warm-up epochs (cheap: no text tower)
+    distill_lr: float = option(3e-3)
+    w_global: float = option(1.0, "global contrastive distillation weight")
+    w_local: float = option(0.5, "local alignment regularisation weight")
+    temperature: float = option(0.05)
+    max_images: int = option(0)  # 0 = every unlabelled image
     seed: int = 0
     device: str = ""
     # the engine's shared settings (see zscir.train.engine)
@@ -95,6 +98,24 @@ class ISATrainConfig:
     save_every: int = 0
     resume: bool = False
     progress: bool = True
+
+    def check(self) -> None:
+        """Refuse impossible settings and an --out that would be destroyed, before any work."""
+        from zscir.methods.isa import KIND
+
+        if self.n_tokens < 1:
+            raise InputError(f"--tokens must be at least 1, got {self.n_tokens}")
+        if self.w_global < 0 or self.w_local < 0:
+            raise InputError("loss weights must be non-negative")
+        if self.temperature <= 0:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        check_batch_size(self.batch_size, 2)
+        for lr, what in ((self.light_lr, "--light-lr"), (self.distill_lr, "--distill-lr")):
+            check_positive_lr(lr, what)
+        if self.distill_epochs < 0:
+            raise InputError(f"--distill-epochs must be >= 0, got {self.distill_epochs}")
+        engine_config(self).check()
+        check_out_dir(self.out, KIND)
 
 
 @dataclass
@@ -209,7 +230,7 @@ def train_isa_on_source(backbone: Backbone, source: Source, cfg: ISATrainConfig,
                         **meta: object) -> tuple[ISA, ISATrainResult]:
     """Train an ISA query side on the images of a data-layer source (no labels used); save it to `cfg.out`."""
     t0 = time.time()
-    _check(cfg)
+    cfg.check()
     gen = seed_everything(cfg.seed)
     # the backbone stays frozen (and in eval mode: no dropout in the text tower) while ISA trains
     frozen = [p for p in backbone.parameters() if p.requires_grad]
@@ -223,25 +244,6 @@ def train_isa_on_source(backbone: Backbone, source: Source, cfg: ISATrainConfig,
     finally:
         for p in frozen:
             p.requires_grad_(True)
-
-
-def _check(cfg: ISATrainConfig) -> None:
-    """Refuse impossible settings and an --out that would be destroyed, before any work."""
-    from zscir.methods.isa import KIND
-
-    if cfg.n_tokens < 1:
-        raise InputError(f"--tokens must be at least 1, got {cfg.n_tokens}")
-    if cfg.w_global < 0 or cfg.w_local < 0:
-        raise InputError("loss weights must be non-negative")
-    if cfg.temperature <= 0:
-        raise InputError(f"temperature must be > 0, got {cfg.temperature}")
-    check_batch_size(cfg.batch_size, 2)
-    for lr, what in ((cfg.light_lr, "--light-lr"), (cfg.distill_lr, "--distill-lr")):
-        check_positive_lr(lr, what)
-    if cfg.distill_epochs < 0:
-        raise InputError(f"--distill-epochs must be >= 0, got {cfg.distill_epochs}")
-    engine_config(cfg).check()
-    check_out_dir(cfg.out, KIND)
 
 
 def _train(backbone: Backbone, source: Source, cfg: ISATrainConfig, gen: torch.Generator,
@@ -325,7 +327,7 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
     from zscir.world import load_world
 
     configure_threads()
-    _check(cfg)
+    cfg.check()
     if cfg.images and (world is not None or cfg.world):
         raise InputError("give either --world or --images SOURCE, not both")
     if world is None and not cfg.world and not cfg.images:
@@ -350,39 +352,14 @@ def train_isa(cfg: ISATrainConfig, backbone: Backbone | None = None, world=None)
 
 def add_args(p: argparse.ArgumentParser) -> None:
     d = ISATrainConfig()
-    p.add_argument("--world", default="", help="a world folder made by `zscir world` (its unlabelled images are used)")
-    p.add_argument("--images", default="", metavar="SOURCE",
-                   help="your unlabelled images: a folder, a glob, a CSV/TSV/JSONL listing or WebDataset shards")
-    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
-    p.add_argument("--feature-cache", default="", metavar="DIR",
-                   help="frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)")
     add_backbone_arg(p, d.backbone)
-    p.add_argument("--mode", choices=("asymmetric", "symmetric"), default=d.mode,
-                   help="asymmetric: light query CNN (default); symmetric: token learner on the large tower")
-    p.add_argument("--tokens", type=int, default=d.n_tokens, help="M, pseudo tokens per image (default: %(default)s)")
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)
-    p.add_argument("--light-lr", type=float, default=d.light_lr)
-    p.add_argument("--distill-epochs", type=int, default=d.distill_epochs)
-    p.add_argument("--distill-lr", type=float, default=d.distill_lr)
-    p.add_argument("--w-global", type=float, default=d.w_global, help="global contrastive distillation weight")
-    p.add_argument("--w-local", type=float, default=d.w_local, help="local alignment regularisation weight")
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--max-images", type=int, default=0)
-
-
-def config_from_args(args: argparse.Namespace) -> ISATrainConfig:
-    return ISATrainConfig(
-        **engine_args(args, min_batch=2), world=args.world, images=args.images, image_column=args.image_column,
-        feature_cache=args.feature_cache,
-        backbone=args.backbone, mode=args.mode,
-        n_tokens=args.tokens, light_lr=args.light_lr, distill_epochs=args.distill_epochs, distill_lr=args.distill_lr,
-        w_global=args.w_global, w_local=args.w_local, temperature=args.temperature, max_images=args.max_images,
-    )
+    add_config_args(p, ISATrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    _check(cfg)
+    cfg: ISATrainConfig = config_from_args(ISATrainConfig, args, **engine_args(args, min_batch=2))
+    cfg.check()
     _, res = train_isa(cfg)
     if is_main_process():
         print(f"saved {res.path}: {res.images} unlabelled images, global loss {res.final_global:.3f}, "

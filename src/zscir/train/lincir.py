@@ -70,7 +70,7 @@ from zscir.train.engine import (
     is_main_process,
 )
 from zscir.train.pseudo_token import TrainResult
-from zscir.utils.cli import add_backbone_arg
+from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,10 @@ FALLBACK_PROMPT = "a photo of $"
 class LinCIRConfig:
     """Settings of `zscir train lincir` (exactly one of captions / pairs / world)."""
 
-    captions: str = ""  # plain text (one per line), JSONL/CSV/TSV column, JSON list or shards' .txt
+    captions: str = option("", "plain text (one caption per line), a JSONL/CSV/TSV file (see --caption-column), a "
+                           "JSON list, or WebDataset shards", metavar="FILE")
     pairs: str = ""  # a SOURCE of image-caption pairs (only its captions are read)
-    world: str = ""  # a world folder (its pairs' captions)
+    world: str = option("", "a world folder made by `zscir world` (its pairs' captions)", metavar="DIR")
     caption_column: str = ""
     image_column: str = ""
     out: str = ""
@@ -96,13 +97,16 @@ class LinCIRConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.1
-    hidden: int = 0  # 0: 4 x the embedding width, the paper's mapper
-    dropout: float = 0.5  # the paper's
-    noise: float = 1.0  # s: the noise's norm is u * s on a unit embedding, u ~ U(0, 1); 0 = none (ablation)
-    loss: str = "cosine"
-    temperature: float = 0.0  # infonce only; 0 = the backbone's
-    template: str = DEFAULT_TEMPLATE  # the composition template recorded for inference
-    max_captions: int = 0  # 0 = all
+    hidden: int = option(0, "mapper width (default: 0 = 4 x the embedding width)")  # the paper's mapper
+    dropout: float = option(0.5, "mapper dropout (default: %(default)s)")  # the paper's
+    # s: the noise's norm is u * s on a unit embedding, u ~ U(0, 1); 0 = none (ablation)
+    noise: float = option(1.0, "noise on the unit caption embedding: norm u * NOISE, u ~ U(0,1); 0 = none "
+                               "(default: %(default)s)")
+    loss: str = option("cosine", "cosine (the paper's MSE on unit embeddings) or infonce over the batch "
+                                 "(default: %(default)s)", choices=LOSSES)
+    temperature: float = option(0.0, "infonce temperature (default: 0 = the backbone's)")
+    template: str = option(DEFAULT_TEMPLATE, "composition template recorded for inference (default: %(default)r)")
+    max_captions: int = option(0, "use at most this many captions (0 = all)")
     seed: int = 0
     device: str = ""
     feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
@@ -377,35 +381,17 @@ def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: 
 # --- CLI ------------------------------------------------------------------------------------------------------
 def _add_args(p: argparse.ArgumentParser) -> None:
     d = LinCIRConfig()
-    src = p.add_argument_group("captions (exactly one source; no images are read)")
-    src.add_argument("--captions", default="", metavar="FILE",
-                     help="plain text (one caption per line), a JSONL/CSV/TSV file (see --caption-column), a JSON "
-                          "list, or WebDataset shards")
-    src.add_argument("--world", default="", metavar="DIR", help="a world folder made by `zscir world` (its pairs' captions)")
+    add_config_args(p.add_argument_group("captions (exactly one source; no images are read)"), d,
+                    only=("captions", "world"))
     add_source_args(p, pairs=True)
     add_backbone_arg(p, d.backbone)
-    p.add_argument("--template", default=d.template, help="composition template recorded for inference "
-                   "(default: %(default)r)")
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, steps=d.steps, weight_decay=d.weight_decay, warmup=d.warmup)
-    p.add_argument("--hidden", type=int, default=d.hidden, help="mapper width (default: 0 = 4 x the embedding width)")
-    p.add_argument("--dropout", type=float, default=d.dropout, help="mapper dropout (default: %(default)s)")
-    p.add_argument("--noise", type=float, default=d.noise,
-                   help="noise on the unit caption embedding: norm u * NOISE, u ~ U(0,1); 0 = none (default: %(default)s)")
-    p.add_argument("--loss", choices=LOSSES, default=d.loss,
-                   help="cosine (the paper's MSE on unit embeddings) or infonce over the batch (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=d.temperature,
-                   help="infonce temperature (default: 0 = the backbone's)")
-    p.add_argument("--max-captions", type=int, default=0, help="use at most this many captions (0 = all)")
+    add_config_args(p, d)
 
 
 def _config(args: argparse.Namespace) -> LinCIRConfig:
-    src = source_args(args)
-    return LinCIRConfig(
-        **engine_args(args, min_batch=1), captions=args.captions, world=args.world, pairs=src["pairs"],
-        caption_column=src["caption_column"], image_column=src["image_column"], feature_cache=src["feature_cache"],
-        backbone=args.backbone, template=args.template, hidden=args.hidden, dropout=args.dropout, noise=args.noise,
-        loss=args.loss, temperature=args.temperature, max_captions=args.max_captions,
-    )
+    cfg: LinCIRConfig = config_from_args(LinCIRConfig, args, **engine_args(args, min_batch=1), **source_args(args))
+    return cfg
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from zscir.train.engine import (
     fit,
     is_main_process,
 )
+from zscir.utils.cli import add_config_args, config_from_args, option
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 class PretrainConfig:
     """Settings of the contrastive pre-training (every run is reproducible from these + the world)."""
 
-    world: str = ""
+    world: str = option("", "world folder made by `zscir world` (its image-caption pairs)")
     out: str = ""
     pairs: str = ""  # a SOURCE of image-caption pairs (zscir.data) instead of the world's
     image_column: str = ""
@@ -63,8 +64,8 @@ class PretrainConfig:
     # The learnable temperature starts here. CLIP ends its training near 0.01; starting a small head there
     # keeps a CLIP-like gap between the image and text cones (Liang et al. 2022), the regime the published
     # composition methods (Slerp, TAT) were designed for. 0.07 (CLIP's start) lets the heads close it.
-    init_temperature: float = 0.07
-    val_fraction: float = 0.05
+    init_temperature: float = option(0.07, "starting value of the learnable temperature (default: %(default)s)")
+    val_fraction: float = option(0.05, cli=False)
     seed: int = 0
     device: str = ""
     # the engine's shared settings (see zscir.train.engine)
@@ -75,6 +76,20 @@ class PretrainConfig:
     save_every: int = 0
     resume: bool = False
     progress: bool = True
+
+    def check(self) -> None:
+        """Refuse impossible settings and an --out that would be destroyed, before any work."""
+        from zscir.backbones.default import KIND
+
+        if not 0.01 <= self.init_temperature <= 1.0:
+            raise InputError(f"init_temperature {self.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_batch_size(self.batch_size, 2)
+        engine_config(self).check()
+        check_out_dir(self.out, KIND)
+        if bool(self.world) == bool(self.pairs):
+            raise InputError("give the training pairs: --world DIR or --pairs SOURCE (one of them)")
 
 
 @dataclass
@@ -89,17 +104,7 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None = None) -> PretrainResult:
     """Train the default backbone's heads on `cfg.world`'s pairs and save the checkpoint to `cfg.out`."""
-    from zscir.backbones.default import KIND
-
-    if not 0.01 <= cfg.init_temperature <= 1.0:
-        raise InputError(f"init_temperature {cfg.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
-    if not 0 < cfg.val_fraction < 1:
-        raise InputError(f"val_fraction must be in (0, 1), got {cfg.val_fraction}")
-    check_batch_size(cfg.batch_size, 2)
-    engine_config(cfg).check()
-    check_out_dir(cfg.out, KIND)
-    if bool(cfg.world) == bool(cfg.pairs):
-        raise InputError("give the training pairs: --world DIR or --pairs SOURCE (one of them)")
+    cfg.check()
     t0 = time.time()
     configure_threads()
     seed_everything(cfg.seed)
@@ -209,21 +214,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default backbone: frozen EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads. Writes a checkpoint "
         "folder (model.safetensors + config.json with a fingerprint).",
     )
-    p.add_argument("--world", default="", help="world folder made by `zscir world` (its image-caption pairs)")
-    from zscir.train.data import add_source_args
+    from zscir.train.data import add_source_args, source_args
 
     add_source_args(p, pairs=True)  # --pairs SOURCE, its columns and the feature cache, as every trainer has them
     d = PretrainConfig()
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
                     out_help="checkpoint folder", out_default=str(own_default_path()))
-    p.add_argument("--init-temperature", type=float, default=d.init_temperature,
-                   help="starting value of the learnable temperature (default: %(default)s)")
+    add_config_args(p, PretrainConfig)  # --world, --init-temperature
 
     def run(args: argparse.Namespace) -> int:
-        eng = engine_args(args, min_batch=2)
-        res = pretrain(PretrainConfig(**eng, world=args.world, pairs=args.pairs, image_column=args.image_column,
-                                      caption_column=args.caption_column, feature_cache=args.feature_cache,
-                                      init_temperature=args.init_temperature))
+        res = pretrain(config_from_args(PretrainConfig, args, **engine_args(args, min_batch=2), **source_args(args)))
         if is_main_process():
             print(f"saved {res.path}: held-out text->image R@1 {res.val_t2i_r1:.1f}, image->text R@1 "
                   f"{res.val_i2t_r1:.1f}, matched cosine {res.matched_cosine:.3f}, {res.seconds:.0f} s")

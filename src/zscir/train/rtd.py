@@ -57,8 +57,8 @@ from zscir.train.engine import (
     fit,
     is_main_process,
 )
-from zscir.train.triplets import Triplet, load_triplet_source, triplets_digest
-from zscir.utils.cli import add_backbone_arg
+from zscir.train.triplets import Triplet, load_triplet_source
+from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
 from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
@@ -86,17 +86,18 @@ class RTDConfig:
     lr: float = 0.0  # 0: 1e-5 for full fine-tuning (published), 1e-4 for LoRA
     weight_decay: float = 0.01
     warmup: float = 0.05  # fraction of steps
-    temperature: float = 0.07
-    noise: float = 0.5
-    concat: str = "template"
-    template: str = ""  # overrides the scheme's template (e.g. the method's own); must hold $ and {text}
-    anchor: bool = True  # False: keys from the tower being tuned (ablation)
-    hard_negatives: bool = True  # False: plain random batches, no reference pairs (ablation)
-    tune: str = "full"  # full | lora
-    lora_rank: int = 16
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    max_triplets: int = 0  # 0: all
+    temperature: float = option(0.07)
+    noise: float = option(0.5, "noise scale on the reference embedding")
+    concat: str = option("template", "concatenation scheme", choices=CONCAT_SCHEMES)
+    # overrides the scheme's template (e.g. the method's own); must hold $ and {text}
+    template: str = option("", "the method's template, when not 'a photo of $ that {text}'")
+    anchor: bool = option(True, "ablation: keys from the tuned tower")  # --no-anchor
+    hard_negatives: bool = option(True, "ablation: plain random batches")  # --no-hard-negatives: no reference pairs
+    tune: str = option("full", choices=("full", "lora"))
+    lora_rank: int = option(16)
+    lora_alpha: float = option(16.0)
+    lora_dropout: float = option(0.1, cli=False)
+    max_triplets: int = option(0)  # 0: all
     seed: int = 0
     device: str = ""
     grad_clip: float = 1.0
@@ -110,6 +111,7 @@ class RTDConfig:
         return self.lr or (1e-4 if self.tune == "lora" else 1e-5)
 
     def check(self) -> None:
+        """Refuse impossible settings and an --out that would be destroyed (when set), before any work."""
         if self.concat not in CONCAT_SCHEMES:
             raise InputError(f"unknown concatenation scheme {self.concat!r}; choose from {', '.join(CONCAT_SCHEMES)}")
         if self.tune not in ("full", "lora"):
@@ -121,6 +123,8 @@ class RTDConfig:
         if self.lr < 0 or not math.isfinite(self.lr):
             raise InputError(f"learning rate must be a finite number > 0 (or 0: the default), got {self.lr}")
         engine_config(self, lr=self.resolved_lr()).check()
+        if self.out:
+            check_out_dir(self.out, RTD_KIND)
 
     def prompts(self) -> tuple[str, str]:
         tpl, ref = CONCAT_SCHEMES[self.concat]
@@ -129,7 +133,6 @@ class RTDConfig:
             ref = self.template.split("{text}")[0].rstrip()
             ref = re.sub(r"\s+(that|which|who|and|with|but)$", "", ref) or "$"
         return tpl, ref
-
 
 
 @dataclass
@@ -267,8 +270,6 @@ def train_rtd(
     `backbone` is the original (it embeds the mapper's inputs and the anchors and is never changed);
     `text_encoder` is where tuning starts (the method's current text side; default: `backbone`)."""
     cfg.check()
-    if cfg.out:
-        check_out_dir(cfg.out, RTD_KIND)
     t0 = time.time()
     configure_threads()
     seed_everything(cfg.seed)
@@ -372,7 +373,7 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
         return anchored_info_nce(q.float(), k.float(), key_caps, cfg.temperature)
 
     ecfg = engine_config(cfg, steps=steps, lr=cfg.resolved_lr(), progress=progress)
-    sig = {**config_signature(cfg), "triplets": triplets_digest(triplets)}
+    sig = {**config_signature(cfg), "triplets": _triplets_digest(triplets)}
     # the engine trains the student's own text tower (its image tower is the backbone's, shared)
     task = Task(f"rtd ({cfg.tune})", student.text_tower, epochs, loss_fn, steps_per_epoch=per_epoch, shard=shard, signature=sig)
     fit_res = fit(task, ecfg, dist)
@@ -390,6 +391,15 @@ def _train_rtd(cfg: RTDConfig, backbone: Backbone, mapper: nn.Module, triplets: 
                  trainable, total, res.seconds, f" -> {path}" if path else "")
     res.student = student  # type: ignore[attr-defined]  # the trained module, for callers that keep it; not a result field
     return res
+
+
+def _triplets_digest(triplets: Sequence[Triplet]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in triplets:
+        h.update(f"{t.reference}\x1f{t.modification}\x1f{t.target}\x1e".encode())
+    return h.hexdigest()[:16]
 
 
 def _ddp_loss(q: torch.Tensor, k: torch.Tensor, key_caps: list[str], cfg: RTDConfig, cap: int, rank: int,
@@ -446,29 +456,17 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     add_engine_args(p, lr=None, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay,
                     warmup=d.warmup, grad_clip=d.grad_clip,
                     lr_help="peak learning rate (default: 1e-5 for --tune full, as published; 1e-4 for lora)")
-    p.add_argument("--noise", type=float, default=d.noise, help="noise scale on the reference embedding")
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--concat", choices=list(CONCAT_SCHEMES), default=d.concat, help="concatenation scheme")
-    p.add_argument("--template", default="", help="the method's template, when not 'a photo of $ that {text}'")
-    p.add_argument("--tune", choices=("full", "lora"), default=d.tune)
-    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
-    p.add_argument("--lora-alpha", type=float, default=d.lora_alpha)
-    p.add_argument("--no-anchor", action="store_true", help="ablation: keys from the tuned tower")
-    p.add_argument("--no-hard-negatives", action="store_true", help="ablation: plain random batches")
-    p.add_argument("--max-triplets", type=int, default=0)
+    add_config_args(p, d)
 
 
 def _run(args: argparse.Namespace) -> int:
     from zscir.backbones import load_backbone
     from zscir.utils.runtime import pick_device
 
-    eng = engine_args(args, min_batch=2)
-    cfg = RTDConfig(**eng, noise=args.noise, temperature=args.temperature, concat=args.concat, template=args.template,
-                    tune=args.tune, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                    anchor=not args.no_anchor, hard_negatives=not args.no_hard_negatives,
-                    max_triplets=args.max_triplets)
-    cfg.check()
-    check_out_dir(cfg.out, RTD_KIND)
+    cfg: RTDConfig = config_from_args(RTDConfig, args, **engine_args(args, min_batch=2))
+    cfg.check()  # before the backbone is loaded
+    if not cfg.out:  # the Python API may train without saving; the command saves
+        raise InputError("--out is required")
     backbone = load_backbone(args.backbone, str(pick_device(args.device or None)))
     source = load_rtd_start(args.mapper, backbone)
     trips, desc = load_triplet_source(args.world, args.triplets, args.captions, args.per_caption, args.seed,

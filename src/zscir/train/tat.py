@@ -62,7 +62,7 @@ from zscir.train.engine import (
     fit,
     is_main_process,
 )
-from zscir.utils.cli import add_backbone_arg
+from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
 from zscir.utils.io import read_jsonl_objects
 from zscir.utils.runtime import configure_threads, seed_everything
 
@@ -76,20 +76,23 @@ class TATConfig:
     """Settings of one TAT run (saved in the checkpoint; a resumed run must match them)."""
 
     backbone: str = "default"
-    world: str = ""
-    images: str = ""  # folder of images (with --captions)
-    captions: str = ""  # JSONL or CSV with image + caption per row
-    pairs: str = ""  # a SOURCE of image-caption pairs (zscir.data: listing, folder, WebDataset shards)
-    image_column: str = ""
-    caption_column: str = ""
+    world: str = option("", "train on this world's image-caption pairs")
+    images: str = option("", "image folder (with --captions)")
+    captions: str = option("", "JSONL ({'image','caption'} per line) or CSV (image,caption) file")
+    # a SOURCE of image-caption pairs (zscir.data: listing, folder, WebDataset shards)
+    pairs: str = option("", "image-caption pairs through the data layer: a CSV/TSV/JSONL listing (see --image-column, "
+                            "--caption-column), a folder or WebDataset shards with .txt captions", metavar="SOURCE")
+    image_column: str = option("", "listing column holding the image path (default: guessed)")
+    caption_column: str = option("", "listing column holding the caption (default: guessed)")
     out: str = ""
-    rank: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.1
-    trunk_blocks: int = 2
-    head: bool = True
-    head_out: bool = False
-    temperature: float = 0.07
+    rank: int = option(16)
+    alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)")
+    dropout: float = option(0.1)
+    trunk_blocks: int = option(2, "adapt the trunk's last N blocks (default backbone; ViTs adapt every layer) "
+                                  "(default: %(default)s)")
+    head: bool = option(True, "default backbone: leave the pooling head untouched")  # --no-head
+    head_out: bool = option(False, "default backbone: also adapt the head's output projection (0.53%% trainable)")
+    temperature: float = option(0.07, "fixed InfoNCE temperature")
     lr: float = 5e-4
     weight_decay: float = 0.0
     warmup: float = 0.05
@@ -97,11 +100,11 @@ class TATConfig:
     batch_size: int = 128  # global batch (split over DDP processes)
     seed: int = 0
     device: str = ""
-    max_missing: float = 0.05
-    val_fraction: float = 0.05
-    max_val: int = 1000
+    max_missing: float = option(0.05, "refuse if more than this fraction of caption rows point at missing images")
+    val_fraction: float = option(0.05, cli=False)
+    max_val: int = option(1000, cli=False)
     save_every: int = 50
-    merge: bool = False
+    merge: bool = option(False, "also write OUT/merged: the tower with adapters folded in")
     progress: bool = True
     # the engine's shared settings (see zscir.train.engine)
     steps: int = 0  # > 0: this many steps instead of `epochs` passes
@@ -112,6 +115,16 @@ class TATConfig:
     @property
     def adapters(self) -> TATAdapterConfig:
         return TATAdapterConfig(self.rank, self.alpha, self.dropout, self.trunk_blocks, self.head, self.head_out)
+
+    def check(self) -> None:
+        """Refuse impossible settings and an --out that would be destroyed, before any work."""
+        if not self.out:
+            raise InputError("--out is required")
+        if not 0 < self.temperature:
+            raise InputError(f"temperature must be > 0, got {self.temperature}")
+        check_batch_size(self.batch_size, 2)
+        engine_config(self).check()
+        check_out_dir(self.out, ADAPTERS_KIND)
 
     def signature(self) -> dict:
         """What must match for a resumed run to continue the same training."""
@@ -309,13 +322,7 @@ def train_tat(cfg: TATConfig, backbone: Backbone | None = None, dist: DistInfo |
               pairs: PairSet | None = None) -> TATResult:
     """Run TAT and save the adapters to cfg.out (rank 0). `backbone` (the base) is never modified."""
     t0 = time.time()
-    if not cfg.out:
-        raise InputError("--out is required")
-    if not 0 < cfg.temperature:
-        raise InputError(f"temperature must be > 0, got {cfg.temperature}")
-    check_batch_size(cfg.batch_size, 2)
-    engine_config(cfg).check()
-    check_out_dir(cfg.out, ADAPTERS_KIND)
+    cfg.check()
     configure_threads()
     if dist is not None:
         return _train(cfg, backbone, dist, pairs, t0)
@@ -416,37 +423,13 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
 def _add_args(p: argparse.ArgumentParser) -> None:
     d = TATConfig()
     add_backbone_arg(p, d.backbone)
-    p.add_argument("--world", default="", help="train on this world's image-caption pairs")
-    p.add_argument("--images", default="", help="image folder (with --captions)")
-    p.add_argument("--captions", default="", help="JSONL ({'image','caption'} per line) or CSV (image,caption) file")
-    p.add_argument("--pairs", default="", metavar="SOURCE",
-                   help="image-caption pairs through the data layer: a CSV/TSV/JSONL listing (see --image-column, "
-                        "--caption-column), a folder or WebDataset shards with .txt captions")
-    p.add_argument("--image-column", default="", help="listing column holding the image path (default: guessed)")
-    p.add_argument("--caption-column", default="", help="listing column holding the caption (default: guessed)")
-    p.add_argument("--rank", type=int, default=d.rank)
-    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)")
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--trunk-blocks", type=int, default=d.trunk_blocks,
-                   help="adapt the trunk's last N blocks (default backbone; ViTs adapt every layer) (default: %(default)s)")
-    p.add_argument("--no-head", action="store_true", help="default backbone: leave the pooling head untouched")
-    p.add_argument("--head-out", action="store_true",
-                   help="default backbone: also adapt the head's output projection (0.53%% trainable)")
-    p.add_argument("--temperature", type=float, default=d.temperature, help="fixed InfoNCE temperature")
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
                     save_every=d.save_every, out_help="adapter checkpoint folder to write")
-    p.add_argument("--max-missing", type=float, default=d.max_missing,
-                   help="refuse if more than this fraction of caption rows point at missing images")
-    p.add_argument("--merge", action="store_true", help="also write OUT/merged: the tower with adapters folded in")
+    add_config_args(p, d)
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = TATConfig(
-        **engine_args(args, min_batch=2), backbone=args.backbone, world=args.world, images=args.images,
-        captions=args.captions, pairs=args.pairs, image_column=args.image_column, caption_column=args.caption_column, rank=args.rank, alpha=args.alpha, dropout=args.dropout, trunk_blocks=args.trunk_blocks,
-        head=not args.no_head, head_out=args.head_out, temperature=args.temperature, max_missing=args.max_missing,
-        merge=args.merge,
-    )
+    cfg: TATConfig = config_from_args(TATConfig, args, **engine_args(args, min_batch=2))
     res = train_tat(cfg)
     if is_main_process():
         print(f"saved TAT adapters to {res.path}: {res.trainable} of {res.total} parameters trainable "

@@ -238,13 +238,3 @@ def load_triplet_source(world: str = "", triplets: str = "", captions: str = "",
     if not caps:
         raise InputError(f"{captions}: no captions")
     return generate_triplets(caps, per_caption, seed), f"rules:{captions}"
-
-
-def triplets_digest(triplets: Sequence[Triplet]) -> str:
-    """A short content hash of text triplets (part of a training run's resume signature)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in triplets:
-        h.update(f"{t.reference}\x1f{t.modification}\x1f{t.target}\x1e".encode())
-    return h.hexdigest()[:16]

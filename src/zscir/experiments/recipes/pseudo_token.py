@@ -18,7 +18,8 @@ from zscir.methods import CompositionMethod, build_method
 
 def pseudo_token_settings(ctx: ExperimentContext) -> dict[str, Any]:
     """The experiment's trainer configs: {"pic2word", "mapping", "composing"}."""
-    from zscir.train.pseudo_token import ComposingConfig, MapperTrainConfig, mapping_config, pic2word_config
+    from zscir.train.composing import ComposingConfig
+    from zscir.train.pseudo_token import MapperTrainConfig, mapping_config, pic2word_config
 
     return {
         "pic2word": ctx.settings.config("pic2word", MapperTrainConfig, **_fields_of(pic2word_config())),
@@ -36,7 +37,8 @@ def pseudo_token_variant(ctx: ExperimentContext, pic2word: Any = None, mapping: 
                          composing: Any = None) -> Path:
     """Train (or reuse) one checkpoint: pic2word, a stage-1 mapper, or stage 2 on top of a stage-1 mapper.
     Exactly one of pic2word / mapping is given, plus `composing` for stage 2 (its stage 1 is `mapping`)."""
-    from zscir.train.pseudo_token import train_composing, train_mapping, train_pic2word
+    from zscir.train.composing import train_composing
+    from zscir.train.pseudo_token import train_mapping, train_pic2word
 
     if pic2word is not None:
         return ctx.artifact("pic2word", pic2word, lambda out: train_pic2word(
