@@ -76,7 +76,7 @@ def trainer_commands(d: dict[str, str], out: Path, steps: int = 2, extra: tuple[
         "rtd": ["train", "rtd", "--backbone", clip, "--mapper", str(out / "mapping"), "--triplets", d["text_triplets"],
                 "--batch-size", "8", "--noise", "0", "--lr", "1e-3", "--out", str(out / "rtd"), *plain],
         "isa": ["train", "isa", "--backbone", clip, "--images", d["images"], "--mode", "symmetric", "--tokens", "2",
-                "--batch-size", "8", "--out", str(out / "isa"), *plain],
+                "--batch-size", "8", "--out", str(out / "isa"), *common],
         "tat": ["train", "tat", "--backbone", clip, "--pairs", d["shards"], "--batch-size", "8", "--dropout", "0",
                 "--out", str(out / "tat"), *plain],
         "pretrain": ["pretrain", "--pairs", d["pairs"], "--image-column", "filepath", "--caption-column", "title",
