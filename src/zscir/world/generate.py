@@ -14,7 +14,7 @@ from tqdm import tqdm
 from zscir.errors import InputError
 from zscir.utils.io import atomic_dir, write_json
 from zscir.world import language as L
-from zscir.world.modify import Compound, Family, partials, random_compound, random_family, random_mod
+from zscir.world.modify import Compound, Family, Mod, partials, random_compound, random_family, random_mod
 from zscir.world.render import render
 from zscir.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, Scene, all_combos, random_scene
 from zscir.world.scene import SIZES as OBJ_SIZES
@@ -73,7 +73,7 @@ class _Builder:
     def has_heldout(self, scene: Scene) -> bool:
         return bool(scene.combos() & set(self.heldout))
 
-    def mod(self, scene: Scene, combos: set) -> Compound | object | None:
+    def mod(self, scene: Scene, combos: set) -> Mod | Compound | None:
         if self.rng.random() < COMPOUND_FRACTION:
             c = random_compound(self.rng, scene, combos)
             if c is not None:
@@ -130,10 +130,10 @@ class _Builder:
                     break
             if m1 is None:
                 continue
-            variants: list[tuple[Scene, object]] = []
+            variants: list[tuple[Scene, Mod | Compound | None]] = []  # None: a partial of a compound
             seen = {ref.key()}
 
-            def push(scene: Scene, mod: object, seen: set = seen, variants: list = variants) -> None:
+            def push(scene: Scene, mod: Mod | Compound | None, seen: set = seen, variants: list = variants) -> None:
                 if scene.key() not in seen and len(variants) < 5:
                     seen.add(scene.key())
                     variants.append((scene, mod))
@@ -160,7 +160,9 @@ class _Builder:
             second = [j for j, v in enumerate(variants) if j > 0 and v[1] is not None]
             picks = [0] + ([rng.choice(second)] if second and len(queries) + 1 < self.counts["cirr_queries"] else [])
             for j in picks:
-                queries.append({"id": len(queries), "reference": rid, "modification": variants[j][1].text(rng, ref),
+                mod = variants[j][1]
+                assert mod is not None  # picks are the first variant (m1) or ones with a modification
+                queries.append({"id": len(queries), "reference": rid, "modification": mod.text(rng, ref),
                                 "target": ids[j + 1], "members": members})
         self._distractors(gallery, keys, max(1, len(gallery) // 5))
         return {"gallery": gallery, "queries": queries}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from zscir.world import language as L
 from zscir.world.scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, Obj, Scene
@@ -19,10 +20,18 @@ KINDS = ("colour", "shape", "size", "move", "add", "remove", "background")
 class Mod:
     kind: str
     obj: Obj | None  # the object changed (None for add/background)
-    value: object  # new colour/shape/size/pos, the added Obj, the new background, or None (remove)
+    value: Any  # new colour/shape/size/pos (str), the added Obj, the new background (str), or None (remove)
+
+    @property
+    def changed(self) -> Obj:
+        """The object a colour/shape/size/move/remove change acts on (those kinds always name one)."""
+        assert self.obj is not None, f"a {self.kind} change names its object"
+        return self.obj
 
     def apply(self, scene: Scene) -> Scene:
-        o, v = self.obj, self.value
+        v = self.value
+        if self.kind in ("colour", "shape", "size", "move", "remove"):
+            o = self.changed
         if self.kind == "colour":
             return scene.replace_obj(o, o.replace(colour=v))
         if self.kind == "shape":
@@ -43,7 +52,9 @@ class Mod:
         return self.apply(scene)
 
     def text(self, rng: random.Random, scene: Scene) -> str:
-        k, o, v = self.kind, self.obj, self.value
+        k, v = self.kind, self.value
+        if k in ("colour", "shape", "size", "move", "remove"):
+            o = self.changed
         if k == "colour":
             return L.change_colour(rng, scene, o, v)
         if k == "shape":
@@ -61,7 +72,7 @@ class Mod:
     def result_obj(self) -> Obj | None:
         """The changed object after the change (for 'it' in a compound)."""
         if self.kind in ("colour", "shape", "size", "move"):
-            return self.obj.replace(**{("pos" if self.kind == "move" else self.kind): self.value})
+            return self.changed.replace(**{("pos" if self.kind == "move" else self.kind): self.value})
         return self.value if self.kind == "add" else None
 
 
@@ -182,6 +193,18 @@ class Family:
     obj: Obj | None = None
     value: str | None = None
 
+    @property
+    def subject(self) -> Obj:
+        """The object a colour/shape/move family is about (those kinds always name one)."""
+        assert self.obj is not None, f"a {self.kind} family names its object"
+        return self.obj
+
+    @property
+    def concept(self) -> str:
+        """The colour or shape an add family asks for (those kinds always name one)."""
+        assert self.value is not None, f"a {self.kind} family names its concept"
+        return self.value
+
     def members(self, combos: set) -> list[Scene]:
         s = self.ref
         if self.kind == "background_any":
@@ -218,25 +241,28 @@ class Family:
         if self.kind == "move_any":
             return rng.choice([f"move {r} somewhere else", f"put {r} in another place", f"change where {r} is"])
         if self.kind == "add_colour":
-            return rng.choice([f"add {L.a(self.value)} object", f"add something {self.value}",
+            return rng.choice([f"add {L.a(self.concept)} object", f"add something {self.value}",
                                f"include one more {self.value} thing"])
-        return rng.choice([f"add {L.a(self.value)}", f"add {L.a(self.value)} of any colour",
-                           f"also put {L.a(self.value)} somewhere"])
+        return rng.choice([f"add {L.a(self.concept)}", f"add {L.a(self.concept)} of any colour",
+                           f"also put {L.a(self.concept)} somewhere"])
 
     def shared_concept(self) -> str:
-        s, o = self.ref, self.obj
+        s = self.ref
         objs = " and ".join(L.a(f"{x.colour} {x.shape}") for x in s.objects)
         if self.kind == "background_any":
             return objs
         if self.kind == "colour_any":
+            o = self.subject
             return f"a {o.size} {o.shape} at the {o.pos}"
         if self.kind == "shape_any":
+            o = self.subject
             return f"a {o.size} {o.colour} object at the {o.pos}"
         if self.kind == "move_any":
+            o = self.subject
             return f"a {o.size} {o.colour} {o.shape}"
         if self.kind == "add_colour":
-            return f"{objs} plus {L.a(self.value)} object"
-        return f"{objs} plus {L.a(self.value)}"
+            return f"{objs} plus {L.a(self.concept)} object"
+        return f"{objs} plus {L.a(self.concept)}"
 
 
 def random_family(rng: random.Random, scene: Scene, combos: set) -> Family | None:

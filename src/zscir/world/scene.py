@@ -94,5 +94,6 @@ def random_scene(rng: random.Random, combos: list[tuple[str, str]], n: int | Non
     objs: list[Obj] = []
     for _ in range(n):
         o = random_obj(rng, combos, {x.combo for x in objs}, [p for p in POSITIONS if p not in {x.pos for x in objs}])
+        assert o is not None  # at most 3 objects among 9 cells and dozens of shape/colour combos: never full
         objs.append(o)
     return Scene(tuple(objs), rng.choice(BACKGROUNDS))
