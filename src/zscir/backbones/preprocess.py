@@ -12,7 +12,6 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -21,7 +20,6 @@ from PIL import Image
 from zscir.errors import InputError
 from zscir.utils.io import to_rgb
 
-Mode = Literal["center_crop", "target_pad", "resize"]
 MODES: tuple[str, ...] = ("center_crop", "target_pad", "resize")
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

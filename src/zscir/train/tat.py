@@ -68,7 +68,6 @@ from zscir.utils.runtime import configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
