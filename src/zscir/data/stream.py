@@ -253,8 +253,10 @@ class StreamingLoader:
         if cfg.workers > 0:
             kwargs["prefetch_factor"] = cfg.prefetch_factor
             kwargs["multiprocessing_context"] = "spawn" if torch.cuda.is_initialized() else "fork"
+        # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, so whether
+        # a feature pass ran (a cache miss) would change every later random draw, e.g. a model's init
         self.loader = DataLoader(dataset, batch_size=None, num_workers=cfg.workers, collate_fn=_identity,
-                                 pin_memory=cfg.pin_memory, **kwargs)
+                                 pin_memory=cfg.pin_memory, generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
         self.failures_path = Path(failures_path) if failures_path else None
         self.failures: list[dict[str, str]] = []
         self._reported: set[tuple[str, str]] = set()
