@@ -32,6 +32,7 @@ from zscir.nn.mappers import load_mapper, save_mapper
 from zscir.train.data import EpochSequence, pooled_rows, world_image_features
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ComposingConfig:
+class ComposingConfig(EngineSettings):
     """Settings of `train composing` (two-stage, stage 2)."""
 
     world: str = option("", WORLD_HELP)
@@ -103,11 +104,6 @@ class ComposingConfig:
     feature_cache: str = option("", "frozen-feature cache folder (default: $ZSCIR_HOME/cache/features)",
                                 metavar="DIR")
     epochs: float = 0.0  # > 0 and steps == 0: passes over the triplets instead of a step count
-    precision: str = "fp32"
-    grad_clip: float = 0.0
-    save_every: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def check(self) -> None:
         """Refuse impossible settings and an --out that would be destroyed, before any work."""

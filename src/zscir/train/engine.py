@@ -101,6 +101,18 @@ class EngineConfig:
             raise InputError(f"--save-every must be >= 0, got {self.save_every}")
 
 
+@dataclass
+class EngineSettings:
+    """The engine's settings every trainer config shares (their flags come from `add_engine_args`); a config
+    inherits them and redeclares one only to change its default."""
+
+    precision: str = "fp32"
+    grad_clip: float = 0.0
+    save_every: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
 def check_positive_lr(lr: float, what: str = "learning rate") -> None:
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise InputError(f"{what} must be a finite number > 0, got {lr}")

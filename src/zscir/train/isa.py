@@ -38,6 +38,7 @@ from zscir.objectives import info_nce
 from zscir.train.data import FeatureRows, LazyRows, frozen_embeddings
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -63,7 +64,7 @@ TRAIN_TEMPLATE = "a photo of $"
 
 
 @dataclass
-class ISATrainConfig:
+class ISATrainConfig(EngineSettings):
     """Settings of ISA training (reproducible from these + the world + the backbone)."""
 
     world: str = option("", "a world folder made by `zscir world` (its unlabelled images are used)")
@@ -93,11 +94,6 @@ class ISATrainConfig:
     epochs: float = 0.0  # > 0 and steps == 0: passes over the images instead of a step count
     weight_decay: float = 1e-4
     warmup: float = 0.1
-    grad_clip: float = 0.0
-    precision: str = "fp32"
-    save_every: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def check(self) -> None:
         """Refuse impossible settings and an --out that would be destroyed, before any work."""

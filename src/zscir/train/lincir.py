@@ -55,6 +55,7 @@ from zscir.objectives import info_nce
 from zscir.train.data import EpochSequence, add_source_args, source_args
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -81,7 +82,7 @@ FALLBACK_PROMPT = "a photo of $"
 
 
 @dataclass
-class LinCIRConfig:
+class LinCIRConfig(EngineSettings):
     """Settings of `zscir train lincir` (exactly one of captions / pairs / world)."""
 
     captions: str = option("", "plain text (one caption per line), a JSONL/CSV/TSV file (see --caption-column), a "
@@ -111,11 +112,6 @@ class LinCIRConfig:
     device: str = ""
     feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
     epochs: float = 0.0
-    precision: str = "fp32"
-    grad_clip: float = 0.0
-    save_every: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def check(self) -> None:
         check_out_dir(self.out, MAPPER_KIND)

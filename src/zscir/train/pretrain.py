@@ -25,6 +25,7 @@ from zscir.objectives import info_nce
 from zscir.train.data import EpochSequence
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -48,7 +49,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(EngineSettings):
     """Settings of the contrastive pre-training (every run is reproducible from these + the world)."""
 
     world: str = option("", "world folder made by `zscir world` (its image-caption pairs)")
@@ -71,11 +72,6 @@ class PretrainConfig:
     # the engine's shared settings (see zscir.train.engine)
     steps: int = 0  # > 0: this many steps instead of `epochs` passes
     warmup: float = 0.1
-    grad_clip: float = 0.0
-    precision: str = "fp32"
-    save_every: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def check(self) -> None:
         """Refuse impossible settings and an --out that would be destroyed, before any work."""

@@ -40,6 +40,7 @@ from zscir.objectives import info_nce
 from zscir.train.data import EpochSequence, add_source_args, pooled_rows, source_args, world_image_features
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -67,7 +68,7 @@ TEMPLATE_HELP = "composition template (default: %(default)r)"
 
 # --- configs ----------------------------------------------------------------------------------------------
 @dataclass
-class MapperTrainConfig:
+class MapperTrainConfig(EngineSettings):
     """Settings shared by `train pic2word` and `train mapping` (stage 1)."""
 
     world: str = option("", WORLD_HELP)
@@ -99,11 +100,6 @@ class MapperTrainConfig:
     feature_cache: str = ""  # frozen-feature cache folder ("" = $ZSCIR_HOME/cache/features)
     # the engine's shared settings (see zscir.train.engine)
     epochs: float = 0.0  # > 0 and steps == 0: passes over the images instead of a step count
-    precision: str = "fp32"
-    grad_clip: float = 0.0
-    save_every: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def check(self) -> None:
         """Refuse impossible settings and an --out that would be destroyed, before any work."""

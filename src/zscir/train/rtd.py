@@ -44,6 +44,7 @@ from zscir.nn.lora import LoRAConfig, apply_lora, count_parameters, lora_state_d
 from zscir.train.data import EpochSequence
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -76,7 +77,7 @@ CONCAT_SCHEMES: dict[str, tuple[str, str]] = {
 
 
 @dataclass
-class RTDConfig:
+class RTDConfig(EngineSettings):
     """Settings of one RTD run (every run is reproducible from these, the triplets and the mapper)."""
 
     out: str = ""
@@ -101,11 +102,6 @@ class RTDConfig:
     seed: int = 0
     device: str = ""
     grad_clip: float = 1.0
-    # the engine's shared settings (see zscir.train.engine)
-    precision: str = "fp32"
-    save_every: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def resolved_lr(self) -> float:
         return self.lr or (1e-4 if self.tune == "lora" else 1e-5)

@@ -48,6 +48,7 @@ from zscir.nn.lora import lora_state_dict, merge_lora
 from zscir.objectives import info_nce
 from zscir.train.distributed import DistInfo, global_batches
 from zscir.train.engine import (
+    EngineSettings,
     StepContext,
     Task,
     add_engine_args,
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TATConfig:
+class TATConfig(EngineSettings):
     """Settings of one TAT run (saved in the checkpoint; a resumed run must match them)."""
 
     backbone: str = "default"
@@ -104,12 +105,8 @@ class TATConfig:
     max_val: int = option(1000, cli=False)
     save_every: int = 50
     merge: bool = option(False, "also write OUT/merged: the tower with adapters folded in")
-    progress: bool = True
     # the engine's shared settings (see zscir.train.engine)
     steps: int = 0  # > 0: this many steps instead of `epochs` passes
-    grad_clip: float = 0.0
-    precision: str = "fp32"
-    resume: bool = False
 
     @property
     def adapters(self) -> TATAdapterConfig:
