@@ -13,6 +13,7 @@ from zscir.backbones.base import Backbone
 from zscir.experiments.artifacts import cached_artifact
 from zscir.experiments.settings import Settings, load_settings
 from zscir.paths import models_dir, worlds_dir
+from zscir.train.engine import NOT_IN_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ class ExperimentContext:
 
 
 # where a config says where it runs or writes, not what it trains: never part of an artefact's key
-NOT_KEYED = frozenset({"out", "device", "progress", "world", "feature_cache", "cache_dir", "save_every", "resume",
-                       "mapper", "text_init"})
+# (the engine's resume-signature exclusions, plus the inputs an artefact is keyed by through their fingerprints)
+NOT_KEYED = NOT_IN_SIGNATURE | {"world", "mapper", "text_init"}
 
 
 def settings_doc(settings: Any) -> dict[str, Any]:

@@ -467,7 +467,7 @@ def distributed(device: str = "") -> Iterator[DistInfo]:
 
 # --- glue for the trainers' own config dataclasses ------------------------------------------------------------------
 #: config fields that never change the trained weights (left out of the resume signature)
-NOT_IN_SIGNATURE = frozenset({"out", "device", "progress", "save_every", "resume", "cache_dir", "feature_cache"})
+NOT_IN_SIGNATURE = frozenset({"out", "device", "progress", "save_every", "resume", "feature_cache"})
 
 
 def engine_config(cfg: Any, **override: Any) -> EngineConfig:
