@@ -42,8 +42,12 @@ class DemoConfig:
 def ensure_world(size: str, seed: int) -> Path:
     from zscir.world import generate_world
 
+    from zscir.utils.io import read_json
+    from zscir.world.generate import VERSION
+
     path = worlds_dir() / f"{size}-s{seed}"
-    if not (path / "world.json").is_file():
+    stale = (path / "world.json").is_file() and read_json(path / "world.json").get("version") != VERSION
+    if not (path / "world.json").is_file() or stale:  # a world of an older version is regenerated
         log.info("generating the %s world (seed %d) -> %s", size, seed, path)
         generate_world(path, seed=seed, size=size)
     return path
