@@ -259,3 +259,25 @@ def test_named_families():
         if f.kind == "swap_shape":
             assert all(any(o.shape == f.value and o.pos == f.obj.pos for o in m.objects) for m in mem)
     assert seen == set(NAMED_FAMILY_KINDS)
+
+
+def test_cir_train_shares_references(worlds):
+    """Training triplets are shaped like the CIRR-like protocol: several targets per reference (the demo picks
+    Slerp's alpha on them), each a change the text names (no removals)."""
+    w = load_world(worlds[0])
+    refs = {t["reference"] for t in w.cir_train}
+    assert len(refs) <= len(w.cir_train) / 2
+    for t in w.cir_train:
+        assert len(w.scene(t["target"]).objects) >= len(w.scene(t["reference"]).objects)
+
+
+def test_modification_texts_name_the_new_state():
+    from zscir.world.modify import Mod
+    from zscir.world.scene import Obj
+    s = Scene((Obj("circle", "red", "small", "top left"), Obj("star", "blue", "large", "centre")), "white")
+    rng = random.Random(0)
+    for _ in range(20):
+        t = Mod("colour", s.objects[0], "green").text(rng, s)
+        assert "green" in t and "red" not in t, t
+        t = Mod("shape", s.objects[0], "cross").text(rng, s)
+        assert "cross" in t and "circle" not in t, t

@@ -63,7 +63,7 @@ def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool,
 
     suffix = _variant_suffix(init_temperature)
     path = models_dir() / f"default-{size}-s{seed}{suffix}"
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() or _stale_recipe(path, init_temperature):
         log.info("pre-training the embedded default on %s -> %s", world_path, path)
         # 20 passes over the default world's 6,000 pairs (the quick world's 1,000 get 30): sized for `make demo`'s
         # time budget on 2 cores; `zscir pretrain --epochs` trains longer.
@@ -73,7 +73,8 @@ def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool,
         return path
     # `load_backbone("default")` uses models/default; give it the first (or the full-size) model made here.
     target = default_model_path()
-    if not target.exists() or (not quick and size == "default"):
+    stale = (target / "config.json").is_file() and _stale_recipe(target, None)
+    if not target.exists() or stale or (not quick and size == "default"):
         if target.resolve() != path.resolve():
             tmp = target.with_name(target.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -81,6 +82,18 @@ def ensure_default_model(world_path: Path, size: str, seed: int, quick: bool,
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
     return path
+
+
+def _stale_recipe(path: Path, init_temperature: float | None) -> bool:
+    """A model pre-trained by an older recipe (before world v2: no modality cones, temperature from 0.07)."""
+    from zscir.train.pretrain import PretrainConfig
+    from zscir.utils.io import read_json
+
+    d = PretrainConfig()
+    saved = read_json(path / "config.json")
+    pre = saved.get("pretrain") or {}
+    return (saved.get("config", {}).get("modality_cone", 0.0) != d.modality_cone
+            or pre.get("init_temperature") != (d.init_temperature if init_temperature is None else init_temperature))
 
 
 def _variant_suffix(init_temperature: float | None) -> str:

@@ -116,10 +116,23 @@ class _Builder:
         return out
 
     def cir_train(self) -> list[dict]:
-        out = []
-        for _ in range(self.counts["cir_train"]):
-            ref, t, tgt = self._triplet()
-            out.append({"reference": self.new_id("c", ref), "modification": t, "target": self.new_id("c", tgt)})
+        """Synthetic CIR triplets shaped like the CIRR-like protocol: CIRR_QUERIES_PER_REF triplets share each
+        reference (their targets are near copies of one another), with modifications that name the change, so a
+        ranking over these images (the demo chooses Slerp's alpha on it) needs the text as the evaluation does."""
+        out: list[dict] = []
+        n = self.counts["cir_train"]
+        while len(out) < n:
+            ref = random_scene(self.rng, self.train_list)
+            seen = {ref.key()}
+            rid = None
+            for _ in range(min(CIRR_QUERIES_PER_REF, n - len(out))):
+                m = self._target_mod(ref, self.train, seen, False)
+                if m is None:
+                    break
+                tgt = m.apply(ref)
+                seen.add(tgt.key())
+                rid = rid or self.new_id("c", ref)
+                out.append({"reference": rid, "modification": m.text(self.rng, ref), "target": self.new_id("c", tgt)})
         return out
 
     # ---- CIRR-like: a reference, many near copies of it, several single-target queries ----
