@@ -15,7 +15,7 @@ from zscir.errors import InputError
 from zscir.utils.io import atomic_dir, write_json
 from zscir.world import language as L
 from zscir.world.modify import (
-    NAMED_FAMILY_KINDS, Compound, Family, mods_of_kind, partials, random_compound, random_family, random_mod,
+    NAMED_FAMILY_DRAW, Compound, Family, mods_of_kind, partials, random_compound, random_family, random_mod,
 )
 from zscir.world.render import render
 from zscir.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES as OBJ_SIZES, Scene, all_combos, random_scene
@@ -238,7 +238,7 @@ class _Builder:
             for _ in range(4 * n_q):
                 if len(fams) >= n_q:
                     break
-                f = random_family(rng, ref, combos, NAMED_FAMILY_KINDS)
+                f = random_family(rng, ref, combos, NAMED_FAMILY_DRAW)
                 if f is not None and all((f.kind, f.obj, f.value) != (g.kind, g.obj, g.value) for g in fams):
                     fams.append(f)
             if not fams:

@@ -175,6 +175,9 @@ FAMILY_KINDS = ("background_any", "colour_any", "shape_any", "move_any", "add_co
 # World v2's CIRCO-like queries: each names a concept the target must show (a colour, a shape), so a composed
 # query can resolve it, while the unnamed attributes (shape, colour, size, cell) stay free: several ground truths.
 NAMED_FAMILY_KINDS = ("add_colour", "add_shape", "swap_colour", "swap_shape")
+# how often each is drawn (random_family shuffles this list): additions, whose text names nothing the reference
+# has, twice as often as swaps
+NAMED_FAMILY_DRAW = ("add_colour", "add_shape", "add_colour", "add_shape", "swap_colour", "swap_shape")
 
 
 @dataclass(frozen=True)
@@ -233,14 +236,13 @@ class Family:
         if self.kind == "add_colour":
             return rng.choice([f"add {L.a(self.value)} object", f"add something {self.value}",
                                f"include one more {self.value} thing"])
-        if self.kind == "swap_colour":
-            return rng.choice([f"replace {r} with something {self.value}", f"swap {r} for {L.a(self.value)} object",
-                               f"make {r} {self.value}, any shape will do",
-                               f"put {L.a(self.value)} object where {r} is"])
-        if self.kind == "swap_shape":
-            return rng.choice([f"replace {r} with {L.a(self.value)}", f"swap {r} for {L.a(self.value)} of any colour",
-                               f"turn {r} into {L.a(self.value)}, any colour",
-                               f"put {L.a(self.value)} where {r} is"])
+        if self.kind in ("swap_colour", "swap_shape"):
+            # named by the place it keeps, not by what it loses: the text describes what the targets show
+            where = rng.choice(L.POS_WORDS[o.pos])
+            thing = f"something {self.value}" if self.kind == "swap_colour" else L.a(self.value)
+            free = "any shape" if self.kind == "swap_colour" else "any colour"
+            return rng.choice([f"the object {where} should be {thing}, {free}", f"show {thing} {where} instead",
+                               f"{thing} {where} instead, {free}", f"make the one {where} {thing}"])
         return rng.choice([f"add {L.a(self.value)}", f"add {L.a(self.value)} of any colour",
                            f"also put {L.a(self.value)} somewhere"])
 
