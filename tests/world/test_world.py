@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -104,25 +105,14 @@ def test_circo(worlds):
 def test_circo_gt_exact(tmp_path):
     from zscir.world import generate as G
     b = G._Builder(7, _INTERNAL_SIZES["tiny"])
-    fams = []
-    orig = G.random_family
-
-    def spy(rng, ref, combos):
-        f = orig(rng, ref, combos)
-        if f is not None:
-            fams.append(f)
-        return f
-
-    G.random_family = spy
-    try:
-        circo = b.circo()
-    finally:
-        G.random_family = orig
+    circo = b.circo()
     combos = set(all_combos())
-    for q, f in zip(circo["queries"], fams):
+    assert len(b.circo_families) == len(circo["queries"])
+    for q, f in zip(circo["queries"], b.circo_families):
         keys = {m.key() for m in f.members(combos)}
         want = {i for i in circo["gallery"] if b.scenes[i].key() in keys}
         assert set(q["gt"]) == want and q["reference"] not in want
+        assert b.scenes[q["reference"]] == f.ref and q["target"] == q["gt"][0]
 
 
 def test_heldout(worlds):
@@ -183,3 +173,111 @@ def test_bad_world_folders(tmp_path, worlds):
     next((bad2 / "images").iterdir()).unlink()
     with pytest.raises(InputError):
         load_world(bad2)
+
+
+# ---- world v2 calibration properties (docs/world.md) ----
+def _near_copy(a: Scene, b: Scene) -> bool:
+    """b is one or two changes away from a: the same objects on another background, or at most two objects
+    differing (changed, added or removed) on the same background."""
+    sa, sb = set(a.objects), set(b.objects)
+    if a.background != b.background:
+        return sa == sb or len(sa ^ sb) <= 2
+    return 0 < len(sa ^ sb) <= 4
+
+
+def test_version_2(worlds):
+    from zscir.world.generate import VERSION
+    w = load_world(worlds[0])
+    assert VERSION == 2 and w.meta["version"] == 2
+
+
+def test_v1_world_is_refused(tmp_path, worlds):
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(worlds[0], old)
+    meta = json.loads((old / "world.json").read_text())
+    meta["version"] = 1
+    (old / "world.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="version 1"):
+        load_world(old)
+
+
+def test_cirr_references_have_many_near_copies(worlds):
+    from zscir.world.generate import CIRR_NEAR_COPIES
+    w = load_world(worlds[0])
+    gallery = [w.scene(i) for i in w.cirr["gallery"]]
+    refs = {q["reference"] for q in w.cirr["queries"]}
+    assert len(w.cirr["queries"]) >= 2 * len(refs)  # several queries per reference
+    for r in refs:
+        ref = w.scene(r)
+        n = sum(_near_copy(ref, g) for g in gallery if g != ref)
+        assert n >= CIRR_NEAR_COPIES - 2, (r, n)
+    for q in w.cirr["queries"]:  # the target and every subset member are near copies of the reference
+        ref = w.scene(q["reference"])
+        assert all(_near_copy(ref, w.scene(m)) for m in q["members"] if m != q["reference"])
+
+
+def test_resemblance_does_not_find_the_target(worlds):
+    """In pixel space, the reference's nearest gallery neighbour is rarely its target (CIRR-like), and its
+    nearest neighbours are rarely ground truths (CIRCO-like)."""
+    from zscir.world.generate import _pixel_distance
+    w = load_world(worlds[0])
+    g = [(i, w.scene(i)) for i in w.cirr["gallery"]]
+    hits = 0
+    for q in w.cirr["queries"]:
+        ref = w.scene(q["reference"])
+        nn = min((x for x in g if x[0] != q["reference"]), key=lambda x: (_pixel_distance(ref, x[1]), x[0]))[0]
+        hits += nn == q["target"]
+    assert hits / len(w.cirr["queries"]) <= 0.3
+    g = [(i, w.scene(i)) for i in w.circo["gallery"]]
+    frac = []
+    for q in w.circo["queries"]:
+        ref = w.scene(q["reference"])
+        near = sorted((x for x in g if x[0] != q["reference"]), key=lambda x: (_pixel_distance(ref, x[1]), x[0]))[:5]
+        frac.append(sum(x[0] in q["gt"] for x in near) / 5)
+        assert w.scene(q["reference"]) not in [w.scene(x) for x in q["gt"]]
+    assert sum(frac) / len(frac) <= 0.2
+    assert any(len(q["gt"]) > 1 for q in w.circo["queries"])  # several valid targets
+
+
+def test_named_families():
+    from zscir.world.modify import NAMED_FAMILY_KINDS
+    rng = random.Random(3)
+    combos = set(all_combos())
+    seen = set()
+    for _ in range(60):
+        ref = random_scene(rng, sorted(combos))
+        f = random_family(rng, ref, combos, NAMED_FAMILY_KINDS)
+        assert f is not None and f.kind in NAMED_FAMILY_KINDS
+        seen.add(f.kind)
+        mem = f.members(combos)
+        assert len(mem) >= 2 and all(m.is_valid() and m != ref for m in mem) and not f.contains(ref, combos)
+        text = f.text(random.Random(0))
+        assert f.value in text  # the modification names the concept the targets share
+        if f.kind == "swap_colour":
+            assert all(any(o.colour == f.value and o.pos == f.obj.pos for o in m.objects) for m in mem)
+        if f.kind == "swap_shape":
+            assert all(any(o.shape == f.value and o.pos == f.obj.pos for o in m.objects) for m in mem)
+    assert seen == set(NAMED_FAMILY_KINDS)
+
+
+def test_cir_train_shares_references(worlds):
+    """Training triplets are shaped like the CIRR-like protocol: several targets per reference (the demo picks
+    Slerp's alpha on them), each a change the text names (no removals)."""
+    w = load_world(worlds[0])
+    refs = {t["reference"] for t in w.cir_train}
+    assert len(refs) <= len(w.cir_train) / 2
+    for t in w.cir_train:
+        assert len(w.scene(t["target"]).objects) >= len(w.scene(t["reference"]).objects)
+
+
+def test_modification_texts_name_the_new_state():
+    from zscir.world.modify import Mod
+    from zscir.world.scene import Obj
+    s = Scene((Obj("circle", "red", "small", "top left"), Obj("star", "blue", "large", "centre")), "white")
+    rng = random.Random(0)
+    for _ in range(20):
+        t = Mod("colour", s.objects[0], "green").text(rng, s)
+        assert "green" in t and "red" not in t, t
+        t = Mod("shape", s.objects[0], "cross").text(rng, s)
+        assert "cross" in t and "circle" not in t, t

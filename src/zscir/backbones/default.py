@@ -55,6 +55,10 @@ class DefaultBackboneConfig:
     head_heads: int = 6
     max_text_tokens: int = 64
     preprocess_mode: str = "resize"
+    # > 0: each head ends in its own cone (CLIP's modality gap, Liang et al. 2022): the head's output is
+    # L2-normalised and a fixed modality direction of this length is added (see `modality_direction`).
+    # 0 (checkpoints made before world v2): no cone.
+    modality_cone: float = 0.0
 
     def validate(self) -> None:
         """Relations between fields (types are checked by from_dict); ValueError names the field."""
@@ -63,6 +67,8 @@ class DefaultBackboneConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be positive")
         if self.image_size < 32 or self.image_size > 1024:
             raise ValueError(f"image_size={self.image_size}: must be between 32 and 1024")
+        if not 0.0 <= self.modality_cone <= 10.0:
+            raise ValueError(f"modality_cone={self.modality_cone}: must be between 0 and 10")
         if self.head_dim % self.head_heads:
             raise ValueError(f"head_heads={self.head_heads}: must divide head_dim={self.head_dim}")
         from zscir.backbones.preprocess import MODES
@@ -71,11 +77,39 @@ class DefaultBackboneConfig:
             raise ValueError(f"preprocess_mode={self.preprocess_mode!r}: expected one of {', '.join(MODES)}")
 
 
-class AttentionPoolHead(nn.Module):
+def modality_direction(dim: int, modality: str) -> torch.Tensor:
+    """A fixed unit vector per modality ("image", "text"), the same on every machine; the two are orthogonal."""
+    g = torch.Generator().manual_seed(20220214)
+    a = torch.randn(dim, generator=g, dtype=torch.float64)
+    b = torch.randn(dim, generator=g, dtype=torch.float64)
+    a = a / a.norm()
+    b = b - (b @ a) * a
+    return (a if modality == "image" else b / b.norm()).float()
+
+
+class _Cone(nn.Module):
+    """Mixin of the heads: with cone > 0 the output is normalised and shifted by cone * the modality's direction,
+    so every embedding of one modality lies in a cone around that direction and the two cones stay apart
+    (CLIP's geometry: matched image-caption cosine well below 1). A non-persistent buffer: checkpoints keep
+    their keys; the length is part of the architecture config (and of the fingerprint)."""
+
+    def _init_cone(self, out_dim: int, cone: float, modality: str) -> None:
+        self.cone = float(cone)
+        self.register_buffer("cone_shift", modality_direction(out_dim, modality) * self.cone, persistent=False)
+
+    def _shift(self, y: torch.Tensor) -> torch.Tensor:
+        if not self.cone:
+            return y
+        shift: torch.Tensor = self.cone_shift  # type: ignore[assignment]  # a registered buffer
+        return F.normalize(y, dim=-1) + shift.to(y.dtype)
+
+
+class AttentionPoolHead(_Cone):
     """A learned query attends over the projected feature-map cells (plus position embeddings)."""
 
-    def __init__(self, in_dim: int, n_cells: int, dim: int, heads: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, n_cells: int, dim: int, heads: int, out_dim: int, cone: float = 0.0) -> None:
         super().__init__()
+        self._init_cone(out_dim, cone, "image")
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, dim)
         self.pos = nn.Parameter(torch.randn(n_cells, dim) * 0.02)
@@ -88,21 +122,22 @@ class AttentionPoolHead(nn.Module):
         x = self.proj(self.norm(tokens)) + self.pos[: tokens.shape[1]]
         q = self.query.expand(x.shape[0], -1, -1) + x.mean(dim=1, keepdim=True)
         pooled, _ = self.attn(q, x, x, need_weights=False)
-        return self.out(self.out_norm(pooled[:, 0]))
+        return self._shift(self.out(self.out_norm(pooled[:, 0])))
 
 
-class ResidualLinearHead(nn.Module):
+class ResidualLinearHead(_Cone):
     """x + W x, then a projection to the joint space; W starts at zero so training starts from MiniLM."""
 
-    def __init__(self, dim: int, out_dim: int) -> None:
+    def __init__(self, dim: int, out_dim: int, cone: float = 0.0) -> None:
         super().__init__()
+        self._init_cone(out_dim, cone, "text")
         self.residual = nn.Linear(dim, dim)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.out = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(x + self.residual(x))
+        return self._shift(self.out(x + self.residual(x)))
 
 
 class _ImageTower(nn.Module):
@@ -164,11 +199,11 @@ class DefaultBackbone(Backbone):
         # The feature map is (image_size/32)^2 cells of 1280 channels.
         side = math.ceil(c.image_size / 32)
         self.n_cells = side * side
-        head = AttentionPoolHead(1280, self.n_cells, c.head_dim, c.head_heads, c.embed_dim)
+        head = AttentionPoolHead(1280, self.n_cells, c.head_dim, c.head_heads, c.embed_dim, c.modality_cone)
         self._image = _ImageTower(trunk, head)
         encoder, self.tokenizer = _load_minilm()
         text_dim = encoder.config.hidden_size
-        self._text = _TextTower(encoder, ResidualLinearHead(text_dim, c.embed_dim))
+        self._text = _TextTower(encoder, ResidualLinearHead(text_dim, c.embed_dim, c.modality_cone))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.embed_dim = c.embed_dim
         self.word_dim = text_dim

@@ -66,11 +66,15 @@ def world_fingerprint(world: Any) -> str:
 
 
 def ensure_world(size: str, seed: int) -> Path:
-    """The synthetic world of this size and seed under $ZSCIR_HOME/worlds, generated if missing."""
+    """The synthetic world of this size and seed under $ZSCIR_HOME/worlds, generated if missing or made by an
+    older version of the generator (its protocols are not the current ones)."""
+    from zscir.utils.io import read_json
     from zscir.world import generate_world
+    from zscir.world.generate import VERSION
 
     path = worlds_dir() / f"{size}-s{seed}"
-    if not (path / "world.json").is_file():
+    meta = path / "world.json"
+    if not meta.is_file() or read_json(meta).get("version") != VERSION:
         log.info("generating the %s world (seed %d) -> %s", size, seed, path)
         generate_world(path, seed=seed, size=size)
     return path

@@ -2,9 +2,11 @@
 
 Both towers stay frozen (their features are computed once); the attention-pooling image head, the residual
 text head and a learnable temperature are trained from scratch with symmetric InfoNCE on the world's
-image-caption pairs. It does not reproduce CLIP's modality gap: with the temperature learned from 0.07 the
-joint space ends up with almost none (docs/tat.md measures it; a start at 0.01 opens one, which TAT then does
-not close)."""
+image-caption pairs. CLIP's geometry (Liang et al. 2022, "Mind the Gap": matched image-caption cosine about 0.3,
+the two modalities in separate cones) comes from two things here, as in CLIP: each head starts in its own cone
+(`modality_cone`: the head's normalised output plus a fixed direction per modality), and the temperature is low
+enough that the contrastive loss does not pull the cones together (it starts at 0.02, learnable, clamped at
+0.01; from 0.07 the heads learn to cancel the cones within the first steps). TAT can then close the gap."""
 
 from __future__ import annotations
 
@@ -62,10 +64,16 @@ class PretrainConfig(EngineSettings):
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
-    # The learnable temperature starts here. CLIP ends its training near 0.01; starting a small head there
-    # keeps a CLIP-like gap between the image and text cones (Liang et al. 2022), the regime the published
-    # composition methods (Slerp, TAT) were designed for. 0.07 (CLIP's start) lets the heads close it.
-    init_temperature: float = option(0.07, "starting value of the learnable temperature (default: %(default)s)")
+    # The learnable temperature starts here (clamped at 0.01, CLIP's end value). With the heads' modality cones,
+    # 0.02 keeps a CLIP-like gap between the image and text cones (Liang et al. 2022), the regime the published
+    # composition methods (Slerp, TAT) were designed for; 0.07 (CLIP's start) lets the heads close it within
+    # the demo's few hundred steps, 0.01 from the start stalls the heads (measured: docs/world.md).
+    init_temperature: float = option(0.02, "starting value of the learnable temperature, clamped at 0.01 "
+                                           "(default: %(default)s)")
+    # Length of the fixed per-modality shift at the end of each head (DefaultBackboneConfig.modality_cone), used
+    # when no architecture is given; 0 = the pre-v2 heads (no gap).
+    modality_cone: float = option(1.4, "length of each head's fixed modality shift, the start of CLIP's modality "
+                                       "gap (0: none; default: %(default)s)")
     val_fraction: float = option(0.05, cli=False)
     seed: int = 0
     device: str = ""
@@ -79,6 +87,8 @@ class PretrainConfig(EngineSettings):
 
         if not 0.01 <= self.init_temperature <= 1.0:
             raise InputError(f"init_temperature {self.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
+        if not 0 <= self.modality_cone <= 10:
+            raise InputError(f"modality_cone must be in [0, 10], got {self.modality_cone}")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check_batch_size(self.batch_size, 2)
@@ -112,6 +122,8 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
     from zscir.world import load_world
 
     device = device_for(dist, cfg.device)
+    if arch is None:
+        arch = DefaultBackboneConfig(modality_cone=cfg.modality_cone)
     model = DefaultBackbone(arch).to(device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
@@ -187,13 +199,15 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
         t2i = (sim.argmax(1) == gt).float().mean().item() * 100
         i2t = (sim.argmax(0) == gt).float().mean().item() * 100
         matched = (v * w).sum(-1).mean().item()
+        centroid = (v.mean(0) - w.mean(0)).norm().item()
     result = PretrainResult(
         path=Path(cfg.out), val_t2i_r1=t2i, val_i2t_r1=i2t, matched_cosine=matched,
         logit_scale=model.logit_scale.exp().item(), seconds=time.time() - t0,
     )
     if dist.is_main:
         model.save(cfg.out, trained_on=trained_on,
-                   pretrain=asdict(cfg), val={"t2i_R@1": t2i, "i2t_R@1": i2t, "matched_cosine": matched})
+                   pretrain=asdict(cfg), val={"t2i_R@1": t2i, "i2t_R@1": i2t, "matched_cosine": matched,
+                                               "centroid_distance": centroid, "pairs": len(val_idx)})
         log.info("pre-trained default backbone -> %s (held-out t2i R@1 %.1f, i2t R@1 %.1f, matched cosine %.3f, %.0f s)",
                  cfg.out, t2i, i2t, matched, result.seconds)
     finish(ecfg, dist)
@@ -216,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = PretrainConfig()
     add_engine_args(p, lr=d.lr, batch_size=d.batch_size, epochs=d.epochs, weight_decay=d.weight_decay, warmup=d.warmup,
                     out_help="checkpoint folder", out_default=str(own_default_path()))
-    add_config_args(p, PretrainConfig)  # --world, --init-temperature
+    add_config_args(p, PretrainConfig)  # --world, --init-temperature, --modality-cone
 
     def run(args: argparse.Namespace) -> int:
         res = pretrain(config_from_args(PretrainConfig, args, **engine_args(args, min_batch=2), **source_args(args)))

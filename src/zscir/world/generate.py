@@ -14,18 +14,36 @@ from tqdm import tqdm
 from zscir.errors import InputError
 from zscir.utils.io import atomic_dir, write_json
 from zscir.world import language as L
-from zscir.world.modify import Compound, Family, Mod, partials, random_compound, random_family, random_mod
+from zscir.world.modify import (
+    NAMED_FAMILY_DRAW,
+    Compound,
+    Family,
+    Mod,
+    partials,
+    random_compound,
+    random_family,
+    random_mod,
+)
 from zscir.world.render import render
 from zscir.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, Scene, all_combos, random_scene
 from zscir.world.scene import SIZES as OBJ_SIZES
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 IMAGE_SIZE = 128
 HELDOUT_FRACTION = 0.12
 COMPOUND_FRACTION = 0.25
 HELDOUT_TARGET_FRACTION = 0.45  # eval queries whose target is forced to contain a held-out combination
+# World v2 calibration (docs/world.md): many near copies of each evaluation reference, so that resemblance to the
+# reference does not find the target; the modification text has to be used.
+CIRR_NEAR_COPIES = 15  # gallery copies of each CIRR-like reference (its queries' targets included)
+CIRR_QUERIES_PER_REF = 4
+TARGET_KINDS = ("colour", "shape", "size", "move", "add", "background")  # CIRR-like targets: the text names the change
+CIRCO_NEAR_COPIES = 14  # non-answer copies of each CIRCO-like reference, the nearest to it in pixels
+CIRCO_QUERIES_PER_REF = 2
+CIRCO_MAX_GT = 5
+THUMB_SIZE = 32
 
 _COUNTS = ("pairs", "unlabelled", "text_triplets", "cir_train", "cirr_queries", "circo_queries")
 SIZES: dict[str, dict[str, int]] = {
@@ -106,14 +124,45 @@ class _Builder:
         return out
 
     def cir_train(self) -> list[dict]:
-        out = []
-        for _ in range(self.counts["cir_train"]):
-            ref, t, tgt = self._triplet()
-            out.append({"reference": self.new_id("c", ref), "modification": t, "target": self.new_id("c", tgt)})
+        """Synthetic CIR triplets shaped like the CIRR-like protocol: CIRR_QUERIES_PER_REF triplets share each
+        reference (their targets are near copies of one another), with modifications that name the change, so a
+        ranking over these images (the demo chooses Slerp's alpha on it) needs the text as the evaluation does."""
+        out: list[dict] = []
+        n = self.counts["cir_train"]
+        while len(out) < n:
+            ref = random_scene(self.rng, self.train_list)
+            seen = {ref.key()}
+            rid = None
+            for _ in range(min(CIRR_QUERIES_PER_REF, n - len(out))):
+                m = self._target_mod(ref, self.train, seen, False)
+                if m is None:
+                    break
+                tgt = m.apply(ref)
+                seen.add(tgt.key())
+                rid = rid or self.new_id("c", ref)
+                out.append({"reference": rid, "modification": m.text(self.rng, ref), "target": self.new_id("c", tgt)})
         return out
 
-    # ---- CIRR-like: groups of a reference + 5 variants, single target ----
+    # ---- CIRR-like: a reference, many near copies of it, several single-target queries ----
+    def _target_mod(self, ref: Scene, combos: set, seen: set, want_heldout: bool) -> Mod | Compound | None:
+        """A modification that names what the target shows (no removal: 'remove X' points at X)."""
+        m: Mod | Compound | None = None
+        for _ in range(30):
+            if self.rng.random() < COMPOUND_FRACTION:
+                m = random_compound(self.rng, ref, combos)
+            if m is None:
+                m = random_mod(self.rng, ref, combos, TARGET_KINDS)
+            if m is not None and m.apply(ref).key() not in seen and (not want_heldout or self.has_heldout(m.apply(ref))):
+                return m
+            m = None
+        return None
+
     def cirr(self) -> dict:
+        """Each reference comes with CIRR_NEAR_COPIES near copies in the gallery (single or compound changes of it);
+        CIRR_QUERIES_PER_REF of them are query targets, each query's modification naming its own change, so the
+        reference's look alone cannot tell the target from the other copies (image-only R@1 ~ 1/near copies), and
+        its text alone cannot either (it does not describe the rest of the scene). `members` (Recall_subset) is the
+        reference, the target and 4 other copies of the same reference."""
         rng, combos = self.rng, self.all
         gallery: list[str] = []
         keys: set = set()
@@ -122,48 +171,43 @@ class _Builder:
             ref = random_scene(rng, self.all_list)
             if ref.key() in keys:
                 continue
-            want = rng.random() < HELDOUT_TARGET_FRACTION
-            m1 = None
-            for _ in range(20):
-                m1 = self.mod(ref, combos)
-                if m1 is not None and (not want or self.has_heldout(m1.apply(ref))):
+            seen = {ref.key()} | keys
+            targets: list[tuple[Scene, Mod | Compound]] = []
+            others: list[Scene] = []
+            n_q = min(CIRR_QUERIES_PER_REF, self.counts["cirr_queries"] - len(queries))
+            for _ in range(n_q):
+                m = self._target_mod(ref, combos, seen, rng.random() < HELDOUT_TARGET_FRACTION)
+                if m is None:
+                    m = self._target_mod(ref, combos, seen, False)
+                if m is None:
+                    continue
+                seen.add(m.apply(ref).key())
+                targets.append((m.apply(ref), m))
+                if isinstance(m, Compound):  # partial changes: the hardest near copies
+                    for p in partials(m, ref, combos):
+                        if p.key() not in seen:
+                            seen.add(p.key())
+                            others.append(p)
+            for _ in range(200):
+                if len(targets) + len(others) >= CIRR_NEAR_COPIES:
                     break
-            if m1 is None:
+                m = random_compound(rng, ref, combos) if rng.random() < 0.2 else random_mod(rng, ref, combos)
+                if m is not None and m.apply(ref).key() not in seen:
+                    seen.add(m.apply(ref).key())
+                    others.append(m.apply(ref))
+            if not targets or len(targets) + len(others) < 5:
                 continue
-            variants: list[tuple[Scene, Mod | Compound | None]] = []  # None: a partial of a compound
-            seen = {ref.key()}
-
-            def push(scene: Scene, mod: Mod | Compound | None, seen: set = seen, variants: list = variants) -> None:
-                if scene.key() not in seen and len(variants) < 5:
-                    seen.add(scene.key())
-                    variants.append((scene, mod))
-
-            push(m1.apply(ref), m1)
-            if isinstance(m1, Compound):
-                for p in partials(m1, ref, combos):
-                    push(p, None)
-            for _ in range(60):
-                if len(variants) >= 5:
-                    break
-                m = random_mod(rng, ref, combos)
-                if m is not None:
-                    push(m.apply(ref), m)
-            variants = variants[:5]
-            allkeys = [ref.key()] + [v[0].key() for v in variants]
-            if len(variants) < 5 or len(set(allkeys)) != 6 or keys & set(allkeys):
-                continue
-            keys |= set(allkeys)
             rid = self.new_id("e", ref)
-            ids = [rid] + [self.new_id("e", v[0]) for v in variants]
-            gallery += ids
-            members = sorted(ids)
-            second = [j for j, v in enumerate(variants) if j > 0 and v[1] is not None]
-            picks = [0] + ([rng.choice(second)] if second and len(queries) + 1 < self.counts["cirr_queries"] else [])
-            for j in picks:
-                mod = variants[j][1]
-                assert mod is not None  # picks are the first variant (m1) or ones with a modification
-                queries.append({"id": len(queries), "reference": rid, "modification": mod.text(rng, ref),
-                                "target": ids[j + 1], "members": members})
+            tids = [self.new_id("e", t[0]) for t in targets]
+            oids = [self.new_id("e", o) for o in others]
+            keys |= {ref.key()} | {t[0].key() for t in targets} | set(o.key() for o in others)
+            gallery += [rid] + tids + oids
+            copies = tids + oids
+            for tid, (_, m) in zip(tids, targets):
+                rest = [c for c in copies if c != tid]
+                members = sorted([rid, tid] + rng.sample(rest, 4))
+                queries.append({"id": len(queries), "reference": rid, "modification": m.text(rng, ref),
+                                "target": tid, "members": members})
         self._distractors(gallery, keys, max(1, len(gallery) // 5))
         return {"gallery": gallery, "queries": queries}
 
@@ -175,8 +219,13 @@ class _Builder:
                 gallery.append(self.new_id("e", s))
                 n -= 1
 
-    # ---- CIRCO-like: underspecified modifications, several valid targets ----
+    # ---- CIRCO-like: named-concept modifications, several valid targets, many near copies that are not ----
     def circo(self) -> dict:
+        """Each reference gets CIRCO_QUERIES_PER_REF queries whose modification names a concept ("add something
+        red", "replace the star with a circle") and leaves the rest free, so 1-5 gallery images satisfy it. The
+        ground truths put in the gallery are the family members *farthest* from the reference in pixel space,
+        and CIRCO_NEAR_COPIES other changes of the reference nearest to it in pixel space are added as negatives:
+        the reference's nearest neighbours are not the answers, the modification text has to be used."""
         rng, combos = self.rng, self.all
         gallery: list[str] = []
         by_key: dict = {}
@@ -190,26 +239,57 @@ class _Builder:
         pending: list[tuple[Family, str, str, set]] = []
         while len(pending) < self.counts["circo_queries"]:
             ref = random_scene(rng, self.all_list)
-            fam = random_family(rng, ref, combos)
-            if fam is None:
+            if ref.key() in by_key:
                 continue
-            members = fam.members(combos)
-            rng.shuffle(members)
-            if rng.random() < HELDOUT_TARGET_FRACTION:
-                members.sort(key=lambda s: not self.has_heldout(s))  # stable: held-out ones first
-            fam_keys = {s.key() for s in members}
-            k = rng.randint(1, min(6, len(members)))
+            n_q = min(CIRCO_QUERIES_PER_REF, self.counts["circo_queries"] - len(pending))
+            fams: list[Family] = []
+            for _ in range(4 * n_q):
+                if len(fams) >= n_q:
+                    break
+                f = random_family(rng, ref, combos, NAMED_FAMILY_DRAW)
+                if f is not None and all((f.kind, f.obj, f.value) != (g.kind, g.obj, g.value) for g in fams):
+                    fams.append(f)
+            if not fams:
+                continue
+            fam_keys_all: set = set()
+            chosen: list[tuple[Family, list[Scene], set]] = []
+            for f in fams:
+                members = f.members(combos)
+                fam_keys = {s.key() for s in members}
+                fam_keys_all |= fam_keys
+                rng.shuffle(members)
+                want = rng.random() < HELDOUT_TARGET_FRACTION
+                # farthest from the reference first (pixels), held-out combinations first when wanted
+                far = sorted(members, key=lambda s: (want and not self.has_heldout(s), -_pixel_distance(ref, s)))
+                pool = far[: max(1, len(far) // 2)]  # the farther half, in a random order
+                head = pool[0] if want else None
+                rng.shuffle(pool)
+                if head is not None:
+                    pool.remove(head)
+                    pool.insert(0, head)
+                k = rng.randint(1, min(CIRCO_MAX_GT, len(pool)))
+                chosen.append((f, pool[:k], fam_keys))
             rid = put(ref)
-            first = put(members[0])
-            for s in members[1:k]:
-                put(s)
-            # hard negatives: other changes of the reference that fall outside the family
-            for _ in range(rng.randint(2, 4)):
+            firsts = []
+            for _, gts, _ in chosen:
+                firsts.append(put(gts[0]))
+                for s in gts[1:]:
+                    put(s)
+            # near copies that satisfy none of this reference's queries, nearest to the reference first
+            cands: dict = {}
+            for _ in range(6 * CIRCO_NEAR_COPIES):
                 m = random_mod(rng, ref, combos)
-                if m is not None and m.apply(ref).key() not in fam_keys:
-                    put(m.apply(ref))
-            pending.append((fam, rid, first, fam_keys))
+                if m is not None:
+                    t = m.apply(ref)
+                    if t.key() not in fam_keys_all and t.key() not in by_key:
+                        cands.setdefault(t.key(), t)
+            near = sorted(cands.values(), key=lambda s: (_pixel_distance(ref, s), s.key()))
+            for s in near[:CIRCO_NEAR_COPIES]:
+                put(s)
+            for (f, _, fam_keys), first in zip(chosen, firsts):
+                pending.append((f, rid, first, fam_keys))
         self._distractors_circo(put, by_key, max(1, len(gallery) // 5))
+        self.circo_families = [p[0] for p in pending]  # in query order (tests recompute the ground truths)
         queries = []
         for qi, (fam, rid, first, fam_keys) in enumerate(pending):
             gt = [first] + [g for g in gallery if g != first and self.scenes[g].key() in fam_keys]
@@ -224,6 +304,25 @@ class _Builder:
             if s.key() not in by_key:
                 put(s)
                 n -= 1
+
+
+_THUMBS: dict = {}
+
+
+def _thumb(scene: Scene):
+    import numpy as np
+
+    k = scene.key()
+    if k not in _THUMBS:
+        if len(_THUMBS) > 50000:
+            _THUMBS.clear()
+        _THUMBS[k] = np.asarray(render(scene, THUMB_SIZE, rng_seed=0), dtype=np.float32)
+    return _THUMBS[k]
+
+
+def _pixel_distance(a: Scene, b: Scene) -> float:
+    """Mean absolute RGB difference of small jitter-free renderings: how far two scenes look apart."""
+    return float(abs(_thumb(a) - _thumb(b)).mean())
 
 
 def _counts_for(size: str) -> dict[str, int]:

@@ -67,16 +67,30 @@ def ref(rng: random.Random, scene: Scene, o: Obj, allow_it: bool = True) -> str:
     return f"the {o.colour} {o.shape}"
 
 
+def ref_by(rng, scene: Scene, o: Obj, keep: str) -> str:
+    """Name an object by the attribute a change keeps ("shape" or "colour"), adding its place when that alone is
+    ambiguous: world v2's modifications describe what the target shows, not what the reference had, so a
+    composed query is pulled towards the target and not back towards the reference."""
+    if len(scene.objects) == 1 and rng.random() < 0.5:
+        return "it"
+    noun = o.shape if keep == "shape" else f"{o.colour} {rng.choice(('one', 'object', 'shape'))}"
+    if sum(getattr(x, keep) == getattr(o, keep) for x in scene.objects) > 1:
+        return f"the {noun} {rng.choice(POS_WORDS[o.pos])}"
+    return f"the {noun}"
+
+
 def change_colour(rng, scene, o, colour):
-    r = ref(rng, scene, o)
-    return rng.choice([f"make {r} {colour}", f"change the colour of {r} to {colour}", f"paint {r} {colour}",
-                       f"{r} should be {colour} instead" if r != "it" else f"it should be {colour} instead"])
+    r = ref_by(rng, scene, o, "shape")
+    new = f"{colour} {o.shape}"
+    return rng.choice([f"make {r} {colour}", f"{r} should be {colour} instead", f"paint {r} {colour}",
+                       f"show {a(new)} instead", f"{r} becomes {a(new)}"])
 
 
 def change_shape(rng, scene, o, shape):
-    r = ref(rng, scene, o)
-    return rng.choice([f"turn {r} into {a(shape)}", f"make {r} {a(shape)}", f"change {r} to {a(shape)}",
-                       f"replace {r} with {a(o.colour + ' ' + shape)}"])
+    r = ref_by(rng, scene, o, "colour")
+    new = f"{o.colour} {shape}"
+    return rng.choice([f"turn {r} into {a(shape)}", f"make {r} {a(shape)}", f"{r} should be {a(shape)}",
+                       f"replace {r} with {a(new)}", f"show {a(new)} instead"])
 
 
 def change_size(rng, scene, o, size):

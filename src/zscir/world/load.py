@@ -9,6 +9,7 @@ from typing import Any
 
 from zscir.errors import InputError
 from zscir.utils.io import read_json
+from zscir.world.generate import VERSION
 from zscir.world.scene import Scene
 
 FILES = ("world.json", "scenes.json", "pairs.json", "unlabelled.json", "text_triplets.json", "cir_train.json",
@@ -54,7 +55,7 @@ def load_world(root: str | os.PathLike[str]) -> World:
         raise InputError(f"{root}: not a complete world folder (images/ missing)")
     d = {f: read_json(root / f) for f in FILES}
     meta = d["world.json"]
-    if not isinstance(meta, dict) or meta.get("version") != 1:
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
         raise InputError(f"{root}/world.json: unsupported or corrupt world (version {meta.get('version') if isinstance(meta, dict) else '?'})")
     try:
         scenes = d["scenes.json"]

@@ -181,7 +181,14 @@ def partials(c: Compound, scene: Scene, combos: set) -> list[Scene]:
 
 # ---- underspecified modifications (CIRCO-like) ----
 
-FAMILY_KINDS = ("background_any", "colour_any", "shape_any", "move_any", "add_colour", "add_shape")
+FAMILY_KINDS = ("background_any", "colour_any", "shape_any", "move_any", "add_colour", "add_shape", "swap_colour",
+                "swap_shape")
+# World v2's CIRCO-like queries: each names a concept the target must show (a colour, a shape), so a composed
+# query can resolve it, while the unnamed attributes (shape, colour, size, cell) stay free: several ground truths.
+NAMED_FAMILY_KINDS = ("add_colour", "add_shape", "swap_colour", "swap_shape")
+# how often each is drawn (random_family shuffles this list): additions, whose text names nothing the reference
+# has, twice as often as swaps
+NAMED_FAMILY_DRAW = ("add_colour", "add_shape", "add_colour", "add_shape", "swap_colour", "swap_shape")
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,16 @@ class Family:
             ms = [m for m in mods_of_kind(s, "add", combos) if m.value.colour == self.value]
         elif self.kind == "add_shape":
             ms = [m for m in mods_of_kind(s, "add", combos) if m.value.shape == self.value]
+        elif self.kind in ("swap_colour", "swap_shape"):
+            # the object at the same cell becomes one of the named colour (any shape) / named shape (any colour),
+            # of either size; the reference itself is not a member
+            o = self.subject
+            v = self.concept
+            news = ([o.replace(shape=x, colour=v, size=z) for x in SHAPES for z in SIZES]
+                    if self.kind == "swap_colour" else
+                    [o.replace(colour=x, shape=v, size=z) for x in COLOURS for z in SIZES])
+            out = [s.replace_obj(o, n) for n in news if n != o]
+            return [x for x in out if ok(x, combos)]
         else:
             raise ValueError(self.kind)
         return [m.apply(s) for m in ms]
@@ -243,6 +260,13 @@ class Family:
         if self.kind == "add_colour":
             return rng.choice([f"add {L.a(self.concept)} object", f"add something {self.value}",
                                f"include one more {self.value} thing"])
+        if self.kind in ("swap_colour", "swap_shape"):
+            # named by the place it keeps, not by what it loses: the text describes what the targets show
+            where = rng.choice(L.POS_WORDS[self.subject.pos])
+            thing = f"something {self.concept}" if self.kind == "swap_colour" else L.a(self.concept)
+            free = "any shape" if self.kind == "swap_colour" else "any colour"
+            return rng.choice([f"the object {where} should be {thing}, {free}", f"show {thing} {where} instead",
+                               f"{thing} {where} instead, {free}", f"make the one {where} {thing}"])
         return rng.choice([f"add {L.a(self.concept)}", f"add {L.a(self.concept)} of any colour",
                            f"also put {L.a(self.concept)} somewhere"])
 
@@ -262,15 +286,26 @@ class Family:
             return f"a {o.size} {o.colour} {o.shape}"
         if self.kind == "add_colour":
             return f"{objs} plus {L.a(self.concept)} object"
+        if self.kind in ("swap_colour", "swap_shape"):
+            o = self.subject
+            rest = " and ".join(L.a(f"{x.colour} {x.shape}") for x in s.objects if x != o)
+            new = f"{self.concept} object" if self.kind == "swap_colour" else self.concept
+            return f"{L.a(new)} at the {o.pos}" + (f" with {rest}" if rest else "")
         return f"{objs} plus {L.a(self.concept)}"
 
 
-def random_family(rng: random.Random, scene: Scene, combos: set) -> Family | None:
-    kinds = list(FAMILY_KINDS)
+def random_family(rng: random.Random, scene: Scene, combos: set, kinds: Iterable[str] = FAMILY_KINDS) -> Family | None:
+    kinds = list(kinds)
     rng.shuffle(kinds)
     for k in kinds:
         if k in ("colour_any", "shape_any", "move_any"):
             f = Family(k, scene, rng.choice(scene.objects))
+        elif k == "swap_colour":
+            o = rng.choice(scene.objects)
+            f = Family(k, scene, o, rng.choice([c for c in COLOURS if c != o.colour]))
+        elif k == "swap_shape":
+            o = rng.choice(scene.objects)
+            f = Family(k, scene, o, rng.choice([x for x in SHAPES if x != o.shape]))
         elif k == "add_colour":
             f = Family(k, scene, None, rng.choice(COLOURS))
         elif k == "add_shape":
