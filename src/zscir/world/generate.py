@@ -124,8 +124,9 @@ class _Builder:
         return out
 
     def cir_train(self) -> list[dict]:
-        """Synthetic CIR triplets shaped like the CIRR-like protocol: CIRR_QUERIES_PER_REF triplets share each
-        reference (their targets are near copies of one another), with modifications that name the change, so a
+        """Synthetic CIR triplets shaped like the CIRR-like protocol: CIRR_QUERIES_PER_REF targets share each
+        reference (their targets are near copies of one another), a single change's target followed by its
+        over-change (`_over_change`, as a compound triplet), with modifications that name the change, so a
         ranking over these images (the demo chooses Slerp's alpha on it) needs the text as the evaluation does."""
         out: list[dict] = []
         n = self.counts["cir_train"]
@@ -133,15 +134,42 @@ class _Builder:
             ref = random_scene(self.rng, self.train_list)
             seen = {ref.key()}
             rid = None
-            for _ in range(min(CIRR_QUERIES_PER_REF, n - len(out))):
-                m = self._target_mod(ref, self.train, seen, False)
+            for _ in range(CIRR_QUERIES_PER_REF):
+                m = self._target_mod(ref, self.train, seen, False) if len(out) < n else None
                 if m is None:
                     break
                 tgt = m.apply(ref)
                 seen.add(tgt.key())
                 rid = rid or self.new_id("c", ref)
                 out.append({"reference": rid, "modification": m.text(self.rng, ref), "target": self.new_id("c", tgt)})
+                # the target's over-change as a triplet of its own (a compound change), so this ranking holds
+                # the text's decoys as the evaluation's does
+                oc = self._over_change(ref, m, self.train, seen) if isinstance(m, Mod) and len(out) < n else None
+                if oc is not None:
+                    seen.add(oc[0].key())
+                    out.append({"reference": rid, "modification": Compound((m, oc[1])).text(self.rng, ref),
+                                "target": self.new_id("c", oc[0])})
         return out
+
+    def _over_change(self, ref: Scene, m: Mod | Compound, combos: set, seen: set) -> tuple[Scene, Mod] | None:
+        """The target of `m` with one more change that leaves what `m`'s text says true (another kind, not the
+        object `m` changed): an image the modification text alone cannot tell from the target, which the
+        reference's look can (it is one change farther from it), as CIRR's subsets hold for a text-only query."""
+        mods = m.mods if isinstance(m, Compound) else (m,)
+        used = {x.kind for x in mods}
+        touched = {x.obj for x in mods} | {x.result_obj() for x in mods}
+        kinds = [k for k in ("background", "add", "size", "move", "colour", "shape") if k not in used]
+        target = m.apply(ref)
+        for _ in range(20):
+            e = random_mod(self.rng, target, combos, kinds)
+            if e is None:
+                return None
+            if e.obj is not None and e.obj in touched:
+                continue
+            over = e.apply(target)
+            if over.key() not in seen:
+                return over, e
+        return None
 
     # ---- CIRR-like: a reference, many near copies of it, several single-target queries ----
     def _target_mod(self, ref: Scene, combos: set, seen: set, want_heldout: bool) -> Mod | Compound | None:
@@ -173,6 +201,7 @@ class _Builder:
                 continue
             seen = {ref.key()} | keys
             targets: list[tuple[Scene, Mod | Compound]] = []
+            overs: list[Scene | None] = []  # per target: its over-change (the text's decoy), if one exists
             others: list[Scene] = []
             n_q = min(CIRR_QUERIES_PER_REF, self.counts["cirr_queries"] - len(queries))
             for _ in range(n_q):
@@ -183,6 +212,11 @@ class _Builder:
                     continue
                 seen.add(m.apply(ref).key())
                 targets.append((m.apply(ref), m))
+                oc = self._over_change(ref, m, combos, seen)
+                overs.append(oc[0] if oc else None)
+                if oc:
+                    seen.add(oc[0].key())
+                    others.append(oc[0])
                 if isinstance(m, Compound):  # partial changes: the hardest near copies
                     for p in partials(m, ref, combos):
                         if p.key() not in seen:
@@ -203,9 +237,13 @@ class _Builder:
             keys |= {ref.key()} | {t[0].key() for t in targets} | set(o.key() for o in others)
             gallery += [rid] + tids + oids
             copies = tids + oids
-            for tid, (_, m) in zip(tids, targets):
-                rest = [c for c in copies if c != tid]
-                members = sorted([rid, tid] + rng.sample(rest, 4))
+            oid_of = {o.key(): i for o, i in zip(others, oids)}
+            for tid, (_, m), over in zip(tids, targets, overs):
+                # the subset: reference, target, the target's over-change (text alone cannot separate those
+                # two) and other copies of the reference (the reference's look alone cannot)
+                decoy = [oid_of[over.key()]] if over is not None else []
+                rest = [c for c in copies if c != tid and c not in decoy]
+                members = sorted([rid, tid] + decoy + rng.sample(rest, 4 - len(decoy)))
                 queries.append({"id": len(queries), "reference": rid, "modification": m.text(rng, ref),
                                 "target": tid, "members": members})
         self._distractors(gallery, keys, max(1, len(gallery) // 5))
