@@ -281,3 +281,45 @@ def test_modification_texts_name_the_new_state():
         assert "green" in t and "red" not in t, t
         t = Mod("shape", s.objects[0], "cross").text(rng, s)
         assert "cross" in t and "circle" not in t, t
+
+
+def test_over_changes_keep_what_the_text_says():
+    """A target's over-change (the text's decoy in the CIRR-like gallery and subset) applies one more change
+    that leaves the target's change in place: the new state of the changed object, the added object or the new
+    background is still there."""
+    from zscir.world.generate import _INTERNAL_SIZES, _Builder
+    b = _Builder(5, _INTERNAL_SIZES["tiny"])
+    combos = set(all_combos())
+    found = 0
+    for _ in range(200):
+        ref = random_scene(b.rng, sorted(combos))
+        m = b._target_mod(ref, combos, {ref.key()}, False)
+        if m is None:
+            continue
+        oc = b._over_change(ref, m, combos, {ref.key(), m.apply(ref).key()})
+        if oc is None:
+            continue
+        over, extra = oc
+        found += 1
+        target = m.apply(ref)
+        assert over not in (ref, target) and extra.apply(target) == over
+        assert extra.kind not in {x.kind for x in (m.mods if isinstance(m, Compound) else (m,))}
+        changed = set(target.objects) - set(ref.objects)  # what the text describes: new or changed objects
+        assert changed <= set(over.objects), (m, extra)
+        if target.background != ref.background:
+            assert over.background == target.background
+    assert found >= 150
+
+
+def test_cirr_subsets_hold_the_over_change(worlds):
+    """Most CIRR-like subsets hold, besides the target, a copy that the text alone cannot tell from it: one
+    more change away from the reference than the target is."""
+    w = load_world(worlds[0])
+    with_decoy = 0
+    for q in w.cirr["queries"]:
+        ref, t = w.scene(q["reference"]), w.scene(q["target"])
+        changed = set(t.objects) - set(ref.objects)
+        others = [w.scene(m) for m in q["members"] if m not in (q["reference"], q["target"])]
+        with_decoy += any(changed <= set(o.objects) and (t.background == ref.background or o.background == t.background)
+                          and _near_copy(t, o) for o in others)
+    assert with_decoy >= 0.6 * len(w.cirr["queries"])
