@@ -88,20 +88,25 @@ def modality_direction(dim: int, modality: str) -> torch.Tensor:
 
 
 class _Cone(nn.Module):
-    """Mixin of the heads: with cone > 0 the output is normalised and shifted by cone * the modality's direction,
-    so every embedding of one modality lies in a cone around that direction and the two cones stay apart
-    (CLIP's geometry: matched image-caption cosine well below 1). A non-persistent buffer: checkpoints keep
-    their keys; the length is part of the architecture config (and of the fingerprint)."""
+    """Mixin of the heads: with cone > 0 the output is normalised and shifted by the modality's cone vector (at
+    the start: cone * the modality's direction), so every embedding of one modality lies in a cone around it and
+    the two cones stay apart (CLIP's geometry: matched image-caption cosine well below 1). The vector is a
+    1-input linear layer, frozen by pre-training (as CLIP's gap comes from its initialisation, not from its
+    loss), which an adapter can tune: TAT's head adapters can move the image cone towards the text one."""
 
     def _init_cone(self, out_dim: int, cone: float, modality: str) -> None:
         self.cone = float(cone)
-        self.register_buffer("cone_shift", modality_direction(out_dim, modality) * self.cone, persistent=False)
+        if self.cone:
+            self.cone_vec = nn.Linear(1, out_dim, bias=False)
+            with torch.no_grad():
+                self.cone_vec.weight.copy_(modality_direction(out_dim, modality)[:, None] * self.cone)
+            self.cone_vec.weight.requires_grad_(False)
 
     def _shift(self, y: torch.Tensor) -> torch.Tensor:
         if not self.cone:
             return y
-        shift: torch.Tensor = self.cone_shift  # type: ignore[assignment]  # a registered buffer
-        return F.normalize(y, dim=-1) + shift.to(y.dtype)
+        # called as a module (not read as a weight) so that an adapter wrapping it takes part
+        return F.normalize(y, dim=-1) + self.cone_vec(y.new_ones(y.shape[0], 1))
 
 
 class AttentionPoolHead(_Cone):
@@ -282,7 +287,8 @@ class DefaultBackbone(Backbone):
                         head_out: bool = False) -> AdapterTargets:
         """Image: the pointwise convs (expand, project) of the last `last_blocks` MBConv blocks and the head conv
         (when any block is adapted), plus the attention-pool head's input (`head`) and output (`head_out`)
-        projections. Text: the Linear layers of MiniLM's transformer blocks."""
+        projections, and always the image cone's vector (where the head has one: tuning the image tower against
+        the text tower may then move its cone). Text: the Linear layers of MiniLM's transformer blocks."""
         check_tower(tower)
         if tower == "text":
             return transformer_block_linear
@@ -291,7 +297,7 @@ class DefaultBackbone(Backbone):
         adapted = {m for s in blocks[len(blocks) - n:] for m in s.modules} if n else set()
 
         def targets(name: str, m: nn.Module) -> bool:
-            if (head and name == "head.proj") or (head_out and name == "head.out"):
+            if (head and name == "head.proj") or (head_out and name == "head.out") or name == "head.cone_vec":
                 return isinstance(m, nn.Linear)
             if n > 0 and name == "trunk._conv_head":
                 return is_pointwise_conv(m)
