@@ -247,3 +247,29 @@ def test_train_command_group_lists_tat(capsys):
         main(["train", "tat", "--help"])
     out = capsys.readouterr().out
     assert "--merge" in out and "--temperature" in out and "--max-missing" in out
+
+
+def test_tat_can_move_the_default_image_cone():
+    """With a modality cone (the pre-trained default's CLIP-like gap), the image cone's vector is frozen outside
+    adapters and is always one of TAT's adapter targets: tuning the image tower against the text tower can
+    move it (a fixed cone could not be moved by any adapter, so TAT could not narrow the gap)."""
+    from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig
+    from zscir.methods.tat import TATAdapterConfig, add_tat_adapters, tat_copy
+
+    torch.manual_seed(0)
+    base = DefaultBackbone(DefaultBackboneConfig(modality_cone=1.4)).eval()
+    head = base.image_tower.head
+    assert not head.cone_vec.weight.requires_grad  # pre-training trains the heads, not the cone
+    tuned = tat_copy(base)
+    wrapped = add_tat_adapters(tuned, TATAdapterConfig())
+    assert "head.cone_vec" in wrapped and "head.out" not in wrapped
+    tokens = torch.randn(4, base.n_cells, 1280)
+    before = tuned.image_head(tokens)
+    lora = dict(tuned.image_tower.named_modules())["head.cone_vec"]
+    with torch.no_grad():
+        lora.lora_B.copy_(-head.cone_vec.weight[:, :1].expand_as(lora.lora_B) / (lora.scale * lora.lora_A.sum()))
+    after = tuned.image_head(tokens)
+    # the adapter cancelled the cone: the shift along the image direction is gone
+    direction = torch.nn.functional.normalize(head.cone_vec.weight[:, 0], dim=0)
+    assert float((before @ direction).mean()) > 1.0 and abs(float((after @ direction).mean())) < 0.5
+    assert torch.equal(base.image_head(tokens), before)  # the base is untouched
