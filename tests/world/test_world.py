@@ -74,7 +74,13 @@ def test_cirr(worlds):
     g = w.cirr["gallery"]
     assert len(set(g)) == len(g)
     keys = [w.scene(i).key() for i in g]
-    assert len(set(keys)) == len(keys)
+    refs = {q["reference"] for q in w.cirr["queries"]}
+    # every scene once, but each reference's scene twice: the reference and its twin (a re-drawing, never an answer)
+    from collections import Counter
+    twice = {k for k, n in Counter(keys).items() if n > 1}
+    assert twice == {w.scene(r).key() for r in refs} and max(Counter(keys).values()) == 2
+    for q in w.cirr["queries"]:
+        assert w.scene(q["target"]).key() not in twice
     gs = set(g)
     assert len(w.cirr["queries"]) == _INTERNAL_SIZES["tiny"]["cirr_queries"]
     for q in w.cirr["queries"]:
@@ -269,6 +275,9 @@ def test_cir_train_shares_references(worlds):
     assert len(refs) <= len(w.cir_train) / 2
     for t in w.cir_train:
         assert len(w.scene(t["target"]).objects) >= len(w.scene(t["reference"]).objects)
+        # the reference's twins (the same scene drawn again) are every triplet's negatives, as in the evaluation
+        assert t["negatives"] and all(w.scene(n) == w.scene(t["reference"]) and n != t["reference"]
+                                      for n in t["negatives"])
 
 
 def test_modification_texts_name_the_new_state():

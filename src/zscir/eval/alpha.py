@@ -40,7 +40,9 @@ def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
     from zscir.methods.slerp import slerp
 
     triplets = world.cir_train[:n_triplets]
-    ids = list(dict.fromkeys([t["reference"] for t in triplets] + [t["target"] for t in triplets]))
+    # the ranked images: references, targets and the negatives a world puts beside them (a reference's twins)
+    ids = list(dict.fromkeys([t["reference"] for t in triplets] + [t["target"] for t in triplets]
+                             + [n for t in triplets for n in t.get("negatives", ())]))
     index = {i: n for n, i in enumerate(ids)}
     probe = make(grid[0])
     backbone = probe.backbone

@@ -39,6 +39,7 @@ HELDOUT_TARGET_FRACTION = 0.45  # eval queries whose target is forced to contain
 # reference does not find the target; the modification text has to be used.
 CIRR_NEAR_COPIES = 15  # gallery copies of each CIRR-like reference (its queries' targets included)
 CIRR_QUERIES_PER_REF = 4
+CIRR_TWINS = 1  # re-drawings of each CIRR-like (and cir_train) reference in the gallery: resemblance alone finds them
 TARGET_KINDS = ("colour", "shape", "size", "move", "add", "background")  # CIRR-like targets: the text names the change
 CIRCO_NEAR_COPIES = 14  # non-answer copies of each CIRCO-like reference, the nearest to it in pixels
 CIRCO_QUERIES_PER_REF = 2
@@ -134,6 +135,7 @@ class _Builder:
             ref = random_scene(self.rng, self.train_list)
             seen = {ref.key()}
             rid = None
+            group_start = len(out)
             for _ in range(CIRR_QUERIES_PER_REF):
                 m = self._target_mod(ref, self.train, seen, False) if len(out) < n else None
                 if m is None:
@@ -149,6 +151,10 @@ class _Builder:
                     seen.add(oc[0].key())
                     out.append({"reference": rid, "modification": Compound((m, oc[1])).text(self.rng, ref),
                                 "target": self.new_id("c", oc[0])})
+            if rid is not None:  # the reference's twins, as in the CIRR-like gallery: negatives of every triplet
+                twins = [self.new_id("c", ref) for _ in range(CIRR_TWINS)]
+                for t in out[group_start:]:
+                    t["negatives"] = twins
         return out
 
     def _over_change(self, ref: Scene, m: Mod | Compound, combos: set, seen: set) -> tuple[Scene, Mod] | None:
@@ -235,7 +241,9 @@ class _Builder:
             tids = [self.new_id("e", t[0]) for t in targets]
             oids = [self.new_id("e", o) for o in others]
             keys |= {ref.key()} | {t[0].key() for t in targets} | set(o.key() for o in others)
-            gallery += [rid] + tids + oids
+            # the reference's twin: the same scene drawn again (its own jitter), as CIRR's galleries hold near
+            # duplicates of a reference; the nearest image to the reference, never an answer
+            gallery += [rid] + tids + oids + [self.new_id("e", ref) for _ in range(CIRR_TWINS)]
             copies = tids + oids
             oid_of = {o.key(): i for o, i in zip(others, oids)}
             for tid, (_, m), over in zip(tids, targets, overs):

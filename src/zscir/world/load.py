@@ -63,6 +63,7 @@ def load_world(root: str | os.PathLike[str]) -> World:
         ids = set(scenes)
         used = set(d["unlabelled.json"]) | {p["image"] for p in d["pairs.json"]}
         used |= {t[k] for t in d["cir_train.json"] for k in ("reference", "target")}
+        used |= {n for t in d["cir_train.json"] for n in t.get("negatives", ())}
         used |= set(cirr["gallery"]) | set(circo["gallery"])
         for q in cirr["queries"] + circo["queries"]:
             used |= {q["reference"], q["target"]}
