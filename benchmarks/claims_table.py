@@ -42,12 +42,14 @@ def table(runs: list[dict]) -> str:
             assert all(p[title] == row[title] for p in per), "runs with different check lists"
             lines.append(f"| {row[title]} | " + " | ".join(f"{_yes(p)}: {p['measured']}" for p in per)
                          + f" | {sum(p['holds'] for p in per)}/{len(per)} |")
-    lines += ["", "| seed | matched cosine before -> after TAT | centroid distance before -> after | total time |",
-              "|---|---|---|---|"]
+    lines += ["", "| seed | pre-training: held-out t2i R@1 | matched cosine before -> after TAT | "
+              "centroid distance before -> after | total time |", "|---|---|---|---|---|"]
     for r in runs:
         g = r.get("modality_gap", {})
         b, a = g.get("before", {}), g.get("after", {})
-        lines.append(f"| {r['world']['seed']} | {b.get('matched_cosine', float('nan')):.3f} -> "
+        t2i = (r.get("pretrain_val") or {}).get("t2i_R@1")
+        lines.append(f"| {r['world']['seed']} | {'-' if t2i is None else f'{t2i:.1f}'} | "
+                     f"{b.get('matched_cosine', float('nan')):.3f} -> "
                      f"{a.get('matched_cosine', float('nan')):.3f} | {b.get('centroid_distance', float('nan')):.3f} -> "
                      f"{a.get('centroid_distance', float('nan')):.3f} | {r['timings_s']['total']:.0f} s |")
     return "\n".join(lines) + "\n"
@@ -60,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     runs = [json.loads(Path(p).read_text()) for p in args.results]
+    for r in runs:  # results written before the demo recorded it: the pre-training record in the checkpoint
+        kind, _, path = r["backbone"].partition(":")
+        config = Path(path) / "config.json"
+        if "pretrain_val" not in r and kind == "default" and config.is_file():
+            r["pretrain_val"] = json.loads(config.read_text()).get("val")
     sizes = {r["world"]["size"] for r in runs}
     if len(sizes) != 1:
         raise SystemExit(f"error: the runs are of different world sizes ({', '.join(sorted(sizes))})")
@@ -68,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     md = table(runs)
     summary = {"benchmark": "claims", "runs": [{"seed": r["world"]["seed"], "protocols": r["protocols"],
-                                                "claims": r["claims"], "calibration": r["calibration"], "modality_gap": r.get("modality_gap"),
+                                                "claims": r["claims"], "calibration": r["calibration"], "modality_gap": r.get("modality_gap"), "pretrain_val": r.get("pretrain_val"),
                                                 "timings_s": r["timings_s"]} for r in runs]}
     (out / f"claims_{name}.json").write_text(json.dumps(summary, indent=1))
     (out / f"claims_{name}.md").write_text(md)

@@ -36,6 +36,16 @@ class DemoConfig:
         return self.size or ("quick" if self.quick else "default")
 
 
+def _pretrain_record(spec: str) -> dict | None:
+    """The default backbone's own pre-training record (held-out text-to-image R@1, matched cosine, centroid
+    distance), as saved in its checkpoint; None for other backbones."""
+    from zscir.utils.io import read_json
+
+    kind, _, path = spec.partition(":")
+    config = Path(path) / "config.json"
+    return read_json(config).get("val") if kind == "default" and config.is_file() else None
+
+
 def _is_demo_output(path: Path) -> bool:
     """A previous `zscir demo` output: results.json (+ report.html) and nothing else of note."""
     names = {p.name for p in path.iterdir()}
@@ -115,6 +125,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = {
         "backbone": backbone.spec,
         "backbone_fingerprint": backbone.fingerprint(),
+        "pretrain_val": _pretrain_record(backbone.spec),
         "world": {"path": str(world.root), "seed": world.meta.get("seed"), "size": world.meta.get("size"),
                   "version": world.meta.get("version"), "counts": world.meta.get("counts")},
         "settings_file": ctx.settings.source,
