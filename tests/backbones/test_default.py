@@ -87,3 +87,23 @@ def test_checkpoint_of_another_kind_is_refused(tmp_path):
     (tmp_path / "bad" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_backbone(str(tmp_path / "bad"))
+
+
+def test_modality_cones_round_trip_and_open_a_gap(tmp_path):
+    """A default with modality cones (world v2's pre-training) saves its cone vectors and loads them back; its
+    image and text embeddings lie in separate cones (CLIP's gap) even with untrained heads."""
+    from zscir.backbones.default import DefaultBackbone, DefaultBackboneConfig
+
+    torch.manual_seed(0)
+    model = DefaultBackbone(DefaultBackboneConfig(modality_cone=1.4)).eval()
+    with torch.no_grad():  # a moved cone must survive the round trip
+        model.image_tower.head.cone_vec.weight.mul_(0.5)
+    path = model.save(tmp_path / "cone")
+    loaded = load_backbone(f"default:{path}")
+    assert loaded.config.modality_cone == 1.4 and loaded.fingerprint() == model.fingerprint()
+    px = torch.randn(4, 3, 96, 96)
+    with torch.no_grad():
+        v, w = loaded.encode_image(px), loaded.encode_text(["a red circle", "a blue star", "two squares", "a cross"])
+        assert torch.allclose(v, model.encode_image(px), atol=1e-6)
+        v, w = torch.nn.functional.normalize(v, dim=-1), torch.nn.functional.normalize(w, dim=-1)
+        assert float((v.mean(0) - w.mean(0)).norm()) > 0.5  # the cones are apart
