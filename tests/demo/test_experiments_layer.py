@@ -110,3 +110,22 @@ def test_default_backbone_falls_back_to_the_demos_model_and_prefers_the_users(tm
     assert default_model_path() == models / "default-default-s0"
     own_default_path().mkdir()
     assert default_model_path() == models / "default"
+
+
+def test_a_world_of_an_older_version_is_regenerated(tmp_path, monkeypatch):
+    """`zscir demo` reuses its world, unless the generator's version changed: then the world is made again
+    (an old world's protocols are not the current ones, and load_world refuses it)."""
+    import json
+
+    from zscir.experiments.context import ensure_world
+    from zscir.world.generate import VERSION
+
+    monkeypatch.setenv("ZSCIR_HOME", str(tmp_path))
+    path = ensure_world("tiny", 3)
+    meta = path / "world.json"
+    first = meta.stat().st_mtime_ns
+    assert ensure_world("tiny", 3) == path and meta.stat().st_mtime_ns == first  # reused
+    doc = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**doc, "version": VERSION - 1}))
+    ensure_world("tiny", 3)
+    assert json.loads(meta.read_text())["version"] == VERSION
