@@ -195,8 +195,9 @@ class _Builder:
         """Each reference comes with CIRR_NEAR_COPIES near copies in the gallery (single or compound changes of it);
         CIRR_QUERIES_PER_REF of them are query targets, each query's modification naming its own change, so the
         reference's look alone cannot tell the target from the other copies (image-only R@1 ~ 1/near copies), and
-        its text alone cannot either (it does not describe the rest of the scene). `members` (Recall_subset) is the
-        reference, the target and 4 other copies of the same reference."""
+        its text alone cannot either (it does not describe the rest of the scene). Each target's over-change
+        (`_over_change`) and CIRR_TWINS re-drawings of the reference are in the gallery too. `members`
+        (Recall_subset) is the reference, the target, its over-change and other copies of the same reference."""
         rng, combos = self.rng, self.all
         gallery: list[str] = []
         keys: set = set()
