@@ -70,10 +70,11 @@ class PretrainConfig(EngineSettings):
     # the demo's few hundred steps, 0.01 from the start stalls the heads (measured: docs/world.md).
     init_temperature: float = option(0.02, "starting value of the learnable temperature, clamped at 0.01 "
                                            "(default: %(default)s)")
-    # Length of the fixed per-modality shift at the end of each head (DefaultBackboneConfig.modality_cone), used
-    # when no architecture is given; 0 = the pre-v2 heads (no gap).
-    modality_cone: float = option(1.4, "length of each head's fixed modality shift, the start of CLIP's modality "
-                                       "gap (0: none; default: %(default)s)")
+    # Length of the per-modality cone vector at the end of each head (DefaultBackboneConfig.modality_cone), used
+    # when no architecture is given; 0 = the pre-v2 heads (no gap). Frozen here, movable by TAT's adapters.
+    modality_cone: float = option(1.4, "length of each head's modality cone vector, the start of CLIP's modality "
+                                       "gap; frozen by pre-training, TAT can move the image one (0: none; "
+                                       "default: %(default)s)")
     val_fraction: float = option(0.05, cli=False)
     seed: int = 0
     device: str = ""
