@@ -4,7 +4,7 @@ Both towers stay frozen (their features are computed once); the attention-poolin
 text head and a learnable temperature are trained from scratch with symmetric InfoNCE on the world's
 image-caption pairs. CLIP's geometry (Liang et al. 2022, "Mind the Gap": matched image-caption cosine about 0.3,
 the two modalities in separate cones) comes from two things here, as in CLIP: each head starts in its own cone
-(`modality_cone`: the head's normalised output plus a fixed direction per modality), and the temperature is low
+(`modality_cone`: the head's normalised output plus a cone vector per modality, frozen here), and the temperature is low
 enough that the contrastive loss does not pull the cones together (it starts at 0.02, learnable, clamped at
 0.01; from 0.07 the heads learn to cancel the cones within the first steps). TAT can then close the gap."""
 
