@@ -59,6 +59,11 @@ class DefaultBackboneConfig:
     # L2-normalised and a fixed modality direction of this length is added (see `modality_direction`).
     # 0 (checkpoints made before world v2): no cone.
     modality_cone: float = 0.0
+    # > 0: the text embedding keeps this share of a fixed, non-linear random view of MiniLM's own features
+    # (`ResidualLinearHead`): wording no image shows, as CLIP's text embeddings carry. It compresses text-image
+    # similarities next to image-image ones, the property that makes CLIP's composed queries need a text-heavy
+    # Slerp (alpha 0.8). 0: none (checkpoints made before).
+    text_detail: float = 0.0
 
     def validate(self) -> None:
         """Relations between fields (types are checked by from_dict); ValueError names the field."""
@@ -69,6 +74,8 @@ class DefaultBackboneConfig:
             raise ValueError(f"image_size={self.image_size}: must be between 32 and 1024")
         if not 0.0 <= self.modality_cone <= 10.0:
             raise ValueError(f"modality_cone={self.modality_cone}: must be between 0 and 10")
+        if not 0.0 <= self.text_detail <= 10.0:
+            raise ValueError(f"text_detail={self.text_detail}: must be between 0 and 10")
         if self.head_dim % self.head_heads:
             raise ValueError(f"head_heads={self.head_heads}: must divide head_dim={self.head_dim}")
         from zscir.backbones.preprocess import MODES
@@ -133,16 +140,28 @@ class AttentionPoolHead(_Cone):
 class ResidualLinearHead(_Cone):
     """x + W x, then a projection to the joint space; W starts at zero so training starts from MiniLM."""
 
-    def __init__(self, dim: int, out_dim: int, cone: float = 0.0) -> None:
+    def __init__(self, dim: int, out_dim: int, cone: float = 0.0, detail: float = 0.0) -> None:
         super().__init__()
         self._init_cone(out_dim, cone, "text")
         self.residual = nn.Linear(dim, dim)
         nn.init.zeros_(self.residual.weight)
         nn.init.zeros_(self.residual.bias)
         self.out = nn.Linear(dim, out_dim)
+        self.detail = float(detail)
+        if self.detail:  # fixed (the same on every machine), non-linear so the linear head cannot cancel it
+            g = torch.Generator().manual_seed(20221105)
+            self.register_buffer("detail_in", torch.randn(dim, 4 * dim, generator=g) / math.sqrt(dim), persistent=False)
+            self.register_buffer("detail_out", torch.randn(4 * dim, out_dim, generator=g) / math.sqrt(4 * dim),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._shift(self.out(x + self.residual(x)))
+        y = self.out(x + self.residual(x))
+        if self.detail:
+            w_in: torch.Tensor = self.detail_in  # type: ignore[assignment]  # registered buffers
+            w_out: torch.Tensor = self.detail_out  # type: ignore[assignment]
+            z = F.gelu(F.layer_norm(x, (x.shape[-1],)) @ w_in.to(x.dtype)) @ w_out.to(x.dtype)
+            y = F.normalize(y, dim=-1) + self.detail * F.normalize(z - z.mean(dim=-1, keepdim=True), dim=-1)
+        return self._shift(y)
 
 
 class _ImageTower(nn.Module):
@@ -208,7 +227,7 @@ class DefaultBackbone(Backbone):
         self._image = _ImageTower(trunk, head)
         encoder, self.tokenizer = _load_minilm()
         text_dim = encoder.config.hidden_size
-        self._text = _TextTower(encoder, ResidualLinearHead(text_dim, c.embed_dim, c.modality_cone))
+        self._text = _TextTower(encoder, ResidualLinearHead(text_dim, c.embed_dim, c.modality_cone, c.text_detail))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.embed_dim = c.embed_dim
         self.word_dim = text_dim

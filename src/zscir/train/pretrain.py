@@ -75,6 +75,12 @@ class PretrainConfig(EngineSettings):
     modality_cone: float = option(1.4, "length of each head's modality cone vector, the start of CLIP's modality "
                                        "gap; frozen by pre-training, TAT can move the image one (0: none; "
                                        "default: %(default)s)")
+    # Share of a fixed random view of the text trunk's features in the text embedding
+    # (DefaultBackboneConfig.text_detail), used when no architecture is given; 0 = none. At 3 the text-image
+    # similarities are compressed next to image-image ones as in CLIP, so Slerp's best alpha moves towards the
+    # text (0.6-0.7) and the plain sum (alpha 0.5) falls behind it (docs/world.md).
+    text_detail: float = option(3.0, "share of the text trunk's own (image-free) description kept in the text "
+                                     "embedding, CLIP's text-image compression (0: none; default: %(default)s)")
     val_fraction: float = option(0.05, cli=False)
     seed: int = 0
     device: str = ""
@@ -90,6 +96,8 @@ class PretrainConfig(EngineSettings):
             raise InputError(f"init_temperature {self.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
         if not 0 <= self.modality_cone <= 10:
             raise InputError(f"modality_cone must be in [0, 10], got {self.modality_cone}")
+        if not 0 <= self.text_detail <= 10:
+            raise InputError(f"text_detail must be in [0, 10], got {self.text_detail}")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check_batch_size(self.batch_size, 2)
@@ -124,7 +132,7 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
 
     device = device_for(dist, cfg.device)
     if arch is None:
-        arch = DefaultBackboneConfig(modality_cone=cfg.modality_cone)
+        arch = DefaultBackboneConfig(modality_cone=cfg.modality_cone, text_detail=cfg.text_detail)
     model = DefaultBackbone(arch).to(device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
