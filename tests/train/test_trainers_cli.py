@@ -29,9 +29,12 @@ from train_data import make_user_data, trainer_commands
 TRAINERS = ("mapping", "pic2word", "composing", "rtd", "isa", "tat", "pretrain")
 STEPS = 3
 #: max |single - DDP| over every tensor of every checkpoint after STEPS steps. Float reductions run in another
-#: order; measured: pic2word 3e-8, tat 2e-7, mapping/composing 1e-5, isa 6e-5, rtd 1.3e-4, pretrain 6.3e-4 (the
-#: attention's key bias, whose true gradient is 0: Adam turns the rounding noise into steps of up to lr = 2e-3)
+#: order; measured: pic2word 3e-8, tat 2e-7, mapping/composing 1e-5, isa 6e-5, rtd 1.3e-4.
 DDP_ATOL = 1e-3
+#: pretrain: Adam's first steps move every weight by about lr (2e-3) whatever its gradient's size, so a weight
+#: whose gradient is about 0 (the attention's key bias exactly: softmax ignores it) steps by +-lr on the sign
+#: of rounding noise. Measured 6.3e-4 (key bias), 1.4e-3 with the text detail (attention out_proj); bound 2 lr.
+DDP_ATOL_PRETRAIN = 4e-3
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -134,7 +137,7 @@ def test_every_trainer_under_torchrun_matches_one_process(full, data, tmp_path):
         assert want.keys() == got.keys(), name
         worst[name] = max((want[k].float() - got[k].float()).abs().max().item() for k in want)
     print("max |single - ddp|:", worst)
-    assert all(v <= DDP_ATOL for v in worst.values()), worst
+    assert all(v <= (DDP_ATOL_PRETRAIN if n == "pretrain" else DDP_ATOL) for n, v in worst.items()), worst
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
