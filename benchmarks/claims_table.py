@@ -62,11 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     runs = [json.loads(Path(p).read_text()) for p in args.results]
-    for r in runs:  # results written before the demo recorded it: the pre-training record in the checkpoint
-        kind, _, path = r["backbone"].partition(":")
-        config = Path(path) / "config.json"
-        if "pretrain_val" not in r and kind == "default" and config.is_file():
-            r["pretrain_val"] = json.loads(config.read_text()).get("val")
     sizes = {r["world"]["size"] for r in runs}
     if len(sizes) != 1:
         raise SystemExit(f"error: the runs are of different world sizes ({', '.join(sorted(sizes))})")
