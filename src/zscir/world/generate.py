@@ -147,7 +147,8 @@ class _Builder:
                 # the target's over-change as a triplet of its own (a compound change), so this ranking holds
                 # the text's decoys as the evaluation's does
                 oc = self._over_change(ref, m, self.train, seen) if isinstance(m, Mod) and len(out) < n else None
-                if oc is not None and isinstance(m, Mod):
+                if oc is not None:
+                    assert isinstance(m, Mod)  # only single changes get an over-change triplet (see above)
                     seen.add(oc[0].key())
                     out.append({"reference": rid, "modification": Compound((m, oc[1])).text(self.rng, ref),
                                 "target": self.new_id("c", oc[0])})
