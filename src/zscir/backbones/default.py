@@ -56,8 +56,8 @@ class DefaultBackboneConfig:
     max_text_tokens: int = 64
     preprocess_mode: str = "resize"
     # > 0: each head ends in its own cone (CLIP's modality gap, Liang et al. 2022): the head's output is
-    # L2-normalised and a fixed modality direction of this length is added (see `modality_direction`).
-    # 0 (checkpoints made before world v2): no cone.
+    # L2-normalised and a cone vector is added, at the start `modality_direction` times this length (frozen by
+    # pre-training, an adapter target of the image tower, see `_Cone`). 0 (checkpoints made before world v2): none.
     modality_cone: float = 0.0
     # > 0: the text embedding keeps this share of a fixed, non-linear random view of MiniLM's own features
     # (`ResidualLinearHead`): wording no image shows, as CLIP's text embeddings carry. It compresses text-image

@@ -88,16 +88,20 @@ class PretrainConfig(EngineSettings):
     steps: int = 0  # > 0: this many steps instead of `epochs` passes
     warmup: float = 0.1
 
+    def architecture(self) -> DefaultBackboneConfig:
+        """The heads' architecture this pre-training builds when none is given."""
+        return DefaultBackboneConfig(modality_cone=self.modality_cone, text_detail=self.text_detail)
+
     def check(self) -> None:
         """Refuse impossible settings and an --out that would be destroyed, before any work."""
         from zscir.backbones.default import KIND
 
         if not 0.01 <= self.init_temperature <= 1.0:
             raise InputError(f"init_temperature {self.init_temperature} is outside [0.01, 1] (the logit scale is capped at 100)")
-        if not 0 <= self.modality_cone <= 10:
-            raise InputError(f"modality_cone must be in [0, 10], got {self.modality_cone}")
-        if not 0 <= self.text_detail <= 10:
-            raise InputError(f"text_detail must be in [0, 10], got {self.text_detail}")
+        try:  # the architecture's own bounds (modality_cone, text_detail), checked by the config that owns them
+            self.architecture().validate()
+        except ValueError as e:
+            raise InputError(str(e)) from e
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         check_batch_size(self.batch_size, 2)
@@ -132,7 +136,7 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
 
     device = device_for(dist, cfg.device)
     if arch is None:
-        arch = DefaultBackboneConfig(modality_cone=cfg.modality_cone, text_detail=cfg.text_detail)
+        arch = cfg.architecture()
     model = DefaultBackbone(arch).to(device)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
