@@ -79,6 +79,30 @@ def test_settings_files_build_trainer_configs_and_refuse_typos(tmp_path):
         load_settings("quick", path=tmp_path / "broken.toml")
 
 
+def test_the_engine_table_reaches_every_trainer_and_auto_precision_is_resolved(tmp_path, monkeypatch):
+    import zscir.utils.runtime as runtime
+    from zscir.train.composing import ComposingConfig
+    from zscir.train.pretrain import PretrainConfig
+    from zscir.train.pseudo_token import MapperTrainConfig
+
+    f = tmp_path / "s.toml"
+    f.write_text('[engine]\nprecision = "auto"\ngrad_clip = 2.0\n[pic2word]\nsteps = 3\n'
+                 '[composing]\nprecision = "fp32"\n')
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "native_bf16", lambda device, native=native: native)
+        s = load_settings("quick", device="cpu", path=f)
+        p2w = s.config("pic2word", MapperTrainConfig)
+        assert (p2w.precision, p2w.grad_clip, p2w.steps) == (want, 2.0, 3)
+        assert s.config("pretrain", PretrainConfig).precision == want  # no table of its own: [engine] alone
+        assert s.config("composing", ComposingConfig).precision == "fp32"  # its own table wins
+    # the shipped sizes train in "auto"; the tests' tiny world keeps fp32 (exact comparisons)
+    assert load_settings("quick").table("engine") == {"precision": "auto"}
+    assert load_settings("tiny").table("engine") == {}
+    f.write_text("[engine]\nstepz = 3\n")
+    with pytest.raises(InputError, match=r"s.toml \[engine\]: unknown setting\(s\) \['stepz'\]"):
+        load_settings("quick", path=f)
+
+
 def test_recipes_are_discovered_in_table_order_and_a_new_one_needs_no_list():
     names = list(list_recipes())
     assert names[:4] == ["image", "text", "sum", "slerp"]

@@ -139,3 +139,22 @@ def test_out_rule_refuses_other_folders_and_touches_nothing(tmp_path, monkeypatc
     (tmp_path / "new.partial" / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="partial"):  # the resume state's sibling folder is protected too
         check_out_dir(tmp_path / "new", "zscir.isa")
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    import argparse
+
+    import zscir.utils.runtime as runtime
+    from zscir.train.engine import add_engine_args, autocast, engine_args, resolve_precision
+
+    for given in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(given, "cpu") == given
+    p = argparse.ArgumentParser()
+    add_engine_args(p, lr=1e-3, batch_size=4, steps=2)
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "native_bf16", lambda device, native=native: native)
+        assert resolve_precision("auto", "cpu") == want
+        # the CLI records what ran, never "auto"
+        assert engine_args(p.parse_args(["--out", "x", "--precision", "auto"]))["precision"] == want
+        with autocast(torch.device("cpu"), "auto"):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == (torch.bfloat16 if native else torch.float32)

@@ -69,3 +69,37 @@ def test_a_changed_trunk_never_reads_the_plain_trunks_entry():
         next(b.image_tower.trunk.parameters()).add_(1e-3)  # a tuned trunk
     assert b.feature_fingerprint("image_tokens") != key
     assert a.feature_fingerprint("text_trunk") != key
+
+
+def test_text_embeddings_are_the_head_on_the_cached_trunk_pass(tmp_path, monkeypatch):
+    from zscir.data import text_features
+    from zscir.train.lincir import caption_embeddings
+
+    torch.manual_seed(0)
+    model = DefaultBackbone().eval()
+    # more than 10 texts: their keys ("0", "1", ..., "10") sort otherwise as strings than as rows
+    texts = ["a red cube", "two blue spheres", "a red cube", "a green cone on grass"] + \
+        [f"{n} yellow rings" for n in ("one", "two", "three", "four", "five", "six", "seven", "eight")]
+    with torch.no_grad():
+        want = model.encode_text(texts)
+    calls = [0]
+    real = model.text_trunk
+
+    def counting(batch, *a, **k):
+        calls[0] += len(batch)
+        return real(batch, *a, **k)
+
+    monkeypatch.setattr(model, "text_trunk", counting)
+    cache = str(tmp_path / "features")
+    trunk = text_features(model, texts, "text_trunk", cache=cache)
+    assert calls[0] == len(texts) and len(trunk) == len(texts)
+    emb = text_features(model, texts, "text_embedding", cache=cache, batch_size=4).tensor().float()
+    assert calls[0] == len(texts)  # the trunk's entry was read, not recomputed
+    assert torch.allclose(emb, want, atol=1e-5)
+    # LinCIR keeps the distinct captions; it reads the entry of the captions as read (pre-training's key)
+    kept = list(dict.fromkeys(texts))
+    got = caption_embeddings(model, kept, texts, cache)
+    assert calls[0] == len(texts) and torch.allclose(got, want[[0, 1] + list(range(3, len(texts)))], atol=1e-5)
+    # captions that are not the source's verbatim (cleaned) are their own list
+    caption_embeddings(model, ["a red  cube!"], texts, cache)
+    assert calls[0] == len(texts) + 1

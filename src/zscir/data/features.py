@@ -118,8 +118,19 @@ def text_features(
 ) -> CachedFeatures:
     """A frozen text feature of each text ("text_trunk": pooled trunk features; "text_embedding": the
     normalised embedding; or a custom `fn(texts) -> (B, ...)`), cached like image_features. Row i is text i
-    (keys are the positions as strings; `captions` holds the texts)."""
+    (keys are the positions as strings; `captions` holds the texts).
+
+    "text_embedding" is the text head applied to the cached "text_trunk" entry of the same texts: the expensive
+    trunk pass is shared with every trainer that reads them (the default's heads change, its trunk does not)."""
     store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    if fn is None and feature == "text_embedding":
+        import torch.nn.functional as F
+
+        trunk = text_features(backbone, texts, "text_trunk", cache=store, batch_size=batch_size)
+        dev = backbone.device
+        return derived_features(trunk, lambda x: F.normalize(backbone.text_head(x.to(dev, torch.float32)), dim=-1),
+                                "text_embedding", backbone.fingerprint(), cache=store, batch_size=batch_size,
+                                dtype=dtype, row_order=True)
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8", "surrogateescape") + b"\0")
@@ -132,8 +143,6 @@ def text_features(
     if fn is None:
         if feature == "text_trunk":
             fn = backbone.text_trunk
-        elif feature == "text_embedding":
-            fn = backbone.encode_text
         else:
             raise InputError(f"unknown text feature {feature!r} (text_trunk, text_embedding, or pass fn=)")
 
@@ -190,11 +199,14 @@ def derived_features(
     cache: FeatureCache | str | Path | None = None,
     batch_size: int = 256,
     dtype: torch.dtype = torch.float32,
+    row_order: bool = False,
 ) -> CachedFeatures:
     """`fn` applied to the rows of a cached entry (e.g. the frozen image embedding pooled from cached local
-    features through the image head), cached too: row i of the result belongs to row i of `entry`. Computed
+    features through the image head), cached too; align its rows with `entry`'s through `keys`. Computed
     once, in fixed chunks of the entry's key order (under DDP by rank 0), so its values never depend on how a
-    training run batches or shards the rows. `model_key` identifies what `fn` computes with (a fingerprint)."""
+    training run batches or shards the rows. `row_order=True`, for an entry whose row order is fixed whoever
+    built it (a text entry: rank 0 writes text i at row i), chunks in row order instead, so row i of the result
+    is row i of `entry`. `model_key` identifies what `fn` computes with (a fingerprint)."""
     store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     key = CacheKey(model_key, "", entry.key.digest(), feature, extra=str(dtype).replace("torch.", ""))
     rank, world_size, barrier = _dist()
@@ -206,7 +218,8 @@ def derived_features(
         with torch.inference_mode():
             # chunks in key order: the same chunks whoever built `entry` (several DDP ranks write it in
             # another row order than one process)
-            order = np.array(sorted(range(len(entry)), key=lambda j: entry.keys[j]), dtype=np.int64)
+            order = np.arange(len(entry), dtype=np.int64) if row_order else \
+                np.array(sorted(range(len(entry)), key=lambda j: entry.keys[j]), dtype=np.int64)
             for i in range(0, len(entry), batch_size):
                 idx = order[i : i + batch_size]
                 out = fn(torch.from_numpy(entry.gather(idx))).to("cpu", dtype)

@@ -68,8 +68,9 @@ def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
 @torch.inference_mode()
 def alpha_sweep(evaluator: Any, method: Any, alphas: Sequence[float] = ALPHA_GRID) -> list[dict]:
     """Both protocols' metrics of a Slerp-type method at each alpha. The gallery and text embeddings are computed
-    once; only the interpolation is redone per alpha."""
+    once (in the evaluator's precision); only the interpolation is redone per alpha."""
     from zscir.methods.slerp import slerp
+    from zscir.utils.runtime import autocast
 
     keep = {"cirr": None, "circo": ("mAP",)}
     per_split: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -78,7 +79,9 @@ def alpha_sweep(evaluator: Any, method: Any, alphas: Sequence[float] = ALPHA_GRI
         gallery = evaluator.gallery_embeddings(method, split)
         refs = gallery[[s.index[q["reference"]] for q in s.queries]]
         texts = [q["modification"] for q in s.queries]
-        w = torch.cat([method.backbone.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)])
+        with autocast(torch.device(method.backbone.device), getattr(evaluator, "precision", "fp32")):
+            w = torch.cat([method.backbone.encode_text(texts[i : i + 256]).float().cpu()
+                           for i in range(0, len(texts), 256)])
         per_split[split] = (refs, w)
     rows = []
     for a in alphas:

@@ -2,7 +2,8 @@
 
 `WorldEvaluator` embeds each gallery once per gallery encoder (methods sharing a backbone share it) and,
 for methods that compose from the reference's embedding, reuses the reference's gallery embedding instead
-of decoding it again."""
+of decoding it again. Its `precision` ("fp32" by default; "auto" is bf16 where the device computes it
+natively) is the autocast of the towers' forward passes; embeddings are scored in fp32."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from zscir.eval.engine import compose_queries, embed_images
 from zscir.eval.protocols import ProtocolResult, circo_protocol, cirr_protocol
+from zscir.utils.runtime import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +36,42 @@ class _Split:
 class WorldEvaluator:
     """Runs the CIRR-like and CIRCO-like protocols of one world for any number of methods."""
 
-    def __init__(self, world, batch_size: int = 64, progress: bool = True) -> None:
+    def __init__(self, world, batch_size: int = 64, progress: bool = True, precision: str = "fp32") -> None:
         self.world = world
         self.batch_size = batch_size
         self.progress = progress
+        self.precision = precision
         self.splits = {
             "cirr": _Split("cirr", list(world.cirr["gallery"]), list(world.cirr["queries"])),
             "circo": _Split("circo", list(world.circo["gallery"]), list(world.circo["queries"])),
         }
         self._galleries: dict[tuple[str, str], torch.Tensor] = {}
 
+    def precision_on(self, device: torch.device | str) -> str:
+        """The precision the towers run in on `device` ("auto" resolved)."""
+        return resolve_precision(self.precision, device)
+
     def gallery_embeddings(self, method, split: str) -> torch.Tensor:
         key = (method.gallery_id, split)
         if key not in self._galleries:
             s = self.splits[split]
             paths = [self.world.image_path(i) for i in s.gallery]
-            self._galleries[key] = embed_images(
-                method.encode_gallery, paths, method.backbone.preprocess_config, method.backbone.device,
-                self.batch_size, desc=f"{split} gallery", progress=self.progress,
-            )
+            with autocast(torch.device(method.backbone.device), self.precision):
+                self._galleries[key] = embed_images(
+                    method.encode_gallery, paths, method.backbone.preprocess_config, method.backbone.device,
+                    self.batch_size, desc=f"{split} gallery", progress=self.progress,
+                )
         return self._galleries[key]
 
     def query_embeddings(self, method, split: str, texts: Sequence[str] | None = None) -> torch.Tensor:
+        gallery = self.gallery_embeddings(method, split)  # outside: its own autocast, cached
+        with autocast(torch.device(method.backbone.device), self.precision):
+            return self._query_embeddings(method, split, gallery, texts)
+
+    def _query_embeddings(self, method, split: str, gallery: torch.Tensor,
+                          texts: Sequence[str] | None) -> torch.Tensor:
         s = self.splits[split]
         texts = list(texts) if texts is not None else [q["modification"] for q in s.queries]
-        gallery = self.gallery_embeddings(method, split)
         refs = [q["reference"] for q in s.queries]
         if method.uses_image and all(r in s.index for r in refs):
             ref_emb = gallery[[s.index[r] for r in refs]]

@@ -109,7 +109,7 @@ def build_context(size: str, seed: int = 0, device: str = "", progress: bool = T
     built or reused under $ZSCIR_HOME. `init_temperature` selects a pre-training variant with its own workdir."""
     from zscir.backbones.default import DefaultBackbone
     from zscir.eval.world import WorldEvaluator
-    from zscir.utils.runtime import pick_device
+    from zscir.utils.runtime import pick_device, resolve_precision
     from zscir.world import load_world
 
     dev = pick_device(device or None)
@@ -120,5 +120,8 @@ def build_context(size: str, seed: int = 0, device: str = "", progress: bool = T
     backbone = DefaultBackbone.load(model).to(dev).eval()
     suffix = "" if init_temperature is None else f"-T{init_temperature:g}"
     workdir = models_dir() / f"experiments-{size}-s{seed}{suffix}"
-    return ExperimentContext(world=world, backbone=backbone, evaluator=WorldEvaluator(world, progress=progress),
+    # [evaluation] precision: the towers' autocast while embedding galleries and queries (default fp32)
+    precision = str(settings.table("evaluation").get("precision", "fp32"))
+    evaluator = WorldEvaluator(world, progress=progress, precision=resolve_precision(precision, dev))
+    return ExperimentContext(world=world, backbone=backbone, evaluator=evaluator,
                              workdir=workdir, settings=settings, seed=seed, device=str(dev))

@@ -135,6 +135,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         **checks,
         "timings_s": {**timings, "total": round(time.time() - t0, 1)},
         "device": str(ctx.device),
+        "evaluation_precision": evaluator.precision,
         "torch_threads": torch.get_num_threads(),
     }
     out = Path(cfg.out)

@@ -5,7 +5,8 @@ batches of an epoch, the loss of a batch) and calls `fit(task, cfg, dist)`; the 
 
 - AdamW with parameter groups (no weight decay on biases and norm weights, i.e. tensors with < 2 dims),
   one linear-warmup + cosine schedule, gradient clipping, `--steps` or `--epochs`;
-- `--precision {fp32,bf16,fp16}`: autocast around the loss (+ a GradScaler for fp16);
+- `--precision {fp32,bf16,fp16,auto}`: autocast around the loss (+ a GradScaler for fp16); `auto` is bf16 where
+  the device computes it natively (`resolve_precision`), else fp32;
 - the device: CUDA when present unless `--device` says otherwise;
 - torchrun DDP: every rank computes the loss of its contiguous share of each global batch, gradients are
   averaged over the ranks (what DistributedDataParallel does) and only rank 0 writes; a loss written with
@@ -53,10 +54,11 @@ from zscir.train.distributed import (
 )
 from zscir.train.resume import STATE_NAME, jsonable, load_state, restore_state, save_state
 from zscir.utils.cli import add_device_arg, add_seed_arg
+from zscir.utils.runtime import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # `auto`: zscir.utils.runtime.resolve_precision
 #: test hook: after saving the resume state at this step the process dies (as under `kill -9`)
 CRASH_ENV = "ZSCIR_TRAIN_CRASH_AFTER_SAVE"
 
@@ -141,7 +143,8 @@ def add_engine_args(
     add_device_arg(g)
     add_seed_arg(g, "random seed: same seed, same data, same weights")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32, or autocast in bf16 / fp16 (fp16 adds loss scaling) (default: %(default)s)")
+                   help="fp32, or autocast in bf16 / fp16 (fp16 adds loss scaling); auto: bf16 where the device "
+                        "computes it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32 (default: %(default)s)")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None,
                         help=f"optimiser steps (default: {steps if steps else 'from --epochs'})")
@@ -180,7 +183,8 @@ def engine_args(args: argparse.Namespace, min_batch: int = 1) -> dict[str, Any]:
         raise InputError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if not 0 <= args.warmup < 1:
         raise InputError(f"--warmup is a fraction of the steps in [0, 1), got {args.warmup}")
-    out = {"out": args.out, "device": args.device, "seed": args.seed, "precision": args.precision,
+    out = {"out": args.out, "device": args.device, "seed": args.seed,
+           "precision": resolve_precision(args.precision, args.device),
            "batch_size": args.batch_size, "weight_decay": args.weight_decay, "warmup": args.warmup,
            "grad_clip": args.grad_clip, "save_every": args.save_every, "resume": args.resume,
            "progress": not args.no_progress}
@@ -333,13 +337,6 @@ def total_steps(cfg: EngineConfig, steps_per_epoch: int) -> int:
     if steps_per_epoch < 1:
         raise InputError("the data holds less than one batch")
     return max(1, round(steps_per_epoch * cfg.epochs))
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # --- the loop -------------------------------------------------------------------------------------------------

@@ -206,8 +206,9 @@ def self_masking_noise(n: int, dim: int, scale: float, generator: torch.Generato
 
 
 # --- data -----------------------------------------------------------------------------------------------------
-def load_captions(cfg: LinCIRConfig) -> tuple[list[str], str]:
-    """(distinct captions in first-seen order, description) from exactly one of --captions / --pairs / --world."""
+def load_captions(cfg: LinCIRConfig) -> tuple[list[str], str, list[str]]:
+    """(distinct captions in first-seen order, description, the captions as read) from exactly one of
+    --captions / --pairs / --world."""
     given = [x for x in (cfg.captions, cfg.pairs, cfg.world) if x]
     if len(given) != 1:
         raise InputError("give exactly one caption source: --captions FILE, --pairs SOURCE or --world DIR")
@@ -224,7 +225,7 @@ def load_captions(cfg: LinCIRConfig) -> tuple[list[str], str]:
         from zscir.world import load_world
 
         caps, desc = [str(p["caption"]) for p in load_world(cfg.world).pairs], f"world:{cfg.world}"
-    return clean_captions(caps, cfg.max_captions, desc), desc
+    return clean_captions(caps, cfg.max_captions, desc), desc, caps
 
 
 def clean_captions(captions: Sequence[str], limit: int = 0, where: str = "the data") -> list[str]:
@@ -294,17 +295,34 @@ def train_lincir(cfg: LinCIRConfig, backbone: Backbone | None = None,
     if captions is not None:
         if cfg.captions or cfg.pairs or cfg.world:
             raise InputError("give the captions either as a list or as a source in the config, not both")
-        caps, desc = clean_captions(captions, cfg.max_captions, "the captions"), "list"
+        raw = [str(c) for c in captions]
+        caps, desc = clean_captions(raw, cfg.max_captions, "the captions"), "list"
     else:
-        caps, desc = load_captions(cfg)
+        caps, desc, raw = load_captions(cfg)
     with distributed(cfg.device) as dist:
-        return _train(cfg, backbone, caps, desc, dist, t0)
+        return _train(cfg, backbone, caps, desc, raw, dist, t0)
 
 
-def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: str, dist: DistInfo,
-           t0: float) -> TrainResult:
+def caption_embeddings(backbone: Backbone, caps: list[str], raw: list[str], cache: str | None) -> torch.Tensor:
+    """The frozen, normalised text embedding of each caption in `caps`, from the shared feature cache. When
+    `caps` are most of `raw` (the source's captions as read) verbatim, the entry of `raw` is read: the list
+    pre-training and TAT read from the same source, so the text trunk does not run over it again (another
+    list of texts, even a cleaned subset, is another cache key)."""
     from zscir.data import text_features
 
+    first: dict[str, int] = {}
+    for i, c in enumerate(raw):
+        first.setdefault(c, i)
+    if len(raw) <= 2 * len(caps) and all(c in first for c in caps):
+        emb = text_features(backbone, raw, "text_embedding", cache=cache).tensor().float()
+        emb = emb[torch.tensor([first[c] for c in caps])]
+    else:
+        emb = text_features(backbone, caps, "text_embedding", cache=cache).tensor().float()
+    return F.normalize(emb, dim=-1)
+
+
+def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: str, raw: list[str],
+           dist: DistInfo, t0: float) -> TrainResult:
     configure_threads()
     seed_everything(cfg.seed)
     device = device_for(dist, cfg.device)
@@ -318,8 +336,7 @@ def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: 
     for p in backbone.parameters():
         p.requires_grad_(False)
     dev = backbone.device
-    target = F.normalize(text_features(backbone, caps, "text_embedding", cache=cfg.feature_cache or None)
-                         .tensor().float(), dim=-1)
+    target = caption_embeddings(backbone, caps, raw, cfg.feature_cache or None)
     prompts, counts, n_fallback = masked_prompts(backbone, caps)
 
     mcfg = replace(mapper_config_for(backbone, False, n_tokens=1, hidden=cfg.hidden or 4 * backbone.embed_dim),

@@ -276,15 +276,11 @@ def _prefix_features(backbone: Backbone, start: int, paths: Sequence[ImageRef], 
     return torch.cat(out)
 
 
-@torch.inference_mode()
-def _text_embeddings(backbone: Backbone, captions: Sequence[str], progress: bool) -> torch.Tensor:
+def _text_embeddings(backbone: Backbone, captions: Sequence[str]) -> torch.Tensor:
     from zscir.data import text_features
 
-    # the frozen text trunk's output, from the shared feature cache (pre-training read the same captions)
-    feats = text_features(backbone, list(captions), "text_trunk").tensor().float()
-    out = [F.normalize(backbone.text_head(feats[i : i + 1024].to(backbone.device)), dim=-1).float().cpu()
-           for i in range(0, len(feats), 1024)]
-    return torch.cat(out)
+    # from the shared feature cache: pre-training read the same captions through the same frozen trunk
+    return text_features(backbone, list(captions), "text_embedding").tensor().float()
 
 
 # --- the modality gap --------------------------------------------------------------------------------------
@@ -355,14 +351,14 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
 
     # Frozen parts, computed once.
     paths = [pairs.paths[i] for i in train_idx.tolist()]
-    caps = [pairs.captions[i] for i in train_idx.tolist()]
     uniq = list(dict.fromkeys(paths))
     where = {p: i for i, p in enumerate(uniq)}
     img_row = torch.tensor([where[p] for p in paths])
     start = cached_prefix_start(tuned, wrapped)
     cache = _prefix_features(backbone, start, uniq, 128, progress) if start else None
     suffix = _AdaptedSuffix(tuned, start)
-    text = _text_embeddings(backbone, caps, progress)
+    # every pair's caption, then the training rows: the same list pre-training cached (a subset is another key)
+    text = _text_embeddings(backbone, pairs.captions)[train_idx]
     gap_before = {}
     if len(val_idx) and dist.is_main:
         gap_before = measure_gap(backbone, [pairs.paths[i] for i in val_idx.tolist()], [pairs.captions[i] for i in val_idx.tolist()])
