@@ -103,3 +103,20 @@ def test_text_embeddings_are_the_head_on_the_cached_trunk_pass(tmp_path, monkeyp
     # captions that are not the source's verbatim (cleaned) are their own list
     caption_embeddings(model, ["a red  cube!"], texts, cache)
     assert calls[0] == len(texts) + 1
+
+
+def test_features_computed_under_autocast_are_their_own_entry(tmp_path):
+    from zscir.data import text_features
+
+    torch.manual_seed(0)
+    model = DefaultBackbone().eval()
+    texts = ["a red cube", "two blue spheres on sand"]
+    cache = str(tmp_path / "features")
+    fp32 = text_features(model, texts, "text_trunk", cache=cache)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a trainer in bf16: its frozen pass is not the fp32 one
+        bf16 = text_features(model, texts, "text_trunk", cache=cache)
+        emb = text_features(model, texts, "text_embedding", cache=cache)
+    assert fp32.key != bf16.key and bf16.key.extra == "float32|autocast-bfloat16"
+    assert emb.key.extra == "float32|autocast-bfloat16"
+    assert not torch.equal(fp32.tensor(), bf16.tensor())
+    assert text_features(model, texts, "text_trunk", cache=cache).key == fp32.key  # fp32 again: its own entry

@@ -31,6 +31,16 @@ def _image_fn(backbone, feature: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise InputError(f"unknown image feature {feature!r} (image_tokens, image_embedding, or pass fn=)")
 
 
+def _extra(dtype: torch.dtype, device: torch.device | str) -> str:
+    """A key's `extra`: the stored dtype, plus the autocast the features are computed under (a trainer in
+    bf16 computes its frozen features in bf16: those values are not the fp32 entry's)."""
+    out = str(dtype).replace("torch.", "")
+    kind = torch.device(device).type
+    if torch.is_autocast_enabled(kind):
+        out += "|autocast-" + str(torch.get_autocast_dtype(kind)).replace("torch.", "")
+    return out
+
+
 def decode_workers() -> int:
     """Decode processes for a feature pass: decoding overlaps the model's forward where there are cores to
     spare (a GPU is fed by them), none on a 2-core machine, where a worker would only take the model's core."""
@@ -69,8 +79,7 @@ def image_features(
     pre = backbone.preprocess_config
     # a named feature keys on what it depends on (the trunk, for the embedded default); a custom fn on the model
     model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
-    key = CacheKey(model_key, pre.digest(), f"{source.fingerprint()}", feature,
-                   extra=str(dtype).replace("torch.", ""))
+    key = CacheKey(model_key, pre.digest(), f"{source.fingerprint()}", feature, extra=_extra(dtype, backbone.device))
     rank, world_size, barrier = _dist()
     hit = store.get(key)
     if world_size > 1:  # every rank must take the same branch (a build has barriers): build unless all hit
@@ -130,12 +139,12 @@ def text_features(
         dev = backbone.device
         return derived_features(trunk, lambda x: F.normalize(backbone.text_head(x.to(dev, torch.float32)), dim=-1),
                                 "text_embedding", backbone.fingerprint(), cache=store, batch_size=batch_size,
-                                dtype=dtype, row_order=True)
+                                dtype=dtype, row_order=True, device=dev)
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8", "surrogateescape") + b"\0")
     model_key = backbone.fingerprint() if fn is not None else backbone.feature_fingerprint(feature)
-    key = CacheKey(model_key, "", h.hexdigest()[:16], feature, extra=str(dtype).replace("torch.", ""))
+    key = CacheKey(model_key, "", h.hexdigest()[:16], feature, extra=_extra(dtype, backbone.device))
     rank, world_size, barrier = _dist()
     hit = _hit_everywhere(store, key, world_size)
     if hit is not None:
@@ -200,15 +209,17 @@ def derived_features(
     batch_size: int = 256,
     dtype: torch.dtype = torch.float32,
     row_order: bool = False,
+    device: torch.device | str = "cpu",
 ) -> CachedFeatures:
     """`fn` applied to the rows of a cached entry (e.g. the frozen image embedding pooled from cached local
     features through the image head), cached too; align its rows with `entry`'s through `keys`. Computed
     once, in fixed chunks of the entry's key order (under DDP by rank 0), so its values never depend on how a
     training run batches or shards the rows. `row_order=True`, for an entry whose row order is fixed whoever
     built it (a text entry: rank 0 writes text i at row i), chunks in row order instead, so row i of the result
-    is row i of `entry`. `model_key` identifies what `fn` computes with (a fingerprint)."""
+    is row i of `entry`. `model_key` identifies what `fn` computes with (a fingerprint), `device` where (its
+    autocast state is part of the key)."""
     store = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-    key = CacheKey(model_key, "", entry.key.digest(), feature, extra=str(dtype).replace("torch.", ""))
+    key = CacheKey(model_key, "", entry.key.digest(), feature, extra=_extra(dtype, device))
     rank, world_size, barrier = _dist()
     hit = _hit_everywhere(store, key, world_size)
     if hit is not None:

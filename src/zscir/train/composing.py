@@ -58,6 +58,7 @@ from zscir.train.pseudo_token import (
     world_key,
 )
 from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
+from zscir.utils.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -184,37 +185,39 @@ def _train_composing(cfg: ComposingConfig, backbone: Backbone | None, world: Any
     triplets = select_triplets(list(world.cir_train), cfg.fraction, cfg.noise, gen)
     after_select = gen.get_state()
     image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
-    if cfg.cir_triplets:
-        from zscir.data import PathsSource, image_features
-        from zscir.train.data import FeatureRows
+    # the frozen passes in the training precision (bf16 where native under "auto"); their cache keys say so
+    with autocast(dev, cfg.precision):
+        if cfg.cir_triplets:
+            from zscir.data import PathsSource, image_features
+            from zscir.train.data import FeatureRows
 
-        feats = image_features(backbone, PathsSource(image_ids, keys=image_ids, spec=cfg.cir_triplets),
-                               "image_tokens", cache=cfg.feature_cache or None)
-        pos = {k: i for i, k in enumerate(feats.keys)}
-        unreadable = [i for i in image_ids if i not in pos]
-        if unreadable:  # the data layer reported them; their triplets cannot be used
-            triplets = [t for t in triplets if t["reference"] in pos and t["target"] in pos]
-            log.warning("%d triplet images unreadable (e.g. %s); %d triplets left", len(unreadable), unreadable[0],
-                        len(triplets))
-            if len(triplets) < 2:
-                raise InputError(f"{cfg.cir_triplets}: fewer than 2 triplets with readable images")
-            image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
-        local: Any = FeatureRows(feats, [pos[i] for i in image_ids])
-        world.key = f"{cfg.cir_triplets}|{feats.key.digest()}"
-    else:
-        universe = sorted({t["reference"] for t in world.cir_train} | {t["target"] for t in world.cir_train})
-        local = world_image_features(backbone, world, universe, image_ids, cache=cfg.feature_cache)
-    col = {i: k for k, i in enumerate(image_ids)}
-    pooled = pooled_rows(backbone, local)
-    ref_idx = torch.tensor([col[t["reference"]] for t in triplets])
-    tgt_idx = torch.tensor([col[t["target"]] for t in triplets])
-    with torch.inference_mode():  # the mapper is frozen: every reference's pseudo token is computed once
-        uniq = ref_idx.unique()
-        toks = torch.zeros(len(image_ids), mapper.cfg.n_tokens, mapper.cfg.word_dim)
-        for i in range(0, len(uniq), 256):
-            u = uniq[i : i + 256]
-            loc = local[u].to(dev, torch.float32) if mapper.uses_local else None
-            toks[u] = mapper(pooled[u].to(dev), loc).float().cpu()
+            feats = image_features(backbone, PathsSource(image_ids, keys=image_ids, spec=cfg.cir_triplets),
+                                   "image_tokens", cache=cfg.feature_cache or None)
+            pos = {k: i for i, k in enumerate(feats.keys)}
+            unreadable = [i for i in image_ids if i not in pos]
+            if unreadable:  # the data layer reported them; their triplets cannot be used
+                triplets = [t for t in triplets if t["reference"] in pos and t["target"] in pos]
+                log.warning("%d triplet images unreadable (e.g. %s); %d triplets left", len(unreadable), unreadable[0],
+                            len(triplets))
+                if len(triplets) < 2:
+                    raise InputError(f"{cfg.cir_triplets}: fewer than 2 triplets with readable images")
+                image_ids = sorted({t["reference"] for t in triplets} | {t["target"] for t in triplets})
+            local: Any = FeatureRows(feats, [pos[i] for i in image_ids])
+            world.key = f"{cfg.cir_triplets}|{feats.key.digest()}"
+        else:
+            universe = sorted({t["reference"] for t in world.cir_train} | {t["target"] for t in world.cir_train})
+            local = world_image_features(backbone, world, universe, image_ids, cache=cfg.feature_cache)
+        col = {i: k for k, i in enumerate(image_ids)}
+        pooled = pooled_rows(backbone, local)
+        ref_idx = torch.tensor([col[t["reference"]] for t in triplets])
+        tgt_idx = torch.tensor([col[t["target"]] for t in triplets])
+        with torch.inference_mode():  # the mapper is frozen: every reference's pseudo token is computed once
+            uniq = ref_idx.unique()
+            toks = torch.zeros(len(image_ids), mapper.cfg.n_tokens, mapper.cfg.word_dim)
+            for i in range(0, len(uniq), 256):
+                u = uniq[i : i + 256]
+                loc = local[u].to(dev, torch.float32) if mapper.uses_local else None
+                toks[u] = mapper(pooled[u].to(dev), loc).float().cpu()
 
     lcfg = LoRAConfig(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout)
     start, text_init = backbone, None

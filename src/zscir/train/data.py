@@ -223,6 +223,15 @@ class EpochSequence(Generic[_Draw]):
         return out
 
 
+def frozen_text_embeddings(backbone: Any, texts: Sequence[str], cache: str = "") -> torch.Tensor:
+    """The frozen, normalised text embedding of each text (N, D), from the shared feature cache: the text head
+    on the cached trunk entry of exactly this list (pass a source's whole caption list and take rows, so the
+    trainers that read the same captions share one trunk pass)."""
+    from zscir.data import text_features
+
+    return text_features(backbone, list(texts), "text_embedding", cache=cache or None).tensor().float()
+
+
 def frozen_embeddings(backbone: Any, tokens: FeatureRows, cache: str = "") -> FeatureRows:
     """The frozen, L2-normalised image embedding of cached local-feature rows (through the image head), itself
     cached on disk and computed once in fixed chunks: its values never depend on how a run batches or shards
@@ -235,6 +244,6 @@ def frozen_embeddings(backbone: Any, tokens: FeatureRows, cache: str = "") -> Fe
         return F.normalize(backbone.image_head(x.to(backbone.device, torch.float32)), dim=-1).float()
 
     entry = derived_features(tokens.feats, pool, "image_embedding_from_tokens", backbone.fingerprint(),
-                             cache=cache or None)
+                             cache=cache or None, device=backbone.device)
     pos = {k: i for i, k in enumerate(entry.keys)}
     return FeatureRows(entry, [pos[tokens.feats.keys[r]] for r in tokens.rows])

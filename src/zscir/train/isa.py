@@ -56,7 +56,7 @@ from zscir.train.engine import (
     partial_dir,
 )
 from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
-from zscir.utils.runtime import configure_threads, pick_device, seed_everything
+from zscir.utils.runtime import autocast, configure_threads, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,10 @@ def _train(backbone: Backbone, source: Source, cfg: ISATrainConfig, gen: torch.G
     icfg = isa_config_for(backbone, cfg.mode, cfg.n_tokens)
     torch.manual_seed(cfg.seed)
     method = (ISA if cfg.mode == "asymmetric" else ISASymmetric)(backbone, icfg)
-    feats, pixels, keys = isa_inputs(backbone, source, cfg, keep_pixels=method.light is not None)
-    embs = frozen_embeddings(backbone, feats, cfg.feature_cache)  # the gallery-side target
+    # the frozen passes in the training precision (bf16 where native under "auto"); their cache keys say so
+    with autocast(device, cfg.precision):
+        feats, pixels, keys = isa_inputs(backbone, source, cfg, keep_pixels=method.light is not None)
+        embs = frozen_embeddings(backbone, feats, cfg.feature_cache)  # the gallery-side target
     # the light encoder's grid may differ from the large tower's tokens (a ViT: CLS + patches of any size):
     # the per-cell targets are the large features pooled onto the light grid (identity when they match)
     local: Any = feats

@@ -72,7 +72,7 @@ from zscir.train.engine import (
 )
 from zscir.train.pseudo_token import TrainResult
 from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
-from zscir.utils.runtime import configure_threads, seed_everything
+from zscir.utils.runtime import autocast, configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -308,16 +308,15 @@ def caption_embeddings(backbone: Backbone, caps: list[str], raw: list[str], cach
     `caps` are most of `raw` (the source's captions as read) verbatim, the entry of `raw` is read: the list
     pre-training and TAT read from the same source, so the text trunk does not run over it again (another
     list of texts, even a cleaned subset, is another cache key)."""
-    from zscir.data import text_features
+    from zscir.train.data import frozen_text_embeddings
 
     first: dict[str, int] = {}
     for i, c in enumerate(raw):
         first.setdefault(c, i)
     if len(raw) <= 2 * len(caps) and all(c in first for c in caps):
-        emb = text_features(backbone, raw, "text_embedding", cache=cache).tensor().float()
-        emb = emb[torch.tensor([first[c] for c in caps])]
+        emb = frozen_text_embeddings(backbone, raw, cache or "")[torch.tensor([first[c] for c in caps])]
     else:
-        emb = text_features(backbone, caps, "text_embedding", cache=cache).tensor().float()
+        emb = frozen_text_embeddings(backbone, caps, cache or "")
     return F.normalize(emb, dim=-1)
 
 
@@ -336,7 +335,9 @@ def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: 
     for p in backbone.parameters():
         p.requires_grad_(False)
     dev = backbone.device
-    target = caption_embeddings(backbone, caps, raw, cfg.feature_cache or None)
+    # the frozen passes in the training precision (bf16 where native under "auto"); their cache keys say so
+    with autocast(dev, cfg.precision):
+        target = caption_embeddings(backbone, caps, raw, cfg.feature_cache or None)
     prompts, counts, n_fallback = masked_prompts(backbone, caps)
 
     mcfg = replace(mapper_config_for(backbone, False, n_tokens=1, hidden=cfg.hidden or 4 * backbone.embed_dim),

@@ -43,7 +43,7 @@ from zscir.train.engine import (
     is_main_process,
 )
 from zscir.utils.cli import add_config_args, config_from_args, option
-from zscir.utils.runtime import configure_threads, seed_everything
+from zscir.utils.runtime import autocast, configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -142,31 +142,33 @@ def _pretrain(cfg: PretrainConfig, arch: DefaultBackboneConfig | None, dist: Dis
         model.logit_scale.fill_(math.log(1.0 / cfg.init_temperature))
     img: Any
     txt: Any
-    if cfg.pairs:  # the user's pairs: frozen features streamed into the memory-mapped cache, read per batch
-        from zscir.data import text_features
-        from zscir.train.data import FeatureRows, source_image_features
+    # the frozen passes in the training precision (bf16 where native under "auto"); the cache keys say so
+    with autocast(device, cfg.precision):
+        if cfg.pairs:  # the user's pairs: frozen features streamed into the memory-mapped cache, read per batch
+            from zscir.data import text_features
+            from zscir.train.data import FeatureRows, source_image_features
 
-        sf = source_image_features(model, cfg.pairs, "image_tokens", image_column=cfg.image_column,
-                                   caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=True)
-        img = sf.rows
-        txt = FeatureRows(text_features(model, [str(c) for c in sf.captions], "text_trunk",
-                                        cache=cfg.feature_cache or None))  # DDP-safe: rank 0 builds, all read
-        n = len(img)
-        trained_on = {"pairs": cfg.pairs, "items": n, "skipped": sf.failures}
-    else:
-        from zscir.data import text_features
-        from zscir.train.data import FeatureRows, world_image_features
+            sf = source_image_features(model, cfg.pairs, "image_tokens", image_column=cfg.image_column,
+                                       caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=True)
+            img = sf.rows
+            txt = FeatureRows(text_features(model, [str(c) for c in sf.captions], "text_trunk",
+                                            cache=cfg.feature_cache or None))  # DDP-safe: rank 0 builds, all read
+            n = len(img)
+            trained_on = {"pairs": cfg.pairs, "items": n, "skipped": sf.failures}
+        else:
+            from zscir.data import text_features
+            from zscir.train.data import FeatureRows, world_image_features
 
-        world = load_world(cfg.world)
-        pairs = world.pairs
-        ids = [p["image"] for p in pairs]
-        # the frozen trunks' outputs, in the shared feature cache: the pseudo-token trainers read the same pairs
-        # through the same trunk later (keyed by the trunk, not by these heads), so the pass is not repeated
-        img = world_image_features(model, world, ids, ids, cache=cfg.feature_cache)
-        txt = FeatureRows(text_features(model, [p["caption"] for p in pairs], "text_trunk",
-                                        cache=cfg.feature_cache or None))
-        n = len(pairs)
-        trained_on = {"world": str(cfg.world), "world_seed": world.meta.get("seed"), "world_size": world.meta.get("size")}
+            world = load_world(cfg.world)
+            pairs = world.pairs
+            ids = [p["image"] for p in pairs]
+            # the frozen trunks' outputs, in the shared feature cache: the pseudo-token trainers read the same pairs
+            # through the same trunk later (keyed by the trunk, not by these heads), so the pass is not repeated
+            img = world_image_features(model, world, ids, ids, cache=cfg.feature_cache)
+            txt = FeatureRows(text_features(model, [p["caption"] for p in pairs], "text_trunk",
+                                            cache=cfg.feature_cache or None))
+            n = len(pairs)
+            trained_on = {"world": str(cfg.world), "world_seed": world.meta.get("seed"), "world_size": world.meta.get("size")}
     if n < 3:
         raise InputError(f"pre-training needs at least 3 pairs, got {n}")
 

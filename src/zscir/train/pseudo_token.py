@@ -37,7 +37,14 @@ from zscir.errors import InputError
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
 from zscir.nn.mappers import MAPPER_KIND, TokenMapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
-from zscir.train.data import EpochSequence, add_source_args, pooled_rows, source_args, world_image_features
+from zscir.train.data import (
+    EpochSequence,
+    add_source_args,
+    frozen_text_embeddings,
+    pooled_rows,
+    source_args,
+    world_image_features,
+)
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
     EngineSettings,
@@ -56,7 +63,7 @@ from zscir.train.engine import (
     is_main_process,
 )
 from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
-from zscir.utils.runtime import configure_threads, seed_everything
+from zscir.utils.runtime import autocast, configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +168,6 @@ def world_key(world: Any) -> str:
 
 
 @torch.inference_mode()
-def _text_embeddings(backbone: Backbone, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
-    return torch.cat([backbone.encode_text(list(texts[i : i + batch])).float().cpu() for i in range(0, len(texts), batch)])
-
-
 def logit_scale_of(backbone: Backbone) -> float:
     ls = getattr(backbone, "logit_scale", None)
     return float(ls.detach().exp()) if isinstance(ls, torch.Tensor) else 1 / 0.07
@@ -204,32 +207,37 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
         world = SourceData(spec)
     gen, world, backbone = setup_training(cfg, backbone, world, dist)
     dev = backbone.device
-    if spec:
-        from zscir.train.data import source_image_features
+    # the frozen passes in the training precision (bf16 where native under "auto"); their cache keys say so
+    with autocast(dev, cfg.precision):
+        if spec:
+            from zscir.train.data import source_image_features
 
-        sf = source_image_features(backbone, spec, "image_tokens", image_column=cfg.image_column,
-                                   caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=use_pairs)
-        n_keep = min(len(sf.keys), cfg.max_images or len(sf.keys))
-        ids = sf.keys[:n_keep]
-        captions = [str(c) for c in sf.captions[:n_keep]] if use_pairs else []
-        local: Any = sf.rows if n_keep == len(sf.keys) else type(sf.rows)(sf.rows.feats, sf.rows.rows[:n_keep])
-        world.key = f"{sf.source}|{sf.rows.feats.key.digest()}"
-    elif use_pairs:
-        items = list(world.pairs)
-        if cfg.max_images:
-            items = items[: cfg.max_images]
-        ids = [p["image"] for p in items]
-        captions = [p["caption"] for p in items]
-    else:
-        ids = list(world.unlabelled)[: cfg.max_images or None]
-        captions = []
-    if len(ids) < 2:
-        raise InputError(f"need at least 2 training images, the data has {len(ids)}")
-    if not spec:
-        universe = [p["image"] for p in world.pairs] if use_pairs else list(world.unlabelled)
-        local = world_image_features(backbone, world, universe, ids, cache=cfg.feature_cache)
-    pooled = pooled_rows(backbone, local)
-    cap = _text_embeddings(backbone, captions) if captions else None
+            sf = source_image_features(backbone, spec, "image_tokens", image_column=cfg.image_column,
+                                       caption_column=cfg.caption_column, cache=cfg.feature_cache, need_captions=use_pairs)
+            n_keep = min(len(sf.keys), cfg.max_images or len(sf.keys))
+            ids = sf.keys[:n_keep]
+            all_captions = [str(c) for c in sf.captions] if use_pairs else []
+            captions = all_captions[:n_keep]
+            local: Any = sf.rows if n_keep == len(sf.keys) else type(sf.rows)(sf.rows.feats, sf.rows.rows[:n_keep])
+            world.key = f"{sf.source}|{sf.rows.feats.key.digest()}"
+        elif use_pairs:
+            items = list(world.pairs)
+            if cfg.max_images:
+                items = items[: cfg.max_images]
+            ids = [p["image"] for p in items]
+            all_captions = [p["caption"] for p in world.pairs]
+            captions = all_captions[: len(items)]
+        else:
+            ids = list(world.unlabelled)[: cfg.max_images or None]
+            all_captions, captions = [], []
+        if len(ids) < 2:
+            raise InputError(f"need at least 2 training images, the data has {len(ids)}")
+        if not spec:
+            universe = [p["image"] for p in world.pairs] if use_pairs else list(world.unlabelled)
+            local = world_image_features(backbone, world, universe, ids, cache=cfg.feature_cache)
+        pooled = pooled_rows(backbone, local)
+        # the whole caption list (pre-training's cache key), then the rows kept
+        cap = frozen_text_embeddings(backbone, all_captions, cfg.feature_cache)[: len(captions)] if captions else None
 
     mcfg = replace(mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden),
                    dropout=cfg.dropout)

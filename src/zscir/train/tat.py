@@ -46,6 +46,7 @@ from zscir.methods.tat import (
 )
 from zscir.nn.lora import lora_state_dict, merge_lora
 from zscir.objectives import info_nce
+from zscir.train.data import frozen_text_embeddings
 from zscir.train.distributed import DistInfo, global_batches
 from zscir.train.engine import (
     EngineSettings,
@@ -65,7 +66,7 @@ from zscir.train.engine import (
 )
 from zscir.utils.cli import add_backbone_arg, add_config_args, config_from_args, option
 from zscir.utils.io import read_jsonl_objects
-from zscir.utils.runtime import configure_threads, seed_everything
+from zscir.utils.runtime import autocast, configure_threads, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +277,6 @@ def _prefix_features(backbone: Backbone, start: int, paths: Sequence[ImageRef], 
     return torch.cat(out)
 
 
-def _text_embeddings(backbone: Backbone, captions: Sequence[str]) -> torch.Tensor:
-    from zscir.data import text_features
-
-    # from the shared feature cache: pre-training read the same captions through the same frozen trunk
-    return text_features(backbone, list(captions), "text_embedding").tensor().float()
-
-
 # --- the modality gap --------------------------------------------------------------------------------------
 def gap_stats(v: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
     """Modality-gap measures of row-aligned, L2-normalised image (v) and text (w) embeddings."""
@@ -355,10 +349,12 @@ def _train(cfg: TATConfig, backbone: Backbone | None, dist: DistInfo, pairs: Pai
     where = {p: i for i, p in enumerate(uniq)}
     img_row = torch.tensor([where[p] for p in paths])
     start = cached_prefix_start(tuned, wrapped)
-    cache = _prefix_features(backbone, start, uniq, 128, progress) if start else None
-    suffix = _AdaptedSuffix(tuned, start)
-    # every pair's caption, then the training rows: the same list pre-training cached (a subset is another key)
-    text = _text_embeddings(backbone, pairs.captions)[train_idx]
+    # the frozen passes in the training precision (bf16 where native under "auto"); their cache keys say so
+    with autocast(device, cfg.precision):
+        cache = _prefix_features(backbone, start, uniq, 128, progress) if start else None
+        suffix = _AdaptedSuffix(tuned, start)
+        # every pair's caption, then the training rows: the same list pre-training cached (a subset is another key)
+        text = frozen_text_embeddings(backbone, pairs.captions)[train_idx]
     gap_before = {}
     if len(val_idx) and dist.is_main:
         gap_before = measure_gap(backbone, [pairs.paths[i] for i in val_idx.tolist()], [pairs.captions[i] for i in val_idx.tolist()])
