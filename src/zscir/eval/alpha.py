@@ -31,13 +31,15 @@ class AlphaChoice:
 
 
 def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
-                 grid: Sequence[float] = ALPHA_GRID) -> AlphaChoice:
+                 grid: Sequence[float] = ALPHA_GRID, precision: str = "fp32") -> AlphaChoice:
     """For a Slerp-type method (`make(alpha)` builds one), the alpha with the best mean of R@1 and R@10 in a
     CIRR-style ranking (reference removed) of the first `n_triplets` CIR training triplets over their images;
-    ties go to the alpha nearest the published 0.8."""
+    ties go to the alpha nearest the published 0.8. `precision`: the towers' autocast while embedding (that of
+    the evaluation the alpha is for)."""
     from zscir.eval.engine import embed_images
     from zscir.eval.protocols import cirr_protocol
     from zscir.methods.slerp import slerp
+    from zscir.utils.runtime import autocast
 
     triplets = world.cir_train[:n_triplets]
     # the ranked images: references, targets and the negatives a world puts beside them (a reference's twins)
@@ -46,14 +48,15 @@ def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
     index = {i: n for n, i in enumerate(ids)}
     probe = make(grid[0])
     backbone = probe.backbone
-    gallery = embed_images(probe.encode_gallery, [world.image_path(i) for i in ids], backbone.preprocess_config,
-                           backbone.device, desc="alpha selection")
-    refs = gallery[[index[t["reference"]] for t in triplets]]
     texts = [t["modification"] for t in triplets]
-    scores: dict[float, float] = {}
-    with torch.inference_mode():
+    with autocast(torch.device(backbone.device), precision), torch.inference_mode():
+        gallery = embed_images(probe.encode_gallery, [world.image_path(i) for i in ids], backbone.preprocess_config,
+                               backbone.device, desc="alpha selection")
         # Slerp-type methods share the (frozen) text tower: encode the texts once, interpolate per alpha.
         words = torch.cat([backbone.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)])
+    refs = gallery[[index[t["reference"]] for t in triplets]]
+    scores: dict[float, float] = {}
+    with torch.inference_mode():
         for a in grid:
             q = slerp(refs.float(), words, a)
             m = cirr_protocol(q, gallery, [index[t["reference"]] for t in triplets],

@@ -167,7 +167,6 @@ def world_key(world: Any) -> str:
                       sort_keys=True)
 
 
-@torch.inference_mode()
 def logit_scale_of(backbone: Backbone) -> float:
     ls = getattr(backbone, "logit_scale", None)
     return float(ls.detach().exp()) if isinstance(ls, torch.Tensor) else 1 / 0.07
@@ -236,8 +235,9 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
             universe = [p["image"] for p in world.pairs] if use_pairs else list(world.unlabelled)
             local = world_image_features(backbone, world, universe, ids, cache=cfg.feature_cache)
         pooled = pooled_rows(backbone, local)
-        # the whole caption list (pre-training's cache key), then the rows kept
-        cap = frozen_text_embeddings(backbone, all_captions, cfg.feature_cache)[: len(captions)] if captions else None
+        # the whole caption list when the rows kept are most of it (pre-training's cache key), then those rows
+        listed = all_captions if len(all_captions) <= 2 * len(captions) else captions
+        cap = frozen_text_embeddings(backbone, listed, cfg.feature_cache)[: len(captions)] if captions else None
 
     mcfg = replace(mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden),
                    dropout=cfg.dropout)

@@ -33,7 +33,7 @@ def choose_alpha(ctx: ExperimentContext, make, key: str) -> float:
     from zscir.eval.alpha import select_alpha
 
     n = int(ctx.settings.table("alpha_selection").get("triplets", 1000))
-    choice = select_alpha(ctx.world, make, n)
+    choice = select_alpha(ctx.world, make, n, precision=ctx.evaluator.precision)
     ctx.extras.setdefault("alpha_selection", {})[key] = choice.record()
     return choice.alpha
 
