@@ -101,6 +101,10 @@ def test_the_engine_table_reaches_every_trainer_and_auto_precision_is_resolved(t
     f.write_text("[engine]\nstepz = 3\n")
     with pytest.raises(InputError, match=r"s.toml \[engine\]: unknown setting\(s\) \['stepz'\]"):
         load_settings("quick", path=f)
+    for bad in ('precision = "fp64"', "batch = 3"):  # the evaluation's table takes one known precision
+        f.write_text(f"[evaluation]\n{bad}\n")
+        with pytest.raises(InputError, match=r"s.toml \[evaluation\]: only precision"):
+            load_settings("quick", path=f)
 
 
 def test_recipes_are_discovered_in_table_order_and_a_new_one_needs_no_list():
