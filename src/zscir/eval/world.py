@@ -15,7 +15,7 @@ import torch
 
 from zscir.eval.engine import compose_queries, embed_images
 from zscir.eval.protocols import ProtocolResult, circo_protocol, cirr_protocol
-from zscir.utils.runtime import autocast, resolve_precision
+from zscir.utils.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,6 @@ class WorldEvaluator:
             "circo": _Split("circo", list(world.circo["gallery"]), list(world.circo["queries"])),
         }
         self._galleries: dict[tuple[str, str], torch.Tensor] = {}
-
-    def precision_on(self, device: torch.device | str) -> str:
-        """The precision the towers run in on `device` ("auto" resolved)."""
-        return resolve_precision(self.precision, device)
 
     def gallery_embeddings(self, method, split: str) -> torch.Tensor:
         key = (method.gallery_id, split)
