@@ -73,7 +73,7 @@ def test_a_changed_trunk_never_reads_the_plain_trunks_entry():
 
 def test_text_embeddings_are_the_head_on_the_cached_trunk_pass(tmp_path, monkeypatch):
     from zscir.data import text_features
-    from zscir.train.lincir import caption_embeddings
+    from zscir.train.data import frozen_text_embeddings
 
     torch.manual_seed(0)
     model = DefaultBackbone().eval()
@@ -98,10 +98,10 @@ def test_text_embeddings_are_the_head_on_the_cached_trunk_pass(tmp_path, monkeyp
     assert torch.allclose(emb, want, atol=1e-5)
     # LinCIR keeps the distinct captions; it reads the entry of the captions as read (pre-training's key)
     kept = list(dict.fromkeys(texts))
-    got = caption_embeddings(model, kept, texts, cache)
+    got = frozen_text_embeddings(model, kept, cache, within=texts)
     assert calls[0] == len(texts) and torch.allclose(got, want[[0, 1] + list(range(3, len(texts)))], atol=1e-5)
     # captions that are not the source's verbatim (cleaned) are their own list
-    caption_embeddings(model, ["a red  cube!"], texts, cache)
+    frozen_text_embeddings(model, ["a red  cube!"], cache, within=texts)
     assert calls[0] == len(texts) + 1
 
 

@@ -223,13 +223,29 @@ class EpochSequence(Generic[_Draw]):
         return out
 
 
-def frozen_text_embeddings(backbone: Any, texts: Sequence[str], cache: str = "") -> torch.Tensor:
+def frozen_text_embeddings(backbone: Any, texts: Sequence[str], cache: str = "",
+                           within: Sequence[str] | None = None) -> torch.Tensor:
     """The frozen, normalised text embedding of each text (N, D), from the shared feature cache: the text head
-    on the cached trunk entry of exactly this list (pass a source's whole caption list and take rows, so the
-    trainers that read the same captions share one trunk pass)."""
+    on the cached trunk entry of a list of texts (another list, even a subset, is another key).
+
+    `within`: the source's whole caption list, the one pre-training cached. When it holds every text verbatim
+    and is at most twice as long, its entry is read and the texts' rows taken (a prefix keeps its own rows,
+    otherwise a text's first occurrence), so the trainers that read the same captions share one trunk pass."""
     from zscir.data import text_features
 
-    return text_features(backbone, list(texts), "text_embedding", cache=cache or None).tensor().float()
+    texts, whole = list(texts), list(within or [])
+    rows: list[int] | None = None
+    if whole and len(whole) <= 2 * len(texts):
+        if whole[: len(texts)] == texts:
+            rows = list(range(len(texts)))
+        else:
+            first: dict[str, int] = {}
+            for i, t in enumerate(whole):
+                first.setdefault(t, i)
+            rows = [first[t] for t in texts] if all(t in first for t in texts) else None
+    if rows is None:
+        return text_features(backbone, texts, "text_embedding", cache=cache or None).tensor().float()
+    return text_features(backbone, whole, "text_embedding", cache=cache or None).tensor().float()[rows]
 
 
 def frozen_embeddings(backbone: Any, tokens: FeatureRows, cache: str = "") -> FeatureRows:

@@ -52,7 +52,7 @@ from zscir.methods.lincir import LINCIR
 from zscir.methods.pseudo_token import DEFAULT_TEMPLATE, check_template
 from zscir.nn.mappers import MAPPER_KIND, TokenMapper, mapper_config_for, save_mapper
 from zscir.objectives import info_nce
-from zscir.train.data import EpochSequence, add_source_args, source_args
+from zscir.train.data import EpochSequence, add_source_args, frozen_text_embeddings, source_args
 from zscir.train.distributed import DistInfo
 from zscir.train.engine import (
     EngineSettings,
@@ -303,23 +303,6 @@ def train_lincir(cfg: LinCIRConfig, backbone: Backbone | None = None,
         return _train(cfg, backbone, caps, desc, raw, dist, t0)
 
 
-def caption_embeddings(backbone: Backbone, caps: list[str], raw: list[str], cache: str | None) -> torch.Tensor:
-    """The frozen, normalised text embedding of each caption in `caps`, from the shared feature cache. When
-    `caps` are most of `raw` (the source's captions as read) verbatim, the entry of `raw` is read: the list
-    pre-training and TAT read from the same source, so the text trunk does not run over it again (another
-    list of texts, even a cleaned subset, is another cache key)."""
-    from zscir.train.data import frozen_text_embeddings
-
-    first: dict[str, int] = {}
-    for i, c in enumerate(raw):
-        first.setdefault(c, i)
-    if len(raw) <= 2 * len(caps) and all(c in first for c in caps):
-        emb = frozen_text_embeddings(backbone, raw, cache or "")[torch.tensor([first[c] for c in caps])]
-    else:
-        emb = frozen_text_embeddings(backbone, caps, cache or "")
-    return F.normalize(emb, dim=-1)
-
-
 def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: str, raw: list[str],
            dist: DistInfo, t0: float) -> TrainResult:
     configure_threads()
@@ -337,7 +320,8 @@ def _train(cfg: LinCIRConfig, backbone: Backbone | None, caps: list[str], desc: 
     dev = backbone.device
     # the frozen passes in the training precision (bf16 where native under "auto"); their cache keys say so
     with autocast(dev, cfg.precision):
-        target = caption_embeddings(backbone, caps, raw, cfg.feature_cache or None)
+        # the source's captions as read are pre-training's cache key; the kept (cleaned, distinct) ones are rows of it
+        target = F.normalize(frozen_text_embeddings(backbone, caps, cfg.feature_cache, within=raw), dim=-1)
     prompts, counts, n_fallback = masked_prompts(backbone, caps)
 
     mcfg = replace(mapper_config_for(backbone, False, n_tokens=1, hidden=cfg.hidden or 4 * backbone.embed_dim),

@@ -235,9 +235,8 @@ def _train_mapper(cfg: MapperTrainConfig, backbone: Backbone | None, world: Any,
             universe = [p["image"] for p in world.pairs] if use_pairs else list(world.unlabelled)
             local = world_image_features(backbone, world, universe, ids, cache=cfg.feature_cache)
         pooled = pooled_rows(backbone, local)
-        # the whole caption list when the rows kept are most of it (pre-training's cache key), then those rows
-        listed = all_captions if len(all_captions) <= 2 * len(captions) else captions
-        cap = frozen_text_embeddings(backbone, listed, cfg.feature_cache)[: len(captions)] if captions else None
+        # the kept captions as rows of the whole list (pre-training's cache key)
+        cap = frozen_text_embeddings(backbone, captions, cfg.feature_cache, within=all_captions) if captions else None
 
     mcfg = replace(mapper_config_for(backbone, cfg.injection, n_tokens=cfg.n_tokens, hidden=cfg.hidden),
                    dropout=cfg.dropout)
