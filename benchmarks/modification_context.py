@@ -9,7 +9,11 @@ CIRR's texts often also name what stays. This probe evaluates the demo's methods
 `zscir demo` trained them; nothing is retrained) on the CIRR-like queries twice: with the modification texts as
 they are, and with one clause of context appended where the target keeps an object of the reference
 (`..., with a big yellow pentagon in the top left corner`). Evaluation only: the training data is unchanged, so
-this measures the protocol, not a new world. Writes modification_context_<size>_s<seed>.json and .md."""
+this measures the protocol, not a new world. Writes modification_context_<size>_s<seed>.json and .md.
+
+This probe is what led to world version 3, whose CIRR-like and cir_train texts carry the clause
+(zscir.world.generate.context_clause); it runs on a version-2 world (a $ZSCIR_HOME made before v3) only.
+Its results in benchmarks/results/ are world v2's."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from zscir.experiments import build_context
 from zscir.experiments.recipes import method_from_recipe
 from zscir.methods import build_method
 from zscir.utils.runtime import configure_threads
-from zscir.world.language import obj_phrase
+from zscir.world.generate import context_clause
 
 KS = ("R@1", "R@5", "R@10", "R@50", "Rs@1")
 BASELINES = ("image", "text", "sum")
@@ -32,14 +36,10 @@ TRAINED = ("slerp", "pic2word", "two-stage", "two-stage+rtd")
 
 
 def with_context(world, queries: list[dict], rng: random.Random) -> list[str]:
-    """Each query's modification, plus `, with <object>` naming an object the target keeps from the reference
+    """Each query's modification plus world v3's clause naming an object the target keeps from the reference
     (unchanged: a query whose target keeps none)."""
-    out = []
-    for q in queries:
-        ref, tgt = world.scene(q["reference"]), world.scene(q["target"])
-        kept = [o for o in tgt.objects if o in ref.objects]
-        out.append(q["modification"] + (f", with {obj_phrase(rng, rng.choice(kept))}" if kept else ""))
-    return out
+    return [q["modification"] + context_clause(rng, world.scene(q["reference"]), world.scene(q["target"]))
+            for q in queries]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
     t0 = time.time()
     ctx = build_context(args.size, args.seed, args.device, progress=False)
+    if ctx.world.meta.get("version") != 2:
+        raise SystemExit(f"this probe adds world v3's clause to a version-2 world's texts; the world here is "
+                         f"version {ctx.world.meta.get('version')}, whose texts carry it already")
     ev = ctx.evaluator
     queries = ev.splits["cirr"].queries
     texts = with_context(ctx.world, queries, random.Random(args.seed))

@@ -30,7 +30,7 @@ from zscir.world.scene import SIZES as OBJ_SIZES
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 IMAGE_SIZE = 128
 HELDOUT_FRACTION = 0.12
 COMPOUND_FRACTION = 0.25
@@ -41,6 +41,10 @@ CIRR_NEAR_COPIES = 15  # gallery copies of each CIRR-like reference (its queries
 CIRR_QUERIES_PER_REF = 4
 CIRR_TWINS = 1  # re-drawings of each CIRR-like (and cir_train) reference in the gallery: resemblance alone finds them
 TARGET_KINDS = ("colour", "shape", "size", "move", "add", "background")  # CIRR-like targets: the text names the change
+# World v3: a CIRR-like (and cir_train) modification also names one object the target keeps from the reference, as
+# CIRR's texts often say what stays ("..., with a big yellow pentagon in the top left corner"). Without it (v2)
+# the text alone found almost nothing at depth (R@10 7 against CIRR's 55), so the deep columns rewarded
+# reference-heavy queries and `sum` led R@50 (docs/world.md, benchmarks/modification_context.py).
 CIRCO_NEAR_COPIES = 14  # non-answer copies of each CIRCO-like reference, the nearest to it in pixels
 CIRCO_QUERIES_PER_REF = 2
 CIRCO_MAX_GT = 5
@@ -53,6 +57,12 @@ SIZES: dict[str, dict[str, int]] = {
     "large": dict(zip(_COUNTS, (24000, 12000, 80000, 12000, 4000, 1600))),
 }
 _INTERNAL_SIZES = {"tiny": dict(zip(_COUNTS, (60, 30, 100, 20, 24, 16)))}
+
+
+def context_clause(rng: random.Random, ref: Scene, target: Scene) -> str:
+    """`, with <object>` naming one object the target keeps unchanged from the reference ("" if it keeps none)."""
+    kept = [o for o in target.objects if o in ref.objects]
+    return f", with {L.obj_phrase(rng, rng.choice(kept))}" if kept else ""
 
 
 def _heldout(rng: random.Random) -> list[tuple[str, str]]:
@@ -143,15 +153,16 @@ class _Builder:
                 tgt = m.apply(ref)
                 seen.add(tgt.key())
                 rid = rid or self.new_id("c", ref)
-                out.append({"reference": rid, "modification": m.text(self.rng, ref), "target": self.new_id("c", tgt)})
+                text = m.text(self.rng, ref) + context_clause(self.rng, ref, tgt)
+                out.append({"reference": rid, "modification": text, "target": self.new_id("c", tgt)})
                 # the target's over-change as a triplet of its own (a compound change), so this ranking holds
                 # the text's decoys as the evaluation's does
                 oc = self._over_change(ref, m, self.train, seen) if isinstance(m, Mod) and len(out) < n else None
                 if oc is not None:
                     assert isinstance(m, Mod)  # only single changes get an over-change triplet (see above)
                     seen.add(oc[0].key())
-                    out.append({"reference": rid, "modification": Compound((m, oc[1])).text(self.rng, ref),
-                                "target": self.new_id("c", oc[0])})
+                    text = Compound((m, oc[1])).text(self.rng, ref) + context_clause(self.rng, ref, oc[0])
+                    out.append({"reference": rid, "modification": text, "target": self.new_id("c", oc[0])})
             if rid is not None:  # the reference's twins, as in the CIRR-like gallery: negatives of every triplet
                 twins = [self.new_id("c", ref) for _ in range(CIRR_TWINS)]
                 for t in out[group_start:]:
@@ -248,13 +259,14 @@ class _Builder:
             gallery += [rid] + tids + oids + [self.new_id("e", ref) for _ in range(CIRR_TWINS)]
             copies = tids + oids
             oid_of = {o.key(): i for o, i in zip(others, oids)}
-            for tid, (_, m), over in zip(tids, targets, overs):
+            for tid, (tgt, m), over in zip(tids, targets, overs):
                 # the subset: reference, target, the target's over-change (text alone cannot separate those
                 # two) and other copies of the reference (the reference's look alone cannot)
                 decoy = [oid_of[over.key()]] if over is not None else []
                 rest = [c for c in copies if c != tid and c not in decoy]
                 members = sorted([rid, tid] + decoy + rng.sample(rest, 4 - len(decoy)))
-                queries.append({"id": len(queries), "reference": rid, "modification": m.text(rng, ref),
+                text = m.text(rng, ref) + context_clause(rng, ref, tgt)
+                queries.append({"id": len(queries), "reference": rid, "modification": text,
                                 "target": tid, "members": members})
         self._distractors(gallery, keys, max(1, len(gallery) // 5))
         return {"gallery": gallery, "queries": queries}
