@@ -192,10 +192,10 @@ def _near_copy(a: Scene, b: Scene) -> bool:
     return 0 < len(sa ^ sb) <= 4
 
 
-def test_version_3(worlds):
+def test_version_4(worlds):
     from zscir.world.generate import VERSION
     w = load_world(worlds[0])
-    assert VERSION == 3 and w.meta["version"] == 3
+    assert VERSION == 4 and w.meta["version"] == 4
 
 
 def test_cirr_like_texts_name_what_the_target_keeps(worlds):
@@ -217,6 +217,26 @@ def test_cirr_like_texts_name_what_the_target_keeps(worlds):
         assert any(o.colour in clause and o.shape in clause and any(p in clause for p in POS_WORDS[o.pos])
                    for o in kept), q
     assert with_clause >= len(w.cirr["queries"]) // 2
+
+
+def test_circo_like_texts_name_what_every_ground_truth_keeps(worlds):
+    """v4: a CIRCO-like modification ends with `, with <object>` naming an object of the reference that every one
+    of its ground truths keeps, where they keep one."""
+    from zscir.world.language import POS_WORDS
+    w = load_world(worlds[0])
+    with_clause = 0
+    for q in w.circo["queries"]:
+        ref = w.scene(q["reference"])
+        kept = [o for o in ref.objects if all(o in w.scene(g).objects for g in q["gt"])]
+        head, sep, clause = q["modification"].rpartition(", with ")
+        if not kept:
+            assert not sep, q
+            continue
+        assert sep and head, q
+        with_clause += 1
+        assert any(o.colour in clause and o.shape in clause and any(p in clause for p in POS_WORDS[o.pos])
+                   for o in kept), q
+    assert with_clause >= len(w.circo["queries"]) // 2
 
 
 def test_v1_world_is_refused(tmp_path, worlds):

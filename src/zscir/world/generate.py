@@ -30,7 +30,7 @@ from zscir.world.scene import SIZES as OBJ_SIZES
 
 log = logging.getLogger(__name__)
 
-VERSION = 3
+VERSION = 4
 IMAGE_SIZE = 128
 HELDOUT_FRACTION = 0.12
 COMPOUND_FRACTION = 0.25
@@ -354,7 +354,10 @@ class _Builder:
         for qi, (fam, rid, first, fam_keys) in enumerate(pending):
             gt = [first] + [g for g in gallery if g != first and self.scenes[g].key() in fam_keys]
             assert rid not in gt
-            queries.append({"id": qi, "reference": rid, "modification": fam.text(rng), "target": first, "gt": gt,
+            # v4: the clause of what stays, as the CIRR-like texts have it; every ground truth keeps the same
+            # objects (a family changes or adds one object), so it is true of all of them
+            text = fam.text(rng) + context_clause(rng, self.scenes[rid], self.scenes[first])
+            queries.append({"id": qi, "reference": rid, "modification": text, "target": first, "gt": gt,
                             "shared_concept": fam.shared_concept()})
         return {"gallery": gallery, "queries": queries}
 
