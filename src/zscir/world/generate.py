@@ -41,10 +41,11 @@ CIRR_NEAR_COPIES = 15  # gallery copies of each CIRR-like reference (its queries
 CIRR_QUERIES_PER_REF = 4
 CIRR_TWINS = 1  # re-drawings of each CIRR-like (and cir_train) reference in the gallery: resemblance alone finds them
 TARGET_KINDS = ("colour", "shape", "size", "move", "add", "background")  # CIRR-like targets: the text names the change
-# World v3: a CIRR-like (and cir_train) modification also names one object the target keeps from the reference, as
-# CIRR's texts often say what stays ("..., with a big yellow pentagon in the top left corner"). Without it (v2)
-# the text alone found almost nothing at depth (R@10 7 against CIRR's 55), so the deep columns rewarded
-# reference-heavy queries and `sum` led R@50 (docs/world.md, benchmarks/modification_context.py).
+# World v4: every modification (CIRR-like, CIRCO-like and cir_train) also names one object the target keeps from
+# the reference, as CIRR's and CIRCO's texts often say what stays ("..., with a big yellow pentagon in the top left
+# corner"). Without it (v2) the text alone found almost nothing at depth (R@10 7 against CIRR's 55), so the deep
+# columns rewarded reference-heavy queries and `sum` led R@50; with it on the CIRR-like side only (v3, not
+# adopted) the alpha chosen on cir_train no longer suited the CIRCO-like texts (docs/world.md).
 CIRCO_NEAR_COPIES = 14  # non-answer copies of each CIRCO-like reference, the nearest to it in pixels
 CIRCO_QUERIES_PER_REF = 2
 CIRCO_MAX_GT = 5
