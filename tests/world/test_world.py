@@ -198,44 +198,40 @@ def test_version_4(worlds):
     assert VERSION == 4 and w.meta["version"] == 4
 
 
-def test_cirr_like_texts_name_what_the_target_keeps(worlds):
-    """v3: a CIRR-like (and cir_train) modification ends with `, with <object>` naming an object the target keeps
-    unchanged from the reference (where it keeps one), as CIRR's texts often say what stays."""
+def _names_a_kept_object(text: str, kept: list) -> bool:
+    """True if `text` ends with `, with <object>` naming one of `kept` (colour, shape and place); False if it has no
+    such clause, which only a query that keeps nothing may lack (asserted)."""
     from zscir.world.language import POS_WORDS
+    head, sep, clause = text.rpartition(", with ")
+    if not kept:
+        assert not sep, text
+        return False
+    assert sep and head, text
+    assert any(o.colour in clause and o.shape in clause and any(p in clause for p in POS_WORDS[o.pos])
+               for o in kept), text
+    return True
+
+
+def test_cirr_like_texts_name_what_the_target_keeps(worlds):
+    """v3+: a CIRR-like (and cir_train) modification ends with `, with <object>` naming an object the target keeps
+    unchanged from the reference (where it keeps one), as CIRR's texts often say what stays."""
     w = load_world(worlds[0])
     with_clause = 0
     for q in list(w.cirr["queries"]) + list(w.cir_train):
         ref, tgt = w.scene(q["reference"]), w.scene(q["target"])
-        kept = [o for o in tgt.objects if o in ref.objects]
-        head, sep, clause = q["modification"].rpartition(", with ")
-        if not kept:
-            assert not sep, q
-            continue
-        assert sep and head, q
-        with_clause += 1
-        # the clause names one kept object: its colour, its shape and its place
-        assert any(o.colour in clause and o.shape in clause and any(p in clause for p in POS_WORDS[o.pos])
-                   for o in kept), q
+        with_clause += _names_a_kept_object(q["modification"], [o for o in tgt.objects if o in ref.objects])
     assert with_clause >= len(w.cirr["queries"]) // 2
 
 
 def test_circo_like_texts_name_what_every_ground_truth_keeps(worlds):
     """v4: a CIRCO-like modification ends with `, with <object>` naming an object of the reference that every one
     of its ground truths keeps, where they keep one."""
-    from zscir.world.language import POS_WORDS
     w = load_world(worlds[0])
     with_clause = 0
     for q in w.circo["queries"]:
         ref = w.scene(q["reference"])
         kept = [o for o in ref.objects if all(o in w.scene(g).objects for g in q["gt"])]
-        head, sep, clause = q["modification"].rpartition(", with ")
-        if not kept:
-            assert not sep, q
-            continue
-        assert sep and head, q
-        with_clause += 1
-        assert any(o.colour in clause and o.shape in clause and any(p in clause for p in POS_WORDS[o.pos])
-                   for o in kept), q
+        with_clause += _names_a_kept_object(q["modification"], kept)
     assert with_clause >= len(w.circo["queries"]) // 2
 
 
