@@ -31,7 +31,12 @@ def test_results_schema_and_files(demo_run, capsys):
     # the image baseline can never rank the (removed) reference, so Rs@3 over 5 candidates is >= 0 and R@50
     # covers most of a tiny gallery
     assert saved["protocols"]["cirr"]["image"]["R@50"] > 50.0
-    assert 0.0 <= saved["alpha_selection"]["slerp"]["chosen"] <= 1.0
+    # alpha is the grid point with the best mean of the four recall columns of the training-triplet ranking
+    sel = saved["alpha_selection"]["slerp"]
+    means = {a: sum(r[f"R@{k}"] for k in (1, 5, 10, 50)) / 4 for a, r in sel["recalls"].items()}
+    assert set(means) == {str(round(0.1 * i, 1)) for i in range(11)}
+    assert all(abs(means[a] - sel["score_mean(R@1,R@5,R@10,R@50)"][a]) < 0.02 for a in means)
+    assert float(max(means, key=lambda a: (round(means[a], 2), -abs(float(a) - 0.8)))) == sel["chosen"]
     html = (out / "report.html").read_text()
     assert html.count("<section class=\"card\">") >= 2 and "data:image/png;base64," in html and "<svg" in html
 

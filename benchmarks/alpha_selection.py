@@ -1,0 +1,128 @@
+"""How Slerp's alpha choice depends on the selection score and on the selection gallery.
+
+    python benchmarks/alpha_selection.py [--size quick] [--seeds 0,1,2] [--out benchmarks/results]
+
+On the demo's world and pre-trained default backbone of each seed (built or reused under $ZSCIR_HOME, as
+`zscir demo`), Slerp (no training) is ranked on the first `[alpha_selection] triplets` CIR training triplets at
+every alpha of the grid, over two galleries:
+
+  training   the images of those triplets (references, targets, the reference's twins): what
+             `zscir.eval.alpha.select_alpha` ranks
+  padded     the same, padded with the world's unlabelled and pair images (never evaluation images) up to as
+             many images per query as the CIRR-like evaluation gallery holds
+
+and alpha is chosen by two scores: `r1_r10` = (R@1 + R@10) / 2 (the score before world v4's re-measurement)
+and `mean4` = the mean of R@1, R@5, R@10 and R@50 (the shipped one). For each choice the CIRR-like evaluation's
+R@1 / R@10 / R@50 and the CIRCO-like mAP@10 at that alpha are reported beside `sum`'s, so one can see which
+choice keeps every column above the baseline. Writes alpha_selection_<size>.json and .md into --out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCORES = {"r1_r10": (1, 10), "mean4": (1, 5, 10, 50)}
+
+
+def rank_metrics(ctx: Any, padded: bool) -> dict[float, dict[str, float]]:
+    """R@1/5/10/50 of Slerp at every grid alpha on the training-triplet ranking (optionally padded)."""
+    from zscir.eval.alpha import ALPHA_GRID
+    from zscir.eval.engine import embed_images
+    from zscir.eval.protocols import cirr_protocol
+    from zscir.methods import build_method
+    from zscir.methods.slerp import slerp
+    from zscir.utils.runtime import autocast
+
+    w, bb = ctx.world, ctx.backbone
+    trip = w.cir_train[: int(ctx.settings.table("alpha_selection").get("triplets", 1000))]
+    ids = list(dict.fromkeys([t["reference"] for t in trip] + [t["target"] for t in trip]
+                             + [n for t in trip for n in t.get("negatives", ())]))
+    if padded:
+        density = len(w.cirr["gallery"]) / len(w.cirr["queries"])
+        pool = sorted(set(w.unlabelled) | {p["image"] for p in w.pairs} - set(ids))
+        random.Random(w.seed).shuffle(pool)
+        ids += pool[: max(0, round(density * len(trip)) - len(ids))]
+    index = {i: n for n, i in enumerate(ids)}
+    method = build_method("slerp", bb, alpha=0.5)
+    with autocast(torch.device(bb.device), ctx.evaluator.precision), torch.inference_mode():
+        gallery = embed_images(method.encode_gallery, [w.image_path(i) for i in ids], bb.preprocess_config,
+                               bb.device, desc="padded" if padded else "training")
+        texts = [t["modification"] for t in trip]
+        words = torch.cat([bb.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)])
+    refs = [index[t["reference"]] for t in trip]
+    out = {}
+    for a in ALPHA_GRID:
+        q = slerp(gallery[refs].float(), words, a)
+        m = cirr_protocol(q, gallery.float(), refs, [index[t["target"]] for t in trip], [[] for _ in trip],
+                          ks=(1, 5, 10, 50), subset_ks=()).metrics
+        out[a] = dict(m)  # unrounded: the choice rounds the score, as select_alpha does
+    return out
+
+
+def choose(rows: dict[float, dict[str, float]], ks: tuple[int, ...]) -> float:
+    """As `select_alpha`: the best score (to 0.01), ties to the alpha nearest 0.8."""
+    score = {a: round(sum(r[f"R@{k}"] for k in ks) / len(ks), 2) for a, r in rows.items()}
+    return max(score, key=lambda a: (score[a], -abs(a - 0.8)))
+
+
+def measure(size: str, seed: int) -> dict:
+    from zscir.eval.alpha import alpha_sweep
+    from zscir.experiments.context import build_context
+    from zscir.methods import build_method
+
+    ctx = build_context(size, seed, progress=False)
+    sweep = {row["alpha"]: row for row in alpha_sweep(ctx.evaluator, build_method("slerp", ctx.backbone, alpha=0.5))}
+
+    def at(a: float) -> dict[str, float]:
+        c, o = sweep[a]["cirr"], sweep[a]["circo"]
+        return {"R@1": c["R@1"], "R@10": c["R@10"], "R@50": c["R@50"], "mAP@10": o["mAP@10"]}
+
+    res: dict[str, Any] = {"seed": seed, "sum": at(0.5), "choices": {}}  # sum = Slerp at 0.5 (normalised)
+    for gal in ("training", "padded"):
+        rows = rank_metrics(ctx, gal == "padded")
+        res[f"{gal}_ranking"] = {str(a): {k: round(v, 2) for k, v in r.items()} for a, r in rows.items()}
+        for name, ks in SCORES.items():
+            a = choose(rows, ks)
+            res["choices"][f"{gal}/{name}"] = {"alpha": a, "evaluation": at(a)}
+    return res
+
+
+def markdown(size: str, runs: list[dict]) -> str:
+    lines = [f"Slerp's alpha on the {size} world: chosen alpha -> evaluation R@1 / R@10 / R@50 / mAP@10 "
+             "(`sum` in the last column; **bold**: a column where `sum` is ahead)", "",
+             "| seed | " + " | ".join(f"{k}" for k in runs[0]["choices"]) + " | sum |",
+             "|---" * (len(runs[0]["choices"]) + 2) + "|"]
+    for r in runs:
+        s = r["sum"]
+        cells = []
+        for c in r["choices"].values():
+            e = c["evaluation"]
+            vals = [f"**{e[k]:.1f}**" if s[k] > e[k] else f"{e[k]:.1f}" for k in ("R@1", "R@10", "R@50", "mAP@10")]
+            cells.append(f"{c['alpha']:.1f} -> " + " / ".join(vals))
+        lines.append(f"| {r['seed']} | " + " | ".join(cells)
+                     + f" | {s['R@1']:.1f} / {s['R@10']:.1f} / {s['R@50']:.1f} / {s['mAP@10']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="quick", choices=("tiny", "quick", "default", "large"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    runs = [measure(args.size, int(s)) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"alpha_selection_{args.size}.json").write_text(json.dumps(runs, indent=1))
+    md = markdown(args.size, runs)
+    (out / f"alpha_selection_{args.size}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
