@@ -64,14 +64,8 @@ def rank_metrics(ctx: Any, padded: bool) -> dict[float, dict[str, float]]:
     return out
 
 
-def choose(rows: dict[float, dict[str, float]], ks: tuple[int, ...]) -> float:
-    """As `select_alpha`: the best score (to 0.01), ties to the alpha nearest 0.8."""
-    score = {a: round(sum(r[f"R@{k}"] for k in ks) / len(ks), 2) for a, r in rows.items()}
-    return max(score, key=lambda a: (score[a], -abs(a - 0.8)))
-
-
 def measure(size: str, seed: int) -> dict:
-    from zscir.eval.alpha import alpha_sweep
+    from zscir.eval.alpha import alpha_sweep, best_alpha
     from zscir.experiments.context import build_context
     from zscir.methods import build_method
 
@@ -87,7 +81,7 @@ def measure(size: str, seed: int) -> dict:
         rows = rank_metrics(ctx, gal == "padded")
         res[f"{gal}_ranking"] = {str(a): {k: round(v, 2) for k, v in r.items()} for a, r in rows.items()}
         for name, ks in SCORES.items():
-            a = choose(rows, ks)
+            a, _ = best_alpha(rows, ks)
             res["choices"][f"{gal}/{name}"] = {"alpha": a, "evaluation": at(a)}
     return res
 
