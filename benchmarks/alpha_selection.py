@@ -24,48 +24,23 @@ import random
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SCORES = {"r1_r10": (1, 10), "mean4": (1, 5, 10, 50)}
 
 
-def rank_metrics(ctx: Any, padded: bool) -> dict[float, dict[str, float]]:
-    """R@1/5/10/50 of Slerp at every grid alpha on the training-triplet ranking (optionally padded)."""
-    from zscir.eval.alpha import ALPHA_GRID
-    from zscir.eval.engine import embed_images
-    from zscir.eval.protocols import cirr_protocol
-    from zscir.methods import build_method
-    from zscir.methods.slerp import slerp
-    from zscir.utils.runtime import autocast
-
-    w, bb = ctx.world, ctx.backbone
+def padding(ctx: Any) -> list[str]:
+    """Unlabelled and pair images (never evaluation images) that bring the training-triplet ranking to as many
+    images per query as the CIRR-like evaluation gallery holds."""
+    w = ctx.world
     trip = w.cir_train[: int(ctx.settings.table("alpha_selection").get("triplets", 1000))]
-    ids = list(dict.fromkeys([t["reference"] for t in trip] + [t["target"] for t in trip]
-                             + [n for t in trip for n in t.get("negatives", ())]))
-    if padded:
-        density = len(w.cirr["gallery"]) / len(w.cirr["queries"])
-        pool = sorted(set(w.unlabelled) | {p["image"] for p in w.pairs} - set(ids))
-        random.Random(w.seed).shuffle(pool)
-        ids += pool[: max(0, round(density * len(trip)) - len(ids))]
-    index = {i: n for n, i in enumerate(ids)}
-    method = build_method("slerp", bb, alpha=0.5)
-    with autocast(torch.device(bb.device), ctx.evaluator.precision), torch.inference_mode():
-        gallery = embed_images(method.encode_gallery, [w.image_path(i) for i in ids], bb.preprocess_config,
-                               bb.device, desc="padded" if padded else "training")
-        texts = [t["modification"] for t in trip]
-        words = torch.cat([bb.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)])
-    refs = [index[t["reference"]] for t in trip]
-    out = {}
-    for a in ALPHA_GRID:
-        q = slerp(gallery[refs].float(), words, a)
-        m = cirr_protocol(q, gallery.float(), refs, [index[t["target"]] for t in trip], [[] for _ in trip],
-                          ks=(1, 5, 10, 50), subset_ks=()).metrics
-        out[a] = dict(m)  # unrounded: the choice rounds the score, as select_alpha does
-    return out
+    own = {t[k] for t in trip for k in ("reference", "target")} | {n for t in trip for n in t.get("negatives", ())}
+    pool = sorted(set(w.unlabelled) | {p["image"] for p in w.pairs} - own)
+    random.Random(w.seed).shuffle(pool)
+    density = len(w.cirr["gallery"]) / len(w.cirr["queries"])
+    return pool[: max(0, round(density * len(trip)) - len(own))]
 
 
 def measure(size: str, seed: int) -> dict:
-    from zscir.eval.alpha import alpha_sweep, best_alpha
+    from zscir.eval.alpha import alpha_sweep, best_alpha, training_recalls
     from zscir.experiments.context import build_context
     from zscir.methods import build_method
 
@@ -77,8 +52,10 @@ def measure(size: str, seed: int) -> dict:
         return {"R@1": c["R@1"], "R@10": c["R@10"], "R@50": c["R@50"], "mAP@10": o["mAP@10"]}
 
     res: dict[str, Any] = {"seed": seed, "sum": at(0.5), "choices": {}}  # sum = Slerp at 0.5 (normalised)
+    n = int(ctx.settings.table("alpha_selection").get("triplets", 1000))
     for gal in ("training", "padded"):
-        rows = rank_metrics(ctx, gal == "padded")
+        rows = training_recalls(ctx.world, lambda a: build_method("slerp", ctx.backbone, alpha=a), n,
+                                precision=ctx.evaluator.precision, pad=padding(ctx) if gal == "padded" else ())
         res[f"{gal}_ranking"] = {str(a): {k: round(v, 2) for k, v in r.items()} for a, r in rows.items()}
         for name, ks in SCORES.items():
             a, _ = best_alpha(rows, ks)

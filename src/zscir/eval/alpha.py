@@ -25,20 +25,33 @@ class AlphaChoice:
     alpha: float
     scores: dict[float, float]  # mean of R@1, R@5, R@10, R@50 per alpha
     triplets: int
-    recalls: dict[float, dict[str, float]] | None = None  # every recall column per alpha
+    recalls: dict[float, dict[str, float]]  # every recall column per alpha
 
     def record(self) -> dict[str, Any]:
         return {"chosen": self.alpha, "validation": "world cir_train triplets",
                 "score_mean(R@1,R@5,R@10,R@50)": {str(a): v for a, v in self.scores.items()},
-                "recalls": {str(a): v for a, v in (self.recalls or {}).items()}}
+                "recalls": {str(a): {k: round(v, 2) for k, v in r.items()} for a, r in self.recalls.items()}}
 
 
 def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
                  grid: Sequence[float] = ALPHA_GRID, precision: str = "fp32") -> AlphaChoice:
     """For a Slerp-type method (`make(alpha)` builds one), the alpha with the best mean of the CIRR-like table's
     recall columns (R@1, R@5, R@10, R@50) in a CIRR-style ranking (reference removed) of the first `n_triplets`
-    CIR training triplets over their images; ties go to the alpha nearest the published 0.8. `precision`: the
-    towers' autocast while embedding (that of the evaluation the alpha is for)."""
+    CIR training triplets over their images (`best_alpha`); ties go to the alpha nearest the published 0.8.
+    `precision`: the towers' autocast while embedding (that of the evaluation the alpha is for)."""
+    recalls = training_recalls(world, make, n_triplets, grid, precision)
+    best, scores = best_alpha(recalls)
+    n = len(world.cir_train[:n_triplets])
+    log.info("alpha %.1f chosen on %d training triplets", best, n)
+    return AlphaChoice(best, scores, n, recalls)
+
+
+def training_recalls(world: Any, make: Callable[[float], Any], n_triplets: int,
+                     grid: Sequence[float] = ALPHA_GRID, precision: str = "fp32",
+                     pad: Sequence[str] = ()) -> dict[float, dict[str, float]]:
+    """Per alpha of `grid`, the unrounded R@k (`SELECTION_KS`) of a Slerp-type method in a CIRR-style ranking
+    of the first `n_triplets` CIR training triplets over their images, plus the image ids `pad` (more images
+    to rank; benchmarks/alpha_selection.py pads to the evaluation gallery's size)."""
     from zscir.eval.engine import embed_images
     from zscir.eval.protocols import cirr_protocol
     from zscir.methods.slerp import slerp
@@ -47,7 +60,7 @@ def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
     triplets = world.cir_train[:n_triplets]
     # the ranked images: references, targets and the negatives a world puts beside them (a reference's twins)
     ids = list(dict.fromkeys([t["reference"] for t in triplets] + [t["target"] for t in triplets]
-                             + [n for t in triplets for n in t.get("negatives", ())]))
+                             + [n for t in triplets for n in t.get("negatives", ())] + list(pad)))
     index = {i: n for n, i in enumerate(ids)}
     probe = make(grid[0])
     backbone = probe.backbone
@@ -58,17 +71,14 @@ def select_alpha(world: Any, make: Callable[[float], Any], n_triplets: int,
         # Slerp-type methods share the (frozen) text tower: encode the texts once, interpolate per alpha.
         words = torch.cat([backbone.encode_text(texts[i : i + 256]).float().cpu() for i in range(0, len(texts), 256)])
     refs = gallery[[index[t["reference"]] for t in triplets]]
-    raw: dict[float, dict[str, float]] = {}
+    recalls: dict[float, dict[str, float]] = {}
     with torch.inference_mode():
         for a in grid:
             q = slerp(refs.float(), words, a)
-            m = cirr_protocol(q, gallery, [index[t["reference"]] for t in triplets],
-                              [index[t["target"]] for t in triplets], [[] for _ in triplets], ks=SELECTION_KS,
-                              subset_ks=()).metrics
-            raw[a] = m
-    best, scores = best_alpha(raw)
-    log.info("alpha %.1f chosen on %d training triplets", best, len(triplets))
-    return AlphaChoice(best, scores, len(triplets), {a: {k: round(v, 2) for k, v in m.items()} for a, m in raw.items()})
+            recalls[a] = cirr_protocol(q, gallery, [index[t["reference"]] for t in triplets],
+                                       [index[t["target"]] for t in triplets], [[] for _ in triplets],
+                                       ks=SELECTION_KS, subset_ks=()).metrics
+    return recalls
 
 
 def best_alpha(recalls: Mapping[float, Mapping[str, float]], ks: Sequence[int] = SELECTION_KS
