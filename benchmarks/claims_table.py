@@ -6,7 +6,8 @@ Each RESULTS.json is the `results.json` of one `zscir demo --seed S` run (same s
 claims_<name>.json and claims_<name>.md: the headline metrics of every method per seed (CIRR-like R@1 /
 CIRCO-like mAP@10) with their mean, every claim (`zscir.eval.claims.claims`) and calibration check
 (`zscir.eval.claims.calibration`) per seed, the modality gap before and after TAT, and the run times. Nothing is
-recomputed: the rows are the demo's own, so the table says exactly what the runs measured."""
+recomputed: the rows are the demo's own, so the table says exactly what the runs measured, including which
+comparisons were within noise (under two standard errors of the paired difference, where the run recorded them)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ from statistics import mean
 
 def _yes(row: dict) -> str:
     return "yes" if row["holds"] else "**no**"
+
+
+def _noise_note(per: list[dict]) -> str:
+    """How many seeds' comparisons were within noise (two paired standard errors; runs that recorded them)."""
+    if any("within_noise" in p for p in per):
+        return " (columns within noise per seed: " + ", ".join(str(len(p.get("within_noise", []))) for p in per) + ")"
+    noisy = sum("within noise" in p["measured"] for p in per)
+    return f" ({noisy} within noise)" if noisy else ""
 
 
 def table(runs: list[dict]) -> str:
@@ -41,7 +50,7 @@ def table(runs: list[dict]) -> str:
             per = [r[key][i] for r in runs]
             assert all(p[title] == row[title] for p in per), "runs with different check lists"
             lines.append(f"| {row[title]} | " + " | ".join(f"{_yes(p)}: {p['measured']}" for p in per)
-                         + f" | {sum(p['holds'] for p in per)}/{len(per)} |")
+                         + f" | {sum(p['holds'] for p in per)}/{len(per)}{_noise_note(per)} |")
     lines += ["", "| seed | pre-training: held-out t2i R@1 | matched cosine before -> after TAT | "
               "centroid distance before -> after | total time |", "|---|---|---|---|---|"]
     for r in runs:

@@ -3,8 +3,10 @@ import torch
 
 from zscir.eval.metrics import (
     average_precision_at_k,
+    average_precisions,
     map_at_k,
     recall_at_k,
+    recall_hits,
     stable_order,
     subset_ranks,
     target_ranks,
@@ -74,3 +76,21 @@ def test_circo_protocol_keeps_reference():
     # predictions r, a, c: AP@3 = (1/2 + 2/3) / 2
     assert res.metrics["mAP@3"] == pytest.approx(100 * (0.5 + 2 / 3) / 2)
     assert res.metrics["mAP@1"] == 0.0
+
+
+def test_per_query_values_average_to_the_metrics():
+    hits = recall_hits([0, 4, 9, 49, 50], ks=(1, 10))
+    assert hits["R@1"].tolist() == [100, 0, 0, 0, 0] and hits["R@10"].tolist() == [100, 100, 100, 0, 0]
+    aps = average_precisions([["a", "x"], ["x", "b"]], [{"a"}, {"b"}], ks=(2,))
+    assert aps["mAP@2"].tolist() == pytest.approx([100.0, 50.0])
+    # every protocol's per-query values are the queries' own, in query order, and their mean is the metric
+    gallery = torch.eye(6)
+    q = torch.tensor([[0.9, 0.1, 0.5, 0.4, 0.3, 0.2], [0.1, 0.9, 0.2, 0.3, 0.4, 0.5]])
+    res = cirr_protocol(q, gallery, reference_idx=[0, 1], target_idx=[2, 3], members_idx=[[0, 2, 3], [1, 3, 5]],
+                        ks=(1, 3), subset_ks=(1,))
+    assert res.per_query["R@1"] == [100.0, 0.0] and res.per_query["R@3"] == [100.0, 100.0]  # 2nd: 5, 4, 3
+    assert res.per_query["Rs@1"] == [100.0, 0.0]
+    assert all(res.metrics[k] == pytest.approx(sum(v) / len(v)) for k, v in res.per_query.items())
+    res = circo_protocol(q, gallery, list("abcdef"), ground_truths=[["c"], ["f", "e"]], ks=(2,))
+    # query 0 ranks a, c (its reference kept): AP@2 = (1/2) / 1; query 1 ranks b, f: (1/2) / 2
+    assert res.per_query["mAP@2"] == pytest.approx([50.0, 25.0]) and res.metrics["mAP@2"] == pytest.approx(37.5)

@@ -35,11 +35,24 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return before.sum(dim=1)
 
 
-def recall_at_k(ranks: Sequence[int] | np.ndarray | torch.Tensor, ks: Iterable[int] = RECALL_KS, prefix: str = "R") -> dict[str, float]:
-    """{f"{prefix}@{k}": 100 * mean(rank < k)} for 0-based ranks of a single target per query."""
+def _ranks(ranks: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
     r = np.asarray(torch.as_tensor(ranks).cpu().numpy() if isinstance(ranks, torch.Tensor) else ranks)
     if r.size == 0:
         raise ValueError("no queries to evaluate")
+    return r
+
+
+def recall_hits(ranks: Sequence[int] | np.ndarray | torch.Tensor, ks: Iterable[int] = RECALL_KS,
+                prefix: str = "R") -> dict[str, np.ndarray]:
+    """{f"{prefix}@{k}": per query 100 if rank < k else 0} for 0-based ranks of a single target per query: the
+    per-query values whose mean is `recall_at_k` (paired comparisons of two methods need them)."""
+    r = _ranks(ranks)
+    return {f"{prefix}@{k}": 100.0 * (r < k) for k in ks}
+
+
+def recall_at_k(ranks: Sequence[int] | np.ndarray | torch.Tensor, ks: Iterable[int] = RECALL_KS, prefix: str = "R") -> dict[str, float]:
+    """{f"{prefix}@{k}": 100 * mean(rank < k)} for 0-based ranks of a single target per query."""
+    r = _ranks(ranks)
     return {f"{prefix}@{k}": float(100.0 * np.mean(r < k)) for k in ks}
 
 
@@ -66,6 +79,17 @@ def average_precision_at_k(predictions: Sequence, ground_truth: Iterable, k: int
 
 def map_at_k(predictions: Sequence[Sequence], ground_truths: Sequence[Iterable], ks: Iterable[int] = MAP_KS) -> dict[str, float]:
     """{f"mAP@{k}": 100 * mean AP@k}; each prediction list must be duplicate-free (the server refuses)."""
+    return {f"mAP@{k}": float(100.0 * np.mean(v)) for k, v in _aps(predictions, ground_truths, ks).items()}
+
+
+def average_precisions(predictions: Sequence[Sequence], ground_truths: Sequence[Iterable],
+                       ks: Iterable[int] = MAP_KS) -> dict[str, np.ndarray]:
+    """{f"mAP@{k}": per query 100 * AP@k}: the per-query values whose mean is `map_at_k`."""
+    return {f"mAP@{k}": 100.0 * v for k, v in _aps(predictions, ground_truths, ks).items()}
+
+
+def _aps(predictions: Sequence[Sequence], ground_truths: Sequence[Iterable], ks: Iterable[int]) -> dict[int, np.ndarray]:
+    """{k: per-query AP@k} after the checks every mAP needs."""
     if len(predictions) != len(ground_truths):
         raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truths)} queries")
     if not predictions:
@@ -74,4 +98,4 @@ def map_at_k(predictions: Sequence[Sequence], ground_truths: Sequence[Iterable],
         if len(set(p)) != len(p):
             raise ValueError(f"query {i}: duplicate ids in the prediction list")
     gts = [set(g) for g in ground_truths]
-    return {f"mAP@{k}": float(100.0 * np.mean([average_precision_at_k(p, g, k) for p, g in zip(predictions, gts)])) for k in ks}
+    return {k: np.array([average_precision_at_k(p, g, k) for p, g in zip(predictions, gts)]) for k in ks}

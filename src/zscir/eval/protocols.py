@@ -17,17 +17,36 @@ from typing import Any
 import torch
 
 from zscir.eval.engine import score, topk_stable
-from zscir.eval.metrics import MAP_KS, RECALL_KS, SUBSET_KS, map_at_k, recall_at_k, subset_ranks, target_ranks
+from zscir.eval.metrics import (
+    MAP_KS,
+    RECALL_KS,
+    SUBSET_KS,
+    average_precisions,
+    map_at_k,
+    recall_at_k,
+    recall_hits,
+    subset_ranks,
+    target_ranks,
+)
 
 
 @dataclass
 class ProtocolResult:
-    """Metrics (percentages) plus the per-query rankings that produced them (for reports and files)."""
+    """Metrics (percentages) plus the per-query rankings that produced them (for reports and files) and each
+    metric's per-query values (`per_query[name]`, whose mean is `metrics[name]`: what a paired comparison of two
+    methods on the same queries needs, see zscir.eval.claims.paired_se)."""
 
     metrics: dict[str, float]
     top: list[list[int]] = field(default_factory=list)  # per query, top gallery indices
     top_scores: list[list[float]] = field(default_factory=list)  # their cosine scores
     extra: dict[str, Any] = field(default_factory=dict)
+    per_query: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, metrics: dict[str, float], per_query: dict[str, Any], top: list[list[int]],
+           top_scores: list[list[float]], extra: dict[str, Any] | None = None) -> ProtocolResult:
+        """A result with its per-query values as plain lists (JSON-ready)."""
+        return cls(metrics, top, top_scores, extra or {}, {k: [float(x) for x in v] for k, v in per_query.items()})
 
 
 def cirr_protocol(
@@ -52,13 +71,17 @@ def cirr_protocol(
         ms = s[i, keep]
         subsets.append([keep[j] for j in torch.sort(ms, descending=True, stable=True).indices.tolist()])
     metrics: dict[str, float] = {}
+    per_query: dict[str, Any] = {}
     if target_idx is not None:
         t = torch.as_tensor(list(target_idx))
-        metrics.update(recall_at_k(target_ranks(s, t), ks, "R"))
+        ranks = target_ranks(s, t)
+        metrics.update(recall_at_k(ranks, ks, "R"))
+        per_query.update(recall_hits(ranks, ks, "R"))
         if subset_ks:
             sub_r = [subset_ranks(subsets[i], subsets[i], int(t[i])) for i in range(len(subsets))]
             metrics.update(recall_at_k(sub_r, subset_ks, "Rs"))
-    return ProtocolResult(metrics, top, _top_scores(s, top), {"subset_top": [row[:3] for row in subsets]})
+            per_query.update(recall_hits(sub_r, subset_ks, "Rs"))
+    return ProtocolResult.of(metrics, per_query, top, _top_scores(s, top), {"subset_top": [row[:3] for row in subsets]})
 
 
 def circo_protocol(
@@ -75,13 +98,16 @@ def circo_protocol(
     s = score(queries, gallery)
     top = topk_stable(s, top_n)
     metrics: dict[str, float] = {}
+    per_query: dict[str, Any] = {}
     if ground_truths is not None:
         preds = [[gallery_ids[j] for j in row] for row in top]
         metrics.update(map_at_k(preds, ground_truths, ks))
+        per_query.update(average_precisions(preds, ground_truths, ks))
         if target_ids is not None:
             ranks = [p.index(t) if t in p else top_n for p, t in zip(preds, target_ids)]
             metrics.update(recall_at_k(ranks, (5, 10, 25, 50), "R"))
-    return ProtocolResult(metrics, top, _top_scores(s, top))
+            per_query.update(recall_hits(ranks, (5, 10, 25, 50), "R"))
+    return ProtocolResult.of(metrics, per_query, top, _top_scores(s, top))
 
 
 def single_target_protocol(
@@ -91,7 +117,7 @@ def single_target_protocol(
     s = score(queries, gallery)
     ranks = target_ranks(s, torch.as_tensor(list(target_idx)))
     top = topk_stable(s, top_n)
-    return ProtocolResult(recall_at_k(ranks, ks, "R"), top, _top_scores(s, top))
+    return ProtocolResult.of(recall_at_k(ranks, ks, "R"), recall_hits(ranks, ks, "R"), top, _top_scores(s, top))
 
 
 def _top_scores(scores: torch.Tensor, top: list[list[int]]) -> list[list[float]]:

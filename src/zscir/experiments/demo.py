@@ -95,6 +95,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     world, backbone, evaluator = ctx.world, ctx.backbone, ctx.evaluator
 
     protocols: dict[str, dict[str, dict[str, float]]] = {"cirr": {}, "circo": {}}
+    per_query: dict[str, dict[str, dict[str, list[float]]]] = {"cirr": {}, "circo": {}}  # for paired SEs
     settings: dict[str, dict] = {}
     timings: dict[str, float] = {}
     outputs: dict[str, dict] = {}
@@ -108,6 +109,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         res = evaluator.evaluate(method)
         for p in protocols:
             protocols[p][name] = {k: round(v, 2) for k, v in res[p].metrics.items() if p != "circo" or k.startswith("mAP")}
+            per_query[p][name] = {k: res[p].per_query[k] for k in protocols[p][name]}
         settings[name] = method.settings()
         outputs[name] = {p: (res[p].top, res[p].top_scores) for p in res}
         timings[name] = round(time.time() - t, 1)
@@ -121,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     from zscir.eval.claims import calibration, claims, format_checks
 
-    checks = {"claims": claims(protocols, ctx.extras), "calibration": calibration(protocols)}
+    checks = {"claims": claims(protocols, ctx.extras, per_query), "calibration": calibration(protocols, per_query)}
     results = {
         "backbone": backbone.spec,
         "backbone_fingerprint": backbone.fingerprint(),
