@@ -39,6 +39,11 @@ def test_results_schema_and_files(demo_run, capsys):
     assert float(max(means, key=lambda a: (round(means[a], 2), -abs(float(a) - 0.8)))) == sel["chosen"]
     html = (out / "report.html").read_text()
     assert html.count("<section class=\"card\">") >= 2 and "data:image/png;base64," in html and "<svg" in html
+    # the claims and calibration of this run, with their paired standard errors, as results.json has them
+    assert "Published claims, checked on this run" in html and "World calibration on this run" in html
+    assert "slerp beats sum" in html and "no baseline is the best of any cirr column" in html
+    assert all("se" in c for c in saved["claims"] if c["claim"].startswith("slerp beats"))
+    assert "within noise: " in next(r["measured"] for r in saved["calibration"] if r["check"].endswith("cirr column"))
 
 
 def test_rerun_reuses_world_and_model(demo_run, tmp_path):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -100,6 +101,15 @@ def _table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "".join(parts)
 
 
+def _checks_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Claim or calibration rows as a table: what, the measured numbers (noise labels included), held or not."""
+    body = "".join(
+        f'<tr><th>{html.escape(str(r.get("claim", r.get("check", ""))))}</th><td>{html.escape(str(r["measured"]))}</td>'
+        f'<td class="{"yes" if r["holds"] else "no"}">{"holds" if r["holds"] else "does not hold"}</td></tr>'
+        for r in rows)
+    return f'<table class="checks"><tr><th>check</th><th>measured</th><th></th></tr>{body}</table>'
+
+
 def write_report(
     path: str | Path,
     title: str,
@@ -107,9 +117,11 @@ def write_report(
     results: dict[str, dict[str, dict[str, float]]],
     chart: dict[str, tuple[str, str]],
     examples: Sequence[Example],
+    checks: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
     """Write the HTML report. `chart` maps a series label to (protocol, metric), e.g.
-    {"CIRR-like R@1": ("cirr", "R@1")}."""
+    {"CIRR-like R@1": ("cirr", "R@1")}; `checks` maps a section title to rows of zscir.eval.claims (a
+    "claim" or "check", what was "measured", whether it "holds"), shown after the metrics."""
     rows = list(dict.fromkeys(m for by in results.values() for m in by))
     series = {label: {m: results[p][m][k] for m in rows if m in results.get(p, {}) and k in results[p][m]}
               for label, (p, k) in chart.items()}
@@ -130,6 +142,7 @@ def write_report(
             f'{"".join(method_rows)}</section>'
         )
     meta_html = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in meta.items())
+    checks_html = "".join(f"<h2>{html.escape(t)}</h2>{_checks_table(rows)}" for t, rows in (checks or {}).items() if rows)
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -138,6 +151,8 @@ table {{ border-collapse: collapse; margin: 8px 0 18px; font-size: 13px; }}
 th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
 th:first-child {{ text-align: left; }}
 td.best {{ font-weight: bold; background: #eef7ee; }}
+table.checks th, table.checks td {{ text-align: left; max-width: 760px; }} td.yes, td.no {{ white-space: nowrap; }}
+td.yes {{ color: #2ca02c; }} td.no {{ color: #c0392b; font-weight: bold; }}
 .card {{ border: 1px solid #ddd; border-radius: 8px; padding: 10px; margin: 12px 0; }}
 .query {{ display: flex; gap: 12px; align-items: center; margin-bottom: 8px; }}
 .query img {{ width: 128px; height: 128px; border: 3px solid #4e79a7; border-radius: 4px; }}
@@ -156,6 +171,7 @@ figure.no img {{ border-color: #eee; }} figure.no figcaption {{ color: #999; }}
 {_bar_chart(rows, series)}
 <h2>All metrics</h2>
 {_table(results)}
+{checks_html}
 <h2>Example queries</h2>
 <p>Each row is a method's top 5 (rank order, cosine score); a green frame marks a correct image.</p>
 {"".join(cards)}

@@ -180,7 +180,9 @@ def _write_demo_report(path: Path, world, results: dict, outputs: dict, evaluato
                  {"CIRR-like (reference removed)": results["protocols"]["cirr"], "CIRCO-like": results["protocols"]["circo"]},
                  {"CIRR-like R@1": ("CIRR-like (reference removed)", "R@1"), "CIRR-like R@10": ("CIRR-like (reference removed)", "R@10"),
                   "CIRCO-like mAP@10": ("CIRCO-like", "mAP@10")},
-                 examples)
+                 examples,
+                 {"Published claims, checked on this run": results.get("claims", []),
+                  "World calibration on this run": results.get("calibration", [])})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
