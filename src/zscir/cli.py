@@ -22,6 +22,7 @@ COMMANDS: tuple[str, ...] = (
     "zscir.export",
     "zscir.experiments.demo",
     "zscir.eval.cli",
+    "zscir.eval.compare",
     "zscir.data.cli",
     "zscir.eval.score_cli",
     "zscir.index.cli",

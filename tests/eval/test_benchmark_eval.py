@@ -232,3 +232,60 @@ def test_format_table_and_evaluate_api(tmp_path):
     assert "focus_object" in format_table(doc)
     with pytest.raises(InputError, match="unknown subset"):
         evaluate(method, EvalSettings("genecis", root, subsets=["dress"]))
+
+
+def test_compare_two_evals_query_by_query(tmp_path, capsys):
+    """`zscir compare`: the per-query values `zscir eval` writes pair two methods on the same queries."""
+    from zscir.eval.compare import compare_docs
+
+    root = make_cirr(tmp_path / "CIRR")
+    files = {}
+    for m in ("image", "sum"):
+        files[m] = tmp_path / f"{m}.json"
+        rc, _, _ = run_eval(capsys, "--benchmark", "cirr", "--root", str(root), "--method", m, "--no-cache",
+                            "--out", str(files[m]))
+        assert rc == 0
+    a, b = (json.loads(files[m].read_text()) for m in ("image", "sum"))
+    pq = a["results"]["cirr"]["per_query"]
+    assert len(pq["qids"]) == len(pq["values"]["R@1"]) and set(pq["values"]) >= {"R@1", "R@50", "Rs@1"}
+    # the per-query values are the queries' own: their mean is the metric
+    assert sum(pq["values"]["R@10"]) / len(pq["qids"]) == pytest.approx(a["results"]["cirr"]["metrics"]["R@10"])
+    rows = {r["metric"]: r for r in compare_docs(a, b)}
+    assert rows["R@10"]["difference"] == pytest.approx(a["summary"]["R@10"] - b["summary"]["R@10"])
+    same = {r["metric"]: r for r in compare_docs(a, a)}
+    assert all(r["se"] == 0 and r["within_noise"] for r in same.values())  # a method against itself: no noise
+    rc = main(["compare", str(files["image"]), str(files["sum"]), "--json", str(tmp_path / "cmp.json")],
+              commands=("zscir.eval.compare",))
+    out, _ = capsys.readouterr()
+    assert rc == 0 and "A = image" in out and "B = sum" in out and "R@1" in out and "± SE" in out
+    assert json.loads((tmp_path / "cmp.json").read_text())["rows"]
+    # refused with one line: another benchmark, a file without per-query values, not a results file
+    fiq = make_fashioniq(tmp_path / "FashionIQ")
+    rc, _, _ = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(fiq), "--method", "sum", "--no-cache",
+                        "--out", str(tmp_path / "fiq.json"))
+    old = dict(b, results={k: {kk: vv for kk, vv in r.items() if kk != "per_query"} for k, r in b["results"].items()})
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "junk.json").write_text("{not json")
+    for other, msg in (("fiq.json", "different benchmarks"), ("old.json", "no per-query values"),
+                       ("junk.json", "not a JSON results file"), ("missing.json", "no such results file")):
+        rc = main(["compare", str(files["image"]), str(tmp_path / other)], commands=("zscir.eval.compare",))
+        _, err = capsys.readouterr()
+        assert rc == 2 and msg in err, (other, err)
+
+
+def test_compare_averages_subsets_as_independent(tmp_path, capsys):
+    from zscir.eval.compare import compare_docs
+
+    root = make_fashioniq(tmp_path / "FashionIQ")
+    docs = []
+    for m, extra in (("image", []), ("slerp", ["--alpha", "0.5"])):
+        out = tmp_path / f"{m}.json"
+        rc, _, _ = run_eval(capsys, "--benchmark", "fashioniq", "--root", str(root), "--method", m, *extra,
+                            "--no-cache", "--out", str(out))
+        assert rc == 0
+        docs.append(json.loads(out.read_text()))
+    rows = compare_docs(*docs)
+    avg = {r["metric"]: r for r in rows if r["subset"] == "average"}
+    per = [r for r in rows if r["metric"] == "R@10" and r["subset"] != "average"]
+    assert len(per) == 3 and avg["R@10"]["a"] == pytest.approx(docs[0]["summary"]["R@10"])
+    assert avg["R@10"]["se"] == pytest.approx((sum(r["se"] ** 2 for r in per)) ** 0.5 / 3)

@@ -127,7 +127,8 @@ class CIRCO(Benchmark):
             path = submission_dir(settings) / "circo_test_submission.json"
             return {"files": [str(sub.write_circo(path, s, len(split.queries), ids))]}
         return {"metrics": res.metrics,
-                "semantic_mAP@10": semantic_map(split, [[ids[j] for j in row] for row in res.top])}
+                "semantic_mAP@10": semantic_map(split, [[ids[j] for j in row] for row in res.top]),
+                "per_query": res.per_query_record([q.qid for q in split.queries])}
 
     def table_rows(self, doc, average) -> list[str]:
         cols = ["mAP@5", "mAP@10", "mAP@25", "mAP@50"]

@@ -127,7 +127,7 @@ class CIRR(Benchmark):
                 {q.qid: q.members for q in split.queries}, names)]}
         m = dict(res.metrics)
         m["(R@5+Rs@1)/2"] = (m["R@5"] + m["Rs@1"]) / 2
-        return {"metrics": m}
+        return {"metrics": m, "per_query": res.per_query_record([q.qid for q in split.queries])}
 
     def table_rows(self, doc, average) -> list[str]:
         m = doc["summary"]

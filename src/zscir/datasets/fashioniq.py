@@ -159,7 +159,7 @@ class FashionIQ(Benchmark):
     def evaluate(self, split, queries, gallery, settings) -> dict[str, Any]:
         gidx = split.gallery_index()
         res = single_target_protocol(queries, gallery, [gidx[q.targets[0]] for q in split.queries], ks=(10, 50))
-        return {"metrics": res.metrics}
+        return {"metrics": res.metrics, "per_query": res.per_query_record([q.qid for q in split.queries])}
 
     def aggregate(self, per) -> dict[str, float]:
         ms = [r["metrics"] for r in per.values() if "metrics" in r]

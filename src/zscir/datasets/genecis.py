@@ -40,7 +40,8 @@ from zscir.datasets.base import (
 )
 from zscir.datasets.registry import Benchmark, register_benchmark, table_header, table_row
 from zscir.errors import InputError
-from zscir.eval.metrics import recall_at_k, target_ranks
+from zscir.eval.metrics import recall_at_k, recall_hits, target_ranks
+from zscir.eval.protocols import per_query_record
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,8 @@ class GeneCIS(Benchmark):
         cand = gallery[torch.as_tensor(cidx)]  # (Q, n, D)
         s = torch.einsum("qd,qnd->qn", queries, cand)
         ranks = target_ranks(s, torch.zeros(len(cidx), dtype=torch.long))  # the target is candidate 0
-        return {"metrics": recall_at_k(ranks, (1, 2, 3), "R"), "candidates_per_query": len(cidx[0])}
+        return {"metrics": recall_at_k(ranks, (1, 2, 3), "R"), "candidates_per_query": len(cidx[0]),
+                "per_query": per_query_record([q.qid for q in split.queries], recall_hits(ranks, (1, 2, 3), "R"))}
 
     def aggregate(self, per) -> dict[str, float]:
         ms = [r["metrics"] for r in per.values() if "metrics" in r]

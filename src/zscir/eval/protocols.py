@@ -48,6 +48,19 @@ class ProtocolResult:
         """A result with its per-query values as plain lists (JSON-ready)."""
         return cls(metrics, top, top_scores, extra or {}, {k: [float(x) for x in v] for k, v in per_query.items()})
 
+    def per_query_record(self, qids: Sequence[Any]) -> dict[str, Any]:
+        """The per-query values keyed by query id, for a results file (see per_query_record)."""
+        return per_query_record(qids, self.per_query)
+
+
+def per_query_record(qids: Sequence[Any], values: dict[str, Any]) -> dict[str, Any]:
+    """{"qids": [...], "values": {metric: [...]}} in query order: what `zscir compare` pairs two results files by
+    (values in percent, APs to 4 decimals)."""
+    vals = {k: [round(float(x), 4) for x in v] for k, v in values.items()}
+    if any(len(v) != len(qids) for v in vals.values()):
+        raise ValueError("per-query values and query ids of different lengths")
+    return {"qids": [str(q) for q in qids], "values": vals}
+
 
 def cirr_protocol(
     queries: torch.Tensor,
