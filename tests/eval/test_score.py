@@ -56,7 +56,8 @@ def _score(capsys, *args):
 
 def test_cirr_scores_equal_eval(tmp_path, capsys):
     root = make_cirr(tmp_path / "CIRR", n_images=56)
-    expected = _eval(tmp_path, capsys, "--benchmark", "cirr", "--root", str(root))["summary"]
+    evaluated = _eval(tmp_path, capsys, "--benchmark", "cirr", "--root", str(root))
+    expected = evaluated["summary"]
     top, groups = _rankings("cirr", root)
     pred, subs = tmp_path / "recall.json", tmp_path / "subset.json"
     pred.write_text(json.dumps({"version": "rc2", "metric": "recall", **top}))
@@ -65,8 +66,13 @@ def test_cirr_scores_equal_eval(tmp_path, capsys):
     rc, text, _ = _score(capsys, "--benchmark", "cirr", "--root", str(root), "--predictions", str(pred),
                          "--subset-predictions", str(subs), "--out", str(out))
     assert rc == 0 and "Rs@1" in text
-    got = json.loads(out.read_text())["summary"]
-    assert got == pytest.approx(expected)
+    scored = json.loads(out.read_text())
+    assert scored["summary"] == pytest.approx(expected)
+    # the same per-query values as the evaluation's: `zscir compare` pairs rankings made elsewhere with ours
+    assert scored["results"]["cirr"]["per_query"] == evaluated["results"]["cirr"]["per_query"]
+    from zscir.eval.compare import compare_docs
+
+    assert all(r["difference"] == 0 and r["se"] == 0 for r in compare_docs(scored, evaluated))
     # without the subset file the group ranking is the global list filtered to the group: the same here
     rc, _, _ = _score(capsys, "--benchmark", "cirr", "--root", str(root), "--predictions", str(pred), "--out", str(out))
     assert rc == 0 and json.loads(out.read_text())["summary"] == pytest.approx(expected)
@@ -80,7 +86,8 @@ def test_cirr_scores_equal_eval(tmp_path, capsys):
 @pytest.mark.slow
 def test_circo_and_fashioniq_scores_equal_eval(tmp_path, capsys):
     root = make_circo(tmp_path / "CIRCO", n_extra=45)
-    expected = _eval(tmp_path, capsys, "--benchmark", "circo", "--root", str(root))["summary"]
+    evaluated = _eval(tmp_path, capsys, "--benchmark", "circo", "--root", str(root))
+    expected = evaluated["summary"]
     top, _ = _rankings("circo", root)
     pred = tmp_path / "circo.json"
     pred.write_text(json.dumps({q: [int(x) for x in v] for q, v in top.items()}))  # the server's int ids
@@ -88,6 +95,9 @@ def test_circo_and_fashioniq_scores_equal_eval(tmp_path, capsys):
     assert _score(capsys, "--benchmark", "circo", "--root", str(root), "--predictions", str(pred),
                   "--out", str(out))[0] == 0
     assert json.loads(out.read_text())["summary"] == pytest.approx(expected)
+    pq, ev = json.loads(out.read_text())["results"]["circo"]["per_query"], evaluated["results"]["circo"]["per_query"]
+    assert pq["qids"] == ev["qids"] and pq["values"].keys() == ev["values"].keys()
+    assert all(v == pytest.approx(ev["values"][k]) for k, v in pq["values"].items())
 
     froot = make_fashioniq(tmp_path / "F", n_images=52)
     expected = _eval(tmp_path, capsys, "--benchmark", "fashioniq", "--root", str(froot))

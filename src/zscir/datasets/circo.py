@@ -35,8 +35,8 @@ from zscir.datasets.base import (
 from zscir.datasets.registry import Benchmark, register_benchmark, submission_dir, table_header, table_row
 from zscir.errors import InputError
 from zscir.eval import submission as sub
-from zscir.eval.metrics import MAP_KS, map_at_k, recall_at_k
-from zscir.eval.protocols import circo_protocol
+from zscir.eval.metrics import MAP_KS, average_precisions, map_at_k, recall_at_k, recall_hits
+from zscir.eval.protocols import circo_protocol, per_query_record
 from zscir.eval.rankings import check_rankings
 
 SPLITS = ("val", "test")
@@ -143,7 +143,9 @@ class CIRCO(Benchmark):
         metrics = map_at_k(top, [q.targets for q in split.queries], MAP_KS)
         ranks = [p.index(q.targets[0]) if q.targets[0] in p else 50 for p, q in zip(top, split.queries)]
         metrics.update(recall_at_k(ranks, (5, 10, 25, 50), "R"))
-        return {"data": split.summary(), "metrics": metrics}
+        per_query = per_query_record(qids, {**average_precisions(top, [q.targets for q in split.queries], MAP_KS),
+                                            **recall_hits(ranks, (5, 10, 25, 50), "R")})
+        return {"data": split.summary(), "metrics": metrics, "per_query": per_query}
 
 
 def semantic_map(split: BenchmarkSplit, preds: list[list[str]]) -> dict[str, float]:

@@ -36,8 +36,8 @@ from zscir.datasets.base import (
 from zscir.datasets.registry import Benchmark, register_benchmark, submission_dir, table_header, table_row
 from zscir.errors import InputError
 from zscir.eval import submission as sub
-from zscir.eval.metrics import RECALL_KS, SUBSET_KS, recall_at_k
-from zscir.eval.protocols import cirr_protocol
+from zscir.eval.metrics import RECALL_KS, SUBSET_KS, recall_at_k, recall_hits
+from zscir.eval.protocols import cirr_protocol, per_query_record
 from zscir.eval.rankings import check_rankings, rank_of
 
 SPLITS = ("train", "val", "test1")
@@ -143,7 +143,8 @@ class CIRR(Benchmark):
         refs = {q.qid: q.reference for q in split.queries}
         preds = {k: [x for x in v if x != refs[k]] if k in refs else v for k, v in predictions.items()}
         check_rankings(preds, qids, {g.id for g in split.gallery}, max(RECALL_KS), where)
-        metrics = recall_at_k([rank_of(preds[q.qid], q.targets[0]) for q in split.queries], RECALL_KS, "R")
+        ranks = [rank_of(preds[q.qid], q.targets[0]) for q in split.queries]
+        metrics = recall_at_k(ranks, RECALL_KS, "R")
         sub_ranks = []
         for q in split.queries:
             members = [m for m in q.members if m != q.reference]
@@ -159,5 +160,6 @@ class CIRR(Benchmark):
                 sub_ranks.append(listed.index(q.targets[0]) if q.targets[0] in listed else len(members) - 1)
         metrics.update(recall_at_k(sub_ranks, SUBSET_KS, "Rs"))
         metrics["(R@5+Rs@1)/2"] = (metrics["R@5"] + metrics["Rs@1"]) / 2
-        return {"data": split.summary(), "metrics": metrics,
+        per_query = per_query_record(qids, {**recall_hits(ranks, RECALL_KS, "R"), **recall_hits(sub_ranks, SUBSET_KS, "Rs")})
+        return {"data": split.summary(), "metrics": metrics, "per_query": per_query,
                 "subset_source": "subset predictions" if subset_predictions is not None else "global lists"}

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zscir.errors import InputError
-from zscir.eval.metrics import recall_at_k
+from zscir.eval.metrics import recall_at_k, recall_hits
+from zscir.eval.protocols import per_query_record
 
 if TYPE_CHECKING:
     # type-only: the benchmark modules under zscir.datasets import this module
@@ -78,4 +79,5 @@ def score_single_target(split: BenchmarkSplit, preds: Mapping[str, list[str]], k
     qids = [q.qid for q in split.queries]
     check_rankings(preds, qids, {g.id for g in split.gallery}, max(ks), where)
     ranks = [rank_of(preds[q.qid], q.targets[0]) for q in split.queries]
-    return {"data": split.summary(), "metrics": recall_at_k(ranks, ks, "R")}
+    return {"data": split.summary(), "metrics": recall_at_k(ranks, ks, "R"),
+            "per_query": per_query_record(qids, recall_hits(ranks, ks, "R"))}
