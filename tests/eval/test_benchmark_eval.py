@@ -257,7 +257,8 @@ def test_compare_two_evals_query_by_query(tmp_path, capsys):
     rc = main(["compare", str(files["image"]), str(files["sum"]), "--json", str(tmp_path / "cmp.json")],
               commands=("zscir.eval.compare",))
     out, _ = capsys.readouterr()
-    assert rc == 0 and "A = image" in out and "B = sum" in out and "R@1" in out and "± SE" in out
+    assert rc == 0 and "A = image on testfake:1" in out and "B = sum on testfake:1" in out and "± SE" in out
+    assert "not the full official split" in out  # the fixture is a miniature CIRR: said, not hidden
     assert json.loads((tmp_path / "cmp.json").read_text())["rows"]
     # refused with one line: another benchmark, a file without per-query values, not a results file
     fiq = make_fashioniq(tmp_path / "FashionIQ")
@@ -271,6 +272,14 @@ def test_compare_two_evals_query_by_query(tmp_path, capsys):
         rc = main(["compare", str(files["image"]), str(tmp_path / other)], commands=("zscir.eval.compare",))
         _, err = capsys.readouterr()
         assert rc == 2 and msg in err, (other, err)
+
+
+def test_compare_labels_name_the_checkpoint_folder():
+    from zscir.eval.compare import _label
+
+    doc = {"method": {"name": "lincir", "checkpoint": {"path": "runs/ck", "fingerprint": "e8d3", "kind": "x"}},
+           "backbone": {"spec": "hf:clip"}, "complete": True}
+    assert _label(doc, "r.json") == "lincir checkpoint runs/ck on hf:clip (r.json)"
 
 
 def test_compare_averages_subsets_as_independent(tmp_path, capsys):

@@ -19,8 +19,15 @@ from zscir.eval.claims import NOISE_SE, paired_se
 
 
 def _label(doc: dict[str, Any], path: str) -> str:
+    """"<method> [checkpoint <folder>] on <backbone> (<file>)", and a warning when the file is not the full split."""
     m = doc.get("method", {})
-    return f"{m.get('name', '?')} ({m['checkpoint']})" if m.get("checkpoint") else f"{m.get('name', '?')} ({path})"
+    ck = m.get("checkpoint")
+    ck_path = ck.get("path") if isinstance(ck, dict) else ck
+    label = f"{m.get('name', '?')}{f' checkpoint {ck_path}' if ck_path else ''}"
+    label += f" on {doc.get('backbone', {}).get('spec', '?')} ({path})"
+    if not doc.get("complete", True):
+        label += "; not the full official split"
+    return label
 
 
 def _per_query(doc: dict[str, Any], path: str) -> dict[str, dict[str, Any]]:
