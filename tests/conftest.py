@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +25,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # Session- and module-scoped fixtures run before the per-test home below: give them a throw-away home too, so
 # nothing a test builds (feature caches, worlds, models) can land in the user's ./data.
 os.environ["ZSCIR_HOME"] = tempfile.mkdtemp(prefix="zscir-test-home-")
+atexit.register(shutil.rmtree, os.environ["ZSCIR_HOME"], ignore_errors=True)  # ours: gone with the session
 
 
 @pytest.fixture(autouse=True)
