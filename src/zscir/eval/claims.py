@@ -46,9 +46,12 @@ def _se(per_query: PerQuery | None, protocol: str, column: str, a: str, b: str) 
     return paired_se(rows[a][column], rows[b][column])
 
 
-def _noise(margin: float, se: float | None) -> bool:
-    """Whether a margin is within noise: under NOISE_SE standard errors, or NOISE_POINTS without them."""
-    return abs(margin) < (NOISE_SE * se if se is not None else NOISE_POINTS)
+def within_noise(margin: float, se: float | None) -> bool:
+    """Whether a margin is within noise: under NOISE_SE standard errors, or NOISE_POINTS without them. No margin
+    at all is noise too, even with a zero error (the same per-query values: nothing tells the two apart)."""
+    if se is None:
+        return abs(margin) < NOISE_POINTS
+    return abs(margin) < NOISE_SE * se or margin == 0
 
 
 def _pair(protocols: dict, a: str, b: str) -> list[tuple[str, str, float, float]] | None:
@@ -68,7 +71,7 @@ def _beats(protocols: dict, a: str, b: str, claim: str, per_query: PerQuery | No
     measured = "; ".join(f"{p_}:{k_} {x_:.1f} vs {y_:.1f}" for p_, k_, x_, y_ in rows)
     # a win this small is within the noise of these query counts; with a standard error, so is a loss this
     # small (the rows then say nothing either way)
-    if (margin > 0 or se is not None) and _noise(margin, se):
+    if (margin > 0 or se is not None) and within_noise(margin, se):
         measured += (f" (margin {margin:.1f} point: within noise)" if se is None else
                      f" (margin {margin:+.1f} ± {se:.1f} on {p}:{k}: within noise)")
     row = {"claim": claim, "measured": measured, "holds": margin > 0, "margin": round(margin, 2)}
@@ -143,7 +146,7 @@ def calibration(protocols: dict[str, dict[str, dict[str, float]]],
             se = _se(per_query, p, c, best, base)
             if margin <= 0:  # ties go to the baseline: the world must let a method win the column
                 won.append(c)
-            if se is not None and _noise(margin, se):
+            if se is not None and within_noise(margin, se):
                 noisy.append(c)
                 notes.append(f"{c} {best} {protocols[p][best][c]:.1f} vs {base} {protocols[p][base][c]:.1f} "
                              f"({margin:+.1f} ± {se:.1f})")
@@ -160,7 +163,7 @@ def calibration(protocols: dict[str, dict[str, dict[str, float]]],
 
 def _margin_note(margin: float, se: float | None) -> str:
     """" (+m ± se: within noise)" for a margin within noise, else ""; nothing without a standard error."""
-    return f" ({margin:+.1f} ± {se:.1f}: within noise)" if se is not None and _noise(margin, se) else ""
+    return f" ({margin:+.1f} ± {se:.1f}: within noise)" if se is not None and within_noise(margin, se) else ""
 
 
 def format_checks(rows: list[dict[str, Any]], key: str = "claim") -> str:

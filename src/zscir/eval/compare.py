@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zscir.errors import InputError
-from zscir.eval.claims import NOISE_SE, paired_se
+from zscir.eval.claims import NOISE_SE, paired_se, within_noise
 
 
 def _label(doc: dict[str, Any], path: str) -> str:
@@ -76,7 +76,7 @@ def compare_docs(a: dict[str, Any], b: dict[str, Any], a_path: str = "A", b_path
 def _row(subset: str, metric: str, a: float, b: float, se: float, n: int) -> dict[str, Any]:
     d = a - b
     return {"subset": subset, "metric": metric, "a": a, "b": b, "difference": d, "se": se, "queries": n,
-            "within_noise": abs(d) < NOISE_SE * se if se > 0 else d == 0}
+            "within_noise": within_noise(d, se)}
 
 
 def format_rows(rows: list[dict[str, Any]], a_label: str, b_label: str) -> str:
