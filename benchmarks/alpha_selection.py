@@ -27,11 +27,11 @@ from typing import Any
 SCORES = {"r1_r10": (1, 10), "mean4": (1, 5, 10, 50)}
 
 
-def padding(ctx: Any) -> list[str]:
-    """Unlabelled and pair images (never evaluation images) that bring the training-triplet ranking to as many
-    images per query as the CIRR-like evaluation gallery holds."""
+def padding(ctx: Any, n_triplets: int) -> list[str]:
+    """Unlabelled and pair images (never evaluation images) that bring the ranking of the first `n_triplets`
+    training triplets to as many images per query as the CIRR-like evaluation gallery holds."""
     w = ctx.world
-    trip = w.cir_train[: int(ctx.settings.table("alpha_selection").get("triplets", 1000))]
+    trip = w.cir_train[:n_triplets]
     own = {t[k] for t in trip for k in ("reference", "target")} | {n for t in trip for n in t.get("negatives", ())}
     pool = sorted(set(w.unlabelled) | {p["image"] for p in w.pairs} - own)
     random.Random(w.seed).shuffle(pool)
@@ -55,7 +55,7 @@ def measure(size: str, seed: int) -> dict:
     n = int(ctx.settings.table("alpha_selection").get("triplets", 1000))
     for gal in ("training", "padded"):
         rows = training_recalls(ctx.world, lambda a: build_method("slerp", ctx.backbone, alpha=a), n,
-                                precision=ctx.evaluator.precision, pad=padding(ctx) if gal == "padded" else ())
+                                precision=ctx.evaluator.precision, pad=padding(ctx, n) if gal == "padded" else ())
         res[f"{gal}_ranking"] = {str(a): {k: round(v, 2) for k, v in r.items()} for a, r in rows.items()}
         for name, ks in SCORES.items():
             a, _ = best_alpha(rows, ks)
