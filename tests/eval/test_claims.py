@@ -76,6 +76,8 @@ def test_paired_errors_label_close_margins_within_noise():
     assert row["no baseline is the best of any cirr column"]["holds"]
     assert row["no baseline is the best of any cirr column"]["within_noise"] == ["R@1", "R@10"]  # 0.5 and 1.5
     assert "R@1 slerp 9.5 vs sum 9.0 (+0.5 ±" in row["no baseline is the best of any cirr column"]["measured"]
+    r1 = row["no baseline is the best of any cirr column"]["columns"]["R@1"]  # the same, as fields
+    assert (r1["best"], r1["baseline"], r1["margin"]) == ("slerp", "sum", 0.5) and r1["margin"] < 2 * r1["se"]
     assert "within noise" in row["sum below slerp on cirr:R@1"]["measured"] and "se" in row["sum below slerp on cirr:R@1"]
     # a claim's margin is judged against its own paired SE: 5 points on 200 queries that mostly disagree is noise
     two = _rows(pic2word=(20, 50, 12), **{"two_stage": (25, 50, 16)})

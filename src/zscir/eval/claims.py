@@ -111,7 +111,9 @@ def calibration(protocols: dict[str, dict[str, dict[str, float]]],
                 per_query: PerQuery | None = None) -> list[dict[str, Any]]:
     """The world's calibration checks (see the module docstring) on the measured rows. With `per_query`, the
     comparisons of `sum` with `slerp` and of the best method with the best baseline per column carry the paired
-    standard error of their difference, and the columns whose margin is within noise are listed."""
+    standard error of their difference, and the columns whose margin is within noise are listed. The "no
+    baseline is the best" rows give, per column, the best method, the best baseline and the margin (`columns`,
+    with the paired standard error where `per_query` is given)."""
     rows: list[dict[str, Any]] = []
     methods = [m for m in protocols["cirr"] if m not in BASELINES]
     if not methods:
@@ -138,12 +140,15 @@ def calibration(protocols: dict[str, dict[str, dict[str, float]]],
     for p in protocols:
         cols = list(next(iter(protocols[p].values())))
         won, noisy, notes = [], [], []
+        per_column: dict[str, dict[str, Any]] = {}
         bases = [b for b in BASELINES if b in protocols[p]]
         for c in cols if bases else []:
             best = max(methods, key=lambda m: protocols[p][m][c])
             base = max(bases, key=lambda b: protocols[p][b][c])
             margin = protocols[p][best][c] - protocols[p][base][c]
             se = _se(per_query, p, c, best, base)
+            per_column[c] = {"best": best, "baseline": base, "margin": round(margin, 2),
+                             **({} if se is None else {"se": round(se, 2)})}
             if margin <= 0:  # ties go to the baseline: the world must let a method win the column
                 won.append(c)
             if se is not None and within_noise(margin, se):
@@ -154,7 +159,7 @@ def calibration(protocols: dict[str, dict[str, dict[str, float]]],
         if per_query:
             measured += "; within noise: " + ("; ".join(notes) if notes else "none")
         row: dict[str, Any] = {"check": f"no baseline is the best of any {p} column", "measured": measured,
-                               "holds": not won}
+                               "holds": not won, "columns": per_column}
         if per_query:
             row["within_noise"] = noisy
         rows.append(row)

@@ -204,16 +204,17 @@ class _Builder:
             m = None
         return None
 
-    def cirr(self) -> dict:
+    def cirr(self, taken: set | None = None) -> dict:
         """Each reference comes with CIRR_NEAR_COPIES near copies in the gallery (single or compound changes of it);
         CIRR_QUERIES_PER_REF of them are query targets, each query's modification naming its own change, so the
         reference's look alone cannot tell the target from the other copies (image-only R@1 ~ 1/near copies), and
         its text alone cannot either (it does not describe the rest of the scene). Each target's over-change
         (`_over_change`) and CIRR_TWINS re-drawings of the reference are in the gallery too. `members`
-        (Recall_subset) is the reference, the target, its over-change and other copies of the same reference."""
+        (Recall_subset) is the reference, the target, its over-change and other copies of the same reference.
+        `taken`: scene keys no new image may repeat (for a protocol grown after the fact: benchmarks/)."""
         rng, combos = self.rng, self.all
         gallery: list[str] = []
-        keys: set = set()
+        keys: set = set(taken or ())
         queries: list[dict] = []
         while len(queries) < self.counts["cirr_queries"]:
             ref = random_scene(rng, self.all_list)
