@@ -157,3 +157,24 @@ def test_a_world_of_an_older_version_is_regenerated(tmp_path, monkeypatch):
     meta.write_text(json.dumps({**doc, "version": VERSION - 1}))
     ensure_world("tiny", 3)
     assert json.loads(meta.read_text())["version"] == VERSION
+
+
+def test_an_artefact_key_sees_a_world_edited_in_place_but_not_a_grown_evaluation(tmp_path, monkeypatch):
+    """The world's part of an artefact key digests its training files: a world rebuilt or edited at the same
+    path (same seed, size and version) must not reuse what was trained on the old one, while one whose
+    evaluation only grew keeps its artefacts."""
+    from types import SimpleNamespace
+
+    from zscir.experiments.context import ensure_world, world_fingerprint
+
+    monkeypatch.setenv("ZSCIR_HOME", str(tmp_path))
+    path = ensure_world("tiny", 4)
+    world = SimpleNamespace(root=path, meta=json.loads((path / "world.json").read_text()))
+    before = world_fingerprint(world)
+    assert world_fingerprint(world) == before  # stable
+    cirr = json.loads((path / "eval_cirr.json").read_text())
+    (path / "eval_cirr.json").write_text(json.dumps({**cirr, "queries": cirr["queries"][:3]}))
+    assert world_fingerprint(world) == before  # the evaluation is not what was trained on
+    pairs = json.loads((path / "pairs.json").read_text())
+    (path / "pairs.json").write_text(json.dumps(pairs[1:]))
+    assert world_fingerprint(world) != before

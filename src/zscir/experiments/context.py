@@ -37,7 +37,7 @@ class ExperimentContext:
         return str(self.world.meta.get("size", ""))
 
     def world_fingerprint(self) -> str:
-        """Identifies the world's content for artefact keys (where, which seed, size and format version)."""
+        """Identifies the world for artefact keys (see `world_fingerprint`)."""
         return world_fingerprint(self.world)
 
     def artifact(self, name: str, settings: Any, build: Any, inputs: dict[str, str] | None = None) -> Path:
@@ -60,9 +60,23 @@ def settings_doc(settings: Any) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in NOT_KEYED}
 
 
+# what a trainer reads from a world (its images are these files' scenes, drawn by the generator of `version`)
+WORLD_TRAINING_FILES = ("pairs.json", "unlabelled.json", "text_triplets.json", "cir_train.json")
+
+
 def world_fingerprint(world: Any) -> str:
+    """A world's part of an artefact key: where it is, its seed, size and generator version, and a digest of its
+    training files, so that a world rebuilt or edited at the same path never reuses what was trained on the old
+    one; a world that only grew its evaluation (benchmarks/world_variants.py) keeps its artefacts."""
+    import hashlib
+
     meta = getattr(world, "meta", {}) or {}
-    return f"{Path(world.root).resolve()}|seed={meta.get('seed')}|size={meta.get('size')}|v={meta.get('version')}"
+    h = hashlib.sha1()
+    for name in WORLD_TRAINING_FILES:
+        f = Path(world.root) / name
+        h.update(name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"(none)") + b"\0")
+    return (f"{Path(world.root).resolve()}|seed={meta.get('seed')}|size={meta.get('size')}|v={meta.get('version')}"
+            f"|training={h.hexdigest()[:16]}")
 
 
 def ensure_world(size: str, seed: int) -> Path:
