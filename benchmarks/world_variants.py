@@ -56,9 +56,7 @@ def circo(self):
         counts, self.counts = self.counts, {**self.counts, "cirr_queries": more}
         extra = cirr_of(self, taken=keys)  # the same builder, continuing its random stream; no repeated scene
         self.counts = counts
-        clash = sum(self.scenes[i].key() in keys for i in extra["gallery"])
-        print(f"{len(extra['queries'])} more queries, {len(extra['gallery'])} more gallery images "
-              f"({clash} look like a shipped gallery image)", file=sys.stderr)
+        print(f"{len(extra['queries'])} more queries, {len(extra['gallery'])} more gallery images", file=sys.stderr)
         n = len(shipped["queries"])
         shipped["queries"] += [{**q, "id": q["id"] + n} for q in extra["queries"]]
         shipped["gallery"] += extra["gallery"]

@@ -31,14 +31,18 @@ class ExperimentContext:
     seed: int
     device: str
     extras: dict[str, Any] = field(default_factory=dict)
+    _world_fingerprint: str | None = field(default=None, init=False, repr=False)
 
     @property
     def size(self) -> str:
         return str(self.world.meta.get("size", ""))
 
     def world_fingerprint(self) -> str:
-        """Identifies the world for artefact keys (see `world_fingerprint`)."""
-        return world_fingerprint(self.world)
+        """Identifies the world for artefact keys (see `world_fingerprint`); digested once per context, as every
+        artefact of a run asks and a run does not edit its world."""
+        if self._world_fingerprint is None:
+            self._world_fingerprint = world_fingerprint(self.world)
+        return self._world_fingerprint
 
     def artifact(self, name: str, settings: Any, build: Any, inputs: dict[str, str] | None = None) -> Path:
         """A trained artefact of this experiment (see artifacts.cached_artifact), keyed by `settings` (a dict or
